@@ -1,0 +1,116 @@
+//! Spaces, operations and atomic batches.
+
+/// A named space of records (a table). Names are short ASCII identifiers fixed at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Space(&'static str);
+
+impl Space {
+    /// A space named `name`: 1 to 32 bytes of ASCII letters, digits, `-` or `_`.
+    ///
+    /// # Panics
+    /// At compile time (in a `const`) or on first use, if the name breaks that rule: space names
+    /// are constants written by the programmer, never input.
+    pub const fn new(name: &'static str) -> Self {
+        let b = name.as_bytes();
+        assert!(!b.is_empty() && b.len() <= 32, "space name must be 1 to 32 bytes");
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            assert!(
+                c.is_ascii_alphanumeric() || c == b'-' || c == b'_',
+                "space name must be ASCII letters, digits, - or _"
+            );
+            i += 1;
+        }
+        Space(name)
+    }
+
+    /// The space's name.
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+/// One write in a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Store `value` under `key`, replacing any previous value.
+    Put {
+        /// The space written.
+        space: Space,
+        /// The record's key.
+        key: Vec<u8>,
+        /// The record's new value.
+        value: Vec<u8>,
+    },
+    /// Remove the record under `key`, if any.
+    Delete {
+        /// The space written.
+        space: Space,
+        /// The record's key.
+        key: Vec<u8>,
+    },
+}
+
+/// A condition on a record's current value that must hold for a [`Batch`] to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Precondition {
+    /// The space read.
+    pub space: Space,
+    /// The record's key.
+    pub key: Vec<u8>,
+    /// The value the record must currently have; `None`: the record must be absent.
+    pub expected: Option<Vec<u8>>,
+}
+
+/// Writes applied together, atomically, if every precondition holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The conditions checked before anything is written.
+    pub preconditions: Vec<Precondition>,
+    /// The writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put of `value` under `key`.
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put {
+            space,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    /// Adds a delete of `key`.
+    pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete {
+            space,
+            key: key.into(),
+        });
+    }
+
+    /// Requires the record under `key` to hold `expected` (`None`: to be absent).
+    pub fn require(&mut self, space: Space, key: impl Into<Vec<u8>>, expected: Option<Vec<u8>>) {
+        self.preconditions.push(Precondition {
+            space,
+            key: key.into(),
+            expected,
+        });
+    }
+
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The number of writes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}

@@ -1,0 +1,101 @@
+//! Carnet's storage layer: a small trait over **opaque bytes**.
+//!
+//! Nothing in this crate can name a key, a patient or a note: it stores byte strings under byte
+//! keys in a few named [`Space`]s, plus one small *root* document that is replaced whole. The
+//! encryption, the meaning of every byte and the integrity checks live in `carnet-core`.
+//!
+//! A backend implements [`Store`]:
+//!
+//! - [`Store::get`] and [`Store::scan_prefix`] read;
+//! - [`Store::commit`] applies a [`Batch`] of puts and deletes **atomically**, after checking its
+//!   preconditions (compare-and-swap on a record's current value), so that a writer that lost a
+//!   race fails with [`StoreError::Conflict`] instead of overwriting someone else's update;
+//! - [`Store::flush`] makes every committed batch durable: a write is acknowledged only after it;
+//! - [`Store::read_root`] / [`Store::replace_root`] keep a small document (Carnet's key slots)
+//!   that is replaced atomically and without leaving older versions in the backend's files.
+//!
+//! Two backends ship: [`MemStore`] (tests, embedding) and [`SledStore`] (the embedded default,
+//! sled 0.34.7). [`conformance::run`] is the suite every backend must pass, and
+//! [`FaultyStore`] wraps a backend to fail the N-th write, for crash and fault tests.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod batch;
+pub mod conformance;
+mod error;
+mod faulty;
+mod memory;
+mod sled_store;
+
+pub use batch::{Batch, Op, Precondition, Space};
+pub use error::StoreError;
+pub use faulty::FaultyStore;
+pub use memory::MemStore;
+pub use sled_store::SledStore;
+
+/// One stored record: its key and its value, both opaque.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An iterator over the records of a space, in ascending key order.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + Send + 'a>;
+
+/// A key-value store of opaque bytes with atomic, conditional batches.
+///
+/// Implementations must pass [`conformance::run`]. All methods take `&self`: a store is shared
+/// between threads, and [`Store::commit`] is what serializes writers.
+pub trait Store: Send + Sync {
+    /// The value stored under `key` in `space`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every record of `space` whose key starts with `prefix`, in ascending key order.
+    ///
+    /// The iterator may observe batches committed after it was created; callers that need a
+    /// consistent view check their own invariants (Carnet's manifests do).
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> EntryIter<'_>;
+
+    /// Applies `batch` atomically: either every precondition holds and every operation is
+    /// applied, or nothing changes. A failed precondition is [`StoreError::Conflict`].
+    ///
+    /// A committed batch is visible to later reads at once, but durable only after
+    /// [`Store::flush`] returns.
+    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Makes every committed batch durable (written and fsynced).
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// The root document, if one was ever written.
+    fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Replaces the root document atomically and durably: after a crash either the old or the
+    /// new document is read back, whole, and the old one leaves no copy in the backend's files.
+    fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Forwards every [`Store`] method through a smart pointer.
+macro_rules! forward_store {
+    ($ptr:ident) => {
+        impl<S: Store + ?Sized> Store for $ptr<S> {
+            fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).get(space, key)
+            }
+            fn scan_prefix(&self, space: Space, prefix: &[u8]) -> EntryIter<'_> {
+                (**self).scan_prefix(space, prefix)
+            }
+            fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+                (**self).commit(batch)
+            }
+            fn flush(&self) -> Result<(), StoreError> {
+                (**self).flush()
+            }
+            fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).read_root()
+            }
+            fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
+                (**self).replace_root(bytes)
+            }
+        }
+    };
+}
+use std::sync::Arc;
+forward_store!(Box);
+forward_store!(Arc);

@@ -1,0 +1,248 @@
+//! The embedded default backend: sled 0.34.7, plus a root file beside it.
+//!
+//! Directory layout (see docs/format.md, "Vault directory"):
+//!
+//! ```text
+//! DIR/carnet.lock   held with an exclusive OS lock while a process has the vault open
+//! DIR/root          the root document, replaced by write-to-temp, fsync, rename, fsync(DIR)
+//! DIR/store/        sled's files; every space lives in sled's default tree
+//! ```
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::{Batch, EntryIter, Op, Space, Store, StoreError};
+
+const LOCK_FILE: &str = "carnet.lock";
+const ROOT_FILE: &str = "root";
+const ROOT_TMP: &str = "root.tmp";
+const STORE_DIR: &str = "store";
+/// sled's page cache: bounded, so memory does not grow with the vault.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A [`Store`] on disk, backed by sled.
+///
+/// Only one process at a time may open a directory: a second [`SledStore::open`] fails with
+/// [`StoreError::Locked`]. Writes are atomic per batch and durable after [`Store::flush`], which
+/// flushes sled and then fsyncs its files (sled itself only issues `sync_file_range`, which
+/// neither persists file metadata nor writes its large-value blob files through).
+pub struct SledStore {
+    dir: PathBuf,
+    db: sled::Db,
+    /// Serializes precondition checks with the batch they guard.
+    write_lock: Mutex<()>,
+    /// Blob files already fsynced (sled never rewrites a blob file in place).
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    /// Held for the store's lifetime: the OS releases it when the process ends, even on `kill -9`.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Creates a new store in `dir`, which must be absent or empty.
+    pub fn create(dir: &Path) -> Result<Self, StoreError> {
+        if dir.exists() {
+            let mut entries = fs::read_dir(dir)
+                .map_err(|e| StoreError::io(format!("cannot read {}", dir.display()), e))?;
+            if entries.next().is_some() {
+                return Err(StoreError::NotEmpty(dir.display().to_string()));
+            }
+        } else {
+            fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+        }
+        let store = Self::open_inner(dir)?;
+        sync_dir(dir)?;
+        Ok(store)
+    }
+
+    /// Opens the store in `dir`, which must have been made by [`SledStore::create`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.join(STORE_DIR).is_dir() {
+            return Err(StoreError::NotFound(dir.display().to_string()));
+        }
+        Self::open_inner(dir)
+    }
+
+    /// Whether `dir` looks like a store made by [`SledStore::create`] (without opening it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(STORE_DIR).is_dir()
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_inner(dir: &Path) -> Result<Self, StoreError> {
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::io(
+                    format!("cannot open {} (is the vault directory writable?)", lock_path.display()),
+                    e,
+                )
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io(format!("cannot lock {}", lock_path.display()), e))
+            }
+        }
+        let db = sled::Config::new()
+            .path(dir.join(STORE_DIR))
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(map_sled)?;
+        Ok(SledStore {
+            dir: dir.to_path_buf(),
+            db,
+            write_lock: Mutex::new(()),
+            synced_blobs: Mutex::new(HashSet::new()),
+            _lock: lock,
+        })
+    }
+
+    fn fsync_files(&self) -> Result<(), StoreError> {
+        let store = self.dir.join(STORE_DIR);
+        fsync_file(&store.join("db"))?;
+        let blobs = store.join("blobs");
+        if blobs.is_dir() {
+            // Poisoning cannot leave the set inconsistent: at worst a blob is fsynced twice.
+            let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+            let entries = fs::read_dir(&blobs)
+                .map_err(|e| StoreError::io(format!("cannot read {}", blobs.display()), e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::io("cannot list blobs", e))?;
+                let name = entry.file_name();
+                if !synced.contains(&name) {
+                    fsync_file(&entry.path())?;
+                    synced.insert(name);
+                }
+            }
+            sync_dir(&blobs)?;
+        }
+        sync_dir(&store)
+    }
+}
+
+fn fsync_file(path: &Path) -> Result<(), StoreError> {
+    match File::open(path) {
+        Ok(f) => f
+            .sync_all()
+            .map_err(|e| StoreError::io(format!("cannot fsync {}", path.display()), e)),
+        // A blob sled removed since it was listed needs no fsync.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("cannot open {}", path.display()), e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("cannot fsync directory {}", dir.display()), e))
+}
+
+fn map_sled(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) => StoreError::io("sled", io),
+        sled::Error::Corruption { .. } => StoreError::Corrupt("sled reported corruption".into()),
+        other => StoreError::Corrupt(format!("sled: {other}")),
+    }
+}
+
+/// The sled key of `key` in `space`: `len(name) as u8 || name || key`.
+fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
+    let name = space.name().as_bytes();
+    let mut k = Vec::with_capacity(1 + name.len() + key.len());
+    // Space names are at most 32 bytes (checked in `Space::new`), so the length fits in a byte.
+    k.push(name.len() as u8);
+    k.extend_from_slice(name);
+    k.extend_from_slice(key);
+    k
+}
+
+impl Store for SledStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get(full_key(space, key))
+            .map_err(map_sled)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> EntryIter<'_> {
+        let skip = 1 + space.name().len();
+        Box::new(
+            self.db
+                .scan_prefix(full_key(space, prefix))
+                .map(move |r| match r {
+                    Ok((k, v)) => Ok((k[skip..].to_vec(), v.to_vec())),
+                    Err(e) => Err(map_sled(e)),
+                }),
+        )
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        // Poisoning is harmless: the guard protects no data, only the check-then-apply order.
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &batch.preconditions {
+            let current = self.db.get(full_key(p.space, &p.key)).map_err(map_sled)?;
+            if current.as_deref() != p.expected.as_deref() {
+                return Err(StoreError::Conflict);
+            }
+        }
+        let mut b = sled::Batch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put { space, key, value } => b.insert(full_key(space, &key), value),
+                Op::Delete { space, key } => b.remove(full_key(space, &key)),
+            }
+        }
+        self.db.apply_batch(b).map_err(map_sled)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(map_sled)?;
+        self.fsync_files()
+    }
+
+    fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.dir.join(ROOT_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.dir.join(ROOT_TMP);
+        let path = self.dir.join(ROOT_FILE);
+        let mut f = File::create(&tmp)
+            .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| StoreError::io(format!("cannot write {}", tmp.display()), e))?;
+        drop(f);
+        fs::rename(&tmp, &path)
+            .map_err(|e| StoreError::io(format!("cannot replace {}", path.display()), e))?;
+        sync_dir(&self.dir)
+    }
+}

@@ -1,0 +1,75 @@
+//! The conformance suite on every backend, and what only the sled backend promises.
+
+use carnet_storage::{conformance, Batch, FaultyStore, MemStore, SledStore, Space, Store, StoreError};
+
+const S: Space = Space::new("s");
+
+#[test]
+fn memory_backend_conforms() {
+    conformance::run(MemStore::new);
+}
+
+#[test]
+fn sled_backend_conforms() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    conformance::run(|| {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::create(&d.path().join("v")).unwrap();
+        dirs.borrow_mut().push(d);
+        s
+    });
+}
+
+#[test]
+fn faulty_wrapper_conforms_when_it_never_fails() {
+    conformance::run(|| FaultyStore::new(MemStore::new(), u64::MAX));
+}
+
+#[test]
+fn sled_keeps_flushed_writes_and_root_across_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    {
+        let s = SledStore::create(&dir).unwrap();
+        let mut b = Batch::new();
+        b.put(S, b"k".to_vec(), b"v".to_vec());
+        s.commit(b).unwrap();
+        s.flush().unwrap();
+        s.replace_root(b"root").unwrap();
+    }
+    let s = SledStore::open(&dir).unwrap();
+    assert_eq!(s.get(S, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(s.read_root().unwrap().as_deref(), Some(&b"root"[..]));
+    assert!(!dir.join("root.tmp").exists(), "no temporary root is left behind");
+}
+
+#[test]
+fn sled_refuses_a_second_open_while_in_use() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let _first = SledStore::create(&dir).unwrap();
+    assert!(matches!(SledStore::open(&dir), Err(StoreError::Locked)));
+}
+
+#[test]
+fn sled_create_refuses_a_non_empty_directory_and_open_a_missing_store() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("unrelated.txt"), b"x").unwrap();
+    assert!(matches!(SledStore::create(d.path()), Err(StoreError::NotEmpty(_))));
+    assert!(matches!(SledStore::open(d.path()), Err(StoreError::NotFound(_))));
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "nothing was created");
+}
+
+#[test]
+fn faulty_store_fails_the_nth_write_and_changes_nothing() {
+    let s = FaultyStore::new(MemStore::new(), 2);
+    let mut b = Batch::new();
+    b.put(S, b"1".to_vec(), b"1".to_vec());
+    s.commit(b).unwrap();
+    let mut b = Batch::new();
+    b.put(S, b"2".to_vec(), b"2".to_vec());
+    assert!(s.commit(b).is_err(), "the 2nd write fails");
+    assert!(s.flush().is_err(), "later writes fail too");
+    assert_eq!(s.get(S, b"2").unwrap(), None, "the failed write changed nothing");
+    assert_eq!(s.writes(), 3);
+}
