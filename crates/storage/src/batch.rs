@@ -12,7 +12,10 @@ impl Space {
     /// are constants written by the programmer, never input.
     pub const fn new(name: &'static str) -> Self {
         let b = name.as_bytes();
-        assert!(!b.is_empty() && b.len() <= 32, "space name must be 1 to 32 bytes");
+        assert!(
+            !b.is_empty() && b.len() <= 32,
+            "space name must be 1 to 32 bytes"
+        );
         let mut i = 0;
         while i < b.len() {
             let c = b[i];

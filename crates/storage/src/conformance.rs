@@ -24,7 +24,8 @@ fn commit<S: Store>(s: &S, b: Batch) {
 }
 
 fn get<S: Store>(s: &S, space: Space, key: &[u8]) -> Option<Vec<u8>> {
-    s.get(space, key).unwrap_or_else(|e| panic!("get failed: {e}"))
+    s.get(space, key)
+        .unwrap_or_else(|e| panic!("get failed: {e}"))
 }
 
 /// Runs every check against stores made by `make` (one fresh store per check).
@@ -42,19 +43,32 @@ pub fn run<S: Store>(make: impl Fn() -> S) {
 fn empty_store_reads_nothing<S: Store>(s: &S) {
     assert_eq!(get(s, A, b"k"), None, "an empty store has no records");
     assert!(scan(s, A, b"").is_empty(), "an empty store scans empty");
-    assert_eq!(s.read_root().ok().flatten(), None, "an empty store has no root");
-    s.flush().unwrap_or_else(|e| panic!("flush of an empty store failed: {e}"));
+    assert_eq!(
+        s.read_root().ok().flatten(),
+        None,
+        "an empty store has no root"
+    );
+    s.flush()
+        .unwrap_or_else(|e| panic!("flush of an empty store failed: {e}"));
 }
 
 fn put_get_delete<S: Store>(s: &S) {
     let mut b = Batch::new();
     b.put(A, b"k".to_vec(), b"v1".to_vec());
     commit(s, b);
-    assert_eq!(get(s, A, b"k").as_deref(), Some(&b"v1"[..]), "a put is read back");
+    assert_eq!(
+        get(s, A, b"k").as_deref(),
+        Some(&b"v1"[..]),
+        "a put is read back"
+    );
     let mut b = Batch::new();
     b.put(A, b"k".to_vec(), b"v2".to_vec());
     commit(s, b);
-    assert_eq!(get(s, A, b"k").as_deref(), Some(&b"v2"[..]), "a put replaces");
+    assert_eq!(
+        get(s, A, b"k").as_deref(),
+        Some(&b"v2"[..]),
+        "a put replaces"
+    );
     let mut b = Batch::new();
     b.delete(A, b"k".to_vec());
     commit(s, b);
@@ -90,7 +104,10 @@ fn prefix_scan_is_ordered_and_bounded<S: Store>(s: &S) {
         b"p\x01\xff".to_vec(),
         b"p\x02".to_vec(),
     ];
-    assert_eq!(keys, want, "prefix scan returns exactly the prefixed keys, ascending");
+    assert_eq!(
+        keys, want,
+        "prefix scan returns exactly the prefixed keys, ascending"
+    );
     for (k, v) in scan(s, A, b"") {
         assert_eq!(k, v, "scan pairs each key with its own value");
     }
@@ -107,20 +124,34 @@ fn preconditions_guard_the_whole_batch<S: Store>(s: &S) {
     b.put(A, b"other".to_vec(), b"x".to_vec());
     b.require(A, b"m".to_vec(), None);
     b.put(A, b"m".to_vec(), b"2".to_vec());
-    assert!(matches!(s.commit(b), Err(StoreError::Conflict)), "absent-precondition conflicts");
-    assert_eq!(get(s, A, b"other"), None, "a conflicting batch applies nothing");
+    assert!(
+        matches!(s.commit(b), Err(StoreError::Conflict)),
+        "absent-precondition conflicts"
+    );
+    assert_eq!(
+        get(s, A, b"other"),
+        None,
+        "a conflicting batch applies nothing"
+    );
     assert_eq!(get(s, A, b"m").as_deref(), Some(&b"1"[..]));
 
     // Compare-and-swap on the current value.
     let mut b = Batch::new();
     b.require(A, b"m".to_vec(), Some(b"stale".to_vec()));
     b.put(A, b"m".to_vec(), b"3".to_vec());
-    assert!(matches!(s.commit(b), Err(StoreError::Conflict)), "stale CAS conflicts");
+    assert!(
+        matches!(s.commit(b), Err(StoreError::Conflict)),
+        "stale CAS conflicts"
+    );
     let mut b = Batch::new();
     b.require(A, b"m".to_vec(), Some(b"1".to_vec()));
     b.put(A, b"m".to_vec(), b"3".to_vec());
     commit(s, b);
-    assert_eq!(get(s, A, b"m").as_deref(), Some(&b"3"[..]), "a matching CAS applies");
+    assert_eq!(
+        get(s, A, b"m").as_deref(),
+        Some(&b"3"[..]),
+        "a matching CAS applies"
+    );
 }
 
 fn batch_ops_apply_in_order<S: Store>(s: &S) {
@@ -131,13 +162,19 @@ fn batch_ops_apply_in_order<S: Store>(s: &S) {
     b.put(A, b"y".to_vec(), b"2".to_vec());
     commit(s, b);
     assert_eq!(get(s, A, b"x"), None, "later ops in a batch win");
-    assert_eq!(get(s, A, b"y").as_deref(), Some(&b"2"[..]), "later ops in a batch win");
+    assert_eq!(
+        get(s, A, b"y").as_deref(),
+        Some(&b"2"[..]),
+        "later ops in a batch win"
+    );
 }
 
 fn root_is_replaced_whole<S: Store>(s: &S) {
-    s.replace_root(b"first").unwrap_or_else(|e| panic!("replace_root failed: {e}"));
+    s.replace_root(b"first")
+        .unwrap_or_else(|e| panic!("replace_root failed: {e}"));
     assert_eq!(s.read_root().ok().flatten().as_deref(), Some(&b"first"[..]));
-    s.replace_root(b"2nd").unwrap_or_else(|e| panic!("replace_root failed: {e}"));
+    s.replace_root(b"2nd")
+        .unwrap_or_else(|e| panic!("replace_root failed: {e}"));
     assert_eq!(
         s.read_root().ok().flatten().as_deref(),
         Some(&b"2nd"[..]),

@@ -94,7 +94,10 @@ impl SledStore {
             .open(&lock_path)
             .map_err(|e| {
                 StoreError::io(
-                    format!("cannot open {} (is the vault directory writable?)", lock_path.display()),
+                    format!(
+                        "cannot open {} (is the vault directory writable?)",
+                        lock_path.display()
+                    ),
                     e,
                 )
             })?;
@@ -102,7 +105,10 @@ impl SledStore {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked),
             Err(fs::TryLockError::Error(e)) => {
-                return Err(StoreError::io(format!("cannot lock {}", lock_path.display()), e))
+                return Err(StoreError::io(
+                    format!("cannot lock {}", lock_path.display()),
+                    e,
+                ))
             }
         }
         let db = sled::Config::new()

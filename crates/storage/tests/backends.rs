@@ -1,6 +1,10 @@
 //! The conformance suite on every backend, and what only the sled backend promises.
 
-use carnet_storage::{conformance, Batch, FaultyStore, MemStore, SledStore, Space, Store, StoreError};
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use carnet_storage::{
+    conformance, Batch, FaultyStore, MemStore, SledStore, Space, Store, StoreError,
+};
 
 const S: Space = Space::new("s");
 
@@ -40,7 +44,10 @@ fn sled_keeps_flushed_writes_and_root_across_reopen() {
     let s = SledStore::open(&dir).unwrap();
     assert_eq!(s.get(S, b"k").unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(s.read_root().unwrap().as_deref(), Some(&b"root"[..]));
-    assert!(!dir.join("root.tmp").exists(), "no temporary root is left behind");
+    assert!(
+        !dir.join("root.tmp").exists(),
+        "no temporary root is left behind"
+    );
 }
 
 #[test]
@@ -55,9 +62,19 @@ fn sled_refuses_a_second_open_while_in_use() {
 fn sled_create_refuses_a_non_empty_directory_and_open_a_missing_store() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("unrelated.txt"), b"x").unwrap();
-    assert!(matches!(SledStore::create(d.path()), Err(StoreError::NotEmpty(_))));
-    assert!(matches!(SledStore::open(d.path()), Err(StoreError::NotFound(_))));
-    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "nothing was created");
+    assert!(matches!(
+        SledStore::create(d.path()),
+        Err(StoreError::NotEmpty(_))
+    ));
+    assert!(matches!(
+        SledStore::open(d.path()),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        std::fs::read_dir(d.path()).unwrap().count(),
+        1,
+        "nothing was created"
+    );
 }
 
 #[test]
@@ -70,6 +87,10 @@ fn faulty_store_fails_the_nth_write_and_changes_nothing() {
     b.put(S, b"2".to_vec(), b"2".to_vec());
     assert!(s.commit(b).is_err(), "the 2nd write fails");
     assert!(s.flush().is_err(), "later writes fail too");
-    assert_eq!(s.get(S, b"2").unwrap(), None, "the failed write changed nothing");
+    assert_eq!(
+        s.get(S, b"2").unwrap(),
+        None,
+        "the failed write changed nothing"
+    );
     assert_eq!(s.writes(), 3);
 }

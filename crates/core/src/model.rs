@@ -1,0 +1,351 @@
+//! The domain: patients, notes, identifiers and timestamps.
+
+use std::fmt;
+use std::str::FromStr;
+
+use zeroize::Zeroizing;
+
+use crate::frame::MAX_BODY_BYTES;
+use crate::Error;
+
+/// Largest patient identifier, in bytes.
+pub const MAX_PATIENT_ID_BYTES: usize = 256;
+/// Largest name, author or kind, in bytes.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// A patient's identifier (as the clinic knows it): 1 to 256 bytes of UTF-8.
+///
+/// It is a secret: its `Debug` output is redacted, and it never appears in an error.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PatientId(String);
+
+impl PatientId {
+    /// Validates an identifier: 1 to [`MAX_PATIENT_ID_BYTES`] bytes.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_PATIENT_ID_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "a patient id must be 1 to {MAX_PATIENT_ID_BYTES} bytes of UTF-8"
+            )));
+        }
+        Ok(PatientId(id))
+    }
+
+    /// The identifier's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PatientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PatientId(<redacted>)")
+    }
+}
+
+/// A note's id: 16 random bytes, written as 32 lowercase hex digits. Not secret: it is random
+/// and reveals nothing about the patient or the date.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct NoteId(pub(crate) [u8; 16]);
+
+impl NoteId {
+    pub(crate) fn random() -> Result<Self, Error> {
+        let mut b = [0u8; 16];
+        crate::crypto::fill_random(&mut b)?;
+        Ok(NoteId(b))
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for NoteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for NoteId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::NoSuchNote;
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(NoteId(out))
+    }
+}
+
+/// A point in time: milliseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The current time from the system clock.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+    /// From milliseconds since the Unix epoch.
+    pub fn from_unix_millis(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_millis(&self) -> i64 {
+        self.0
+    }
+}
+
+/// A date of birth, `YYYY-MM-DD`, checked to be a real calendar date.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BirthDate(String);
+
+impl BirthDate {
+    /// Parses `YYYY-MM-DD` (years 0001 to 9999).
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let bad =
+            || Error::InvalidArgument("a birth date must be a real date written YYYY-MM-DD".into());
+        let b = s.as_bytes();
+        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+            return Err(bad());
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<u32, Error> {
+            let part = &s[r];
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(bad());
+            }
+            part.parse().map_err(|_| bad())
+        };
+        let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let days = match m {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return Err(bad()),
+        };
+        if y == 0 || d == 0 || d > days {
+            return Err(bad());
+        }
+        Ok(BirthDate(s.to_string()))
+    }
+
+    /// The date as `YYYY-MM-DD`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BirthDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BirthDate(<redacted>)")
+    }
+}
+
+pub(crate) fn check_field(what: &str, v: &Option<String>) -> Result<(), Error> {
+    match v {
+        Some(s) if s.len() > MAX_FIELD_BYTES => Err(Error::InvalidArgument(format!(
+            "{what} must be at most {MAX_FIELD_BYTES} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A patient to register.
+#[derive(Debug)]
+pub struct NewPatient {
+    /// The identifier.
+    pub id: PatientId,
+    /// Full name, if known.
+    pub name: Option<String>,
+    /// Date of birth, if known.
+    pub birth_date: Option<BirthDate>,
+}
+
+impl NewPatient {
+    /// A patient known only by its identifier.
+    pub fn new(id: PatientId) -> Self {
+        NewPatient {
+            id,
+            name: None,
+            birth_date: None,
+        }
+    }
+}
+
+/// A registered patient, decrypted.
+pub struct Patient {
+    /// The identifier.
+    pub id: PatientId,
+    /// Full name, if recorded.
+    pub name: Option<String>,
+    /// Date of birth, if recorded.
+    pub birth_date: Option<BirthDate>,
+    /// When the patient was registered.
+    pub created_at: Timestamp,
+    /// How many notes (not versions) the patient has.
+    pub notes: u64,
+}
+
+impl fmt::Debug for Patient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Patient")
+            .field("notes", &self.notes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A note body: bytes, zeroized when dropped.
+pub struct NoteBody(Zeroizing<Vec<u8>>);
+
+impl NoteBody {
+    /// Wraps a body, checking it is at most 16 MiB.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, Error> {
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(Error::TooLarge(format!(
+                "the note is {} bytes; the limit is {} bytes (16 MiB)",
+                bytes.len(),
+                MAX_BODY_BYTES
+            )));
+        }
+        Ok(NoteBody(Zeroizing::new(bytes)))
+    }
+    /// The body's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NoteBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NoteBody(<{} bytes>)", self.0.len())
+    }
+}
+
+/// A note to store (or a new version of one).
+#[derive(Debug)]
+pub struct NewNote {
+    /// The text (any bytes, at most 16 MiB).
+    pub body: NoteBody,
+    /// Who wrote it.
+    pub author: Option<String>,
+    /// What kind of note it is (consultation, lab result...).
+    pub kind: Option<String>,
+    /// When it was written; `None`: now. Imports carry the original date.
+    pub created_at: Option<Timestamp>,
+}
+
+impl NewNote {
+    /// A note with just a body.
+    pub fn new(body: NoteBody) -> Self {
+        NewNote {
+            body,
+            author: None,
+            kind: None,
+            created_at: None,
+        }
+    }
+}
+
+/// One version of a note, decrypted.
+pub struct Note {
+    /// The note's id.
+    pub id: NoteId,
+    /// The version: 1 for the original, then one more per amendment.
+    pub version: u32,
+    /// When the note was first written.
+    pub created_at: Timestamp,
+    /// When this version was written.
+    pub updated_at: Timestamp,
+    /// Who wrote this version.
+    pub author: Option<String>,
+    /// The note's kind.
+    pub kind: Option<String>,
+    /// The body's length in bytes.
+    pub bytes: u64,
+    /// The body, when it was asked for (listings leave it out).
+    pub body: Option<NoteBody>,
+}
+
+impl fmt::Debug for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Note")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One search hit.
+pub struct SearchHit {
+    /// The patient.
+    pub patient_id: PatientId,
+    /// The note.
+    pub note_id: NoteId,
+    /// The note's current version.
+    pub version: u32,
+    /// A short piece of the body around the first match.
+    pub snippet: String,
+}
+
+impl fmt::Debug for SearchHit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SearchHit")
+            .field("note_id", &self.note_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn birth_dates_must_be_real() {
+        assert!(BirthDate::parse("1984-02-29").is_ok());
+        assert!(BirthDate::parse("1900-02-29").is_err());
+        assert!(BirthDate::parse("2000-02-29").is_ok());
+        for bad in [
+            "1984-13-01",
+            "1984-00-10",
+            "84-01-01",
+            "1984-1-1",
+            "1984-01-32",
+            "abcd-ef-gh",
+            "+984-01-01",
+        ] {
+            assert!(BirthDate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patient_ids_are_bounded_and_redacted() {
+        assert!(PatientId::new("").is_err());
+        assert!(PatientId::new("x".repeat(256)).is_ok());
+        assert!(PatientId::new("x".repeat(257)).is_err());
+        assert_eq!(
+            format!("{:?}", PatientId::new("secret").unwrap()),
+            "PatientId(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn note_ids_round_trip_as_hex() {
+        let id = NoteId([0xab; 16]);
+        assert_eq!(id.to_string().parse::<NoteId>().unwrap(), id);
+        assert!("zz".parse::<NoteId>().is_err());
+    }
+}

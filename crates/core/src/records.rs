@@ -1,0 +1,140 @@
+//! The plaintext payloads of each record kind, and where each record is stored.
+//! Specified in docs/format.md, "Records".
+
+use carnet_storage::Space;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Storage spaces (docs/format.md, "Storage layout").
+pub(crate) mod space {
+    use super::Space;
+    /// Vault-wide records: the wrapped vault keys and the patient registry.
+    pub(crate) const META: Space = Space::new("meta");
+    /// Wrapped patient keys: blind (32) || key version (u32 BE).
+    pub(crate) const PATIENT_KEYS: Space = Space::new("pkeys");
+    /// Patient identities: blind (32).
+    pub(crate) const PATIENTS: Space = Space::new("patients");
+    /// Patient manifests: blind (32).
+    pub(crate) const MANIFESTS: Space = Space::new("manifests");
+    /// Note versions: blind (32) || note id (16) || note version (u32 BE).
+    pub(crate) const NOTES: Space = Space::new("notes");
+}
+
+pub(crate) const META_VAULT_KEYS: &[u8] = b"vault-keys";
+pub(crate) const META_REGISTRY: &[u8] = b"registry";
+
+/// Purpose codes of the vault keys.
+pub(crate) const PURPOSE_BLIND: u8 = 1;
+pub(crate) const PURPOSE_REGISTRY: u8 = 2;
+
+/// One random vault key.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct VaultKeyV1 {
+    pub(crate) purpose: u8,
+    pub(crate) version: u32,
+    pub(crate) key: [u8; 32],
+}
+
+/// Kind 1, VaultKeys.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct VaultKeysV1 {
+    pub(crate) keys: Vec<VaultKeyV1>,
+}
+
+/// Kind 2, PatientKey.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct PatientKeyV1 {
+    pub(crate) key: [u8; 32],
+}
+
+/// Kind 3, Registry: how many patients exist and the chain over their blinds.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct RegistryV1 {
+    pub(crate) patients: u64,
+    pub(crate) head: [u8; 32],
+}
+
+/// Kind 4, Patient.
+#[derive(Serialize, Deserialize, Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct PatientV1 {
+    /// Position in the registry chain (0-based, in order of registration).
+    pub(crate) seq: u64,
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) birth_date: Option<String>,
+    pub(crate) created_at: i64,
+}
+
+/// Kind 5, Manifest: the head of the patient's note chain.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct ManifestV1 {
+    /// Number of note versions ever written (the next version's position in the chain).
+    pub(crate) next_seq: u64,
+    /// The chain head after the last version.
+    pub(crate) head: [u8; 32],
+    /// Number of distinct notes.
+    pub(crate) notes: u64,
+}
+
+/// Kind 6, Note: metadata of one version; the body follows in the frame.
+#[derive(Serialize, Deserialize, Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct NoteMetaV1 {
+    /// Position in the patient's note chain.
+    pub(crate) seq: u64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) author: Option<String>,
+    pub(crate) kind: Option<String>,
+}
+
+/// The blinded index of a patient: HMAC-SHA-256(blind key, label || patient id).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Blind(pub(crate) [u8; 32]);
+
+impl Blind {
+    /// A short, non-secret name for messages: the first 6 bytes in hex.
+    pub(crate) fn short(&self) -> String {
+        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub(crate) fn from_slice(b: &[u8]) -> Option<Blind> {
+        Some(Blind(b.try_into().ok()?))
+    }
+}
+
+/// The storage key of a wrapped patient key.
+pub(crate) fn patient_key_key(blind: &Blind, version: u32) -> Vec<u8> {
+    [&blind.0[..], &version.to_be_bytes()].concat()
+}
+
+/// The storage key of a note version.
+pub(crate) fn note_key(blind: &Blind, note: &[u8; 16], version: u32) -> Vec<u8> {
+    [&blind.0[..], &note[..], &version.to_be_bytes()].concat()
+}
+
+/// Splits a note storage key into (blind, note id, version).
+pub(crate) fn parse_note_key(k: &[u8]) -> Option<(Blind, [u8; 16], u32)> {
+    if k.len() != 52 {
+        return None;
+    }
+    Some((
+        Blind::from_slice(&k[..32])?,
+        k[32..48].try_into().ok()?,
+        u32::from_be_bytes(k[48..52].try_into().ok()?),
+    ))
+}
+
+/// One link of the registry chain.
+pub(crate) fn registry_link(head: &[u8; 32], blind: &Blind) -> [u8; 32] {
+    crate::crypto::sha256(&[crate::crypto::LABEL_REGISTRY_CHAIN, head, &blind.0])
+}
+
+/// One link of a patient's note chain.
+pub(crate) fn note_link(head: &[u8; 32], note: &[u8; 16], version: u32) -> [u8; 32] {
+    crate::crypto::sha256(&[
+        crate::crypto::LABEL_NOTE_CHAIN,
+        head,
+        note,
+        &version.to_be_bytes(),
+    ])
+}

@@ -1,0 +1,68 @@
+//! Secret values: zeroized on drop, never printed, exposed only through named calls.
+
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// A 256-bit symmetric key. Zeroized on drop; no `Debug`, `Clone` or `PartialEq`.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    /// Wraps raw key bytes (from the OS generator, a KDF or a decrypted payload).
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        SecretKey(bytes)
+    }
+
+    /// A fresh key from the operating system's generator.
+    pub(crate) fn random() -> Result<Self, crate::Error> {
+        let mut k = [0u8; 32];
+        crate::crypto::fill_random(&mut k)?;
+        Ok(SecretKey(k))
+    }
+
+    /// The key bytes, for handing to a primitive.
+    pub(crate) fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Constant-time equality (used where a derived key is checked against a stored copy).
+    #[allow(dead_code)]
+    pub(crate) fn ct_eq(&self, other: &SecretKey) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+/// A passphrase. Zeroized on drop; no `Debug` output; compared only by the KDF.
+///
+/// Build one with [`Passphrase::new`] from the text a user typed (without its line ending).
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    /// The shortest passphrase accepted for a new key slot, in characters.
+    pub const MIN_CHARS: usize = 12;
+
+    /// Wraps a passphrase. The `String` is moved in and zeroized when the passphrase drops.
+    pub fn new(text: String) -> Self {
+        Passphrase(Zeroizing::new(text))
+    }
+
+    /// Whether this passphrase is long enough to protect a new key slot.
+    pub fn is_strong_enough(&self) -> bool {
+        self.0.chars().count() >= Self::MIN_CHARS
+    }
+
+    /// Whether the passphrase is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}

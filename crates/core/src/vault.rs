@@ -1,0 +1,1315 @@
+//! The [`Vault`]: create, unlock, and every operation on patients and notes.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use carnet_storage::{Batch, Store};
+
+use crate::crypto::{
+    self, LABEL_BLIND, LABEL_PATIENT_MANIFEST, LABEL_PATIENT_NOTE, LABEL_PATIENT_RECORD,
+    LABEL_WRAP_PATIENT_KEY, LABEL_WRAP_VAULT_KEYS,
+};
+use crate::envelope::{self, Kind, ParseError, Sealed};
+use crate::frame;
+use crate::keyring::{KdfParams, Keyring, KeyringParseError, Slot};
+use crate::model::{
+    check_field, BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId,
+    SearchHit, Timestamp,
+};
+use crate::records::{
+    note_key, note_link, parse_note_key, patient_key_key, registry_link, space, Blind, ManifestV1,
+    NoteMetaV1, PatientKeyV1, PatientV1, RegistryV1, VaultKeyV1, VaultKeysV1, META_REGISTRY,
+    META_VAULT_KEYS, PURPOSE_BLIND, PURPOSE_REGISTRY,
+};
+use crate::secret::{Passphrase, SecretKey};
+use crate::{Error, IntegrityError};
+
+/// The user whose slot `create` makes unless told otherwise.
+pub const DEFAULT_USER: &str = "admin";
+/// Registry records are sealed under this version of the registry key.
+const REGISTRY_KEY_VERSION: u32 = 1;
+/// Notes per atomic batch during an import.
+const IMPORT_BATCH_NOTES: usize = 1000;
+/// Plaintext bytes per atomic batch during an import.
+const IMPORT_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// An unlocked vault over any [`Store`].
+///
+/// Every read authenticates what it returns, including that no record of the patient was
+/// removed, moved or replaced (the patient's note chain is checked against its manifest).
+/// Every write is one atomic batch, made durable before the call returns.
+pub struct Vault<S: Store> {
+    store: S,
+    keyring: Keyring,
+    wrap_patient: SecretKey,
+    blind_key: SecretKey,
+    registry_key: SecretKey,
+    /// Per patient, the latest version of each note as of a fully verified chain, keyed by the
+    /// manifest it was verified against. Lets single-note reads skip re-verifying the whole
+    /// chain while the manifest is unchanged (docs/architecture.md, "Reads").
+    chains: Mutex<HashMap<Blind, VerifiedChain>>,
+}
+
+struct VerifiedChain {
+    manifest: Vec<u8>,
+    latest: HashMap<[u8; 16], u32>,
+}
+
+impl<S: Store> std::fmt::Debug for Vault<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("epoch", &self.keyring.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A patient's keys for one key version, each derived for one purpose.
+struct PatientKeys {
+    version: u32,
+    record: SecretKey,
+    manifest: SecretKey,
+    note: SecretKey,
+}
+
+impl PatientKeys {
+    fn derive(version: u32, key: &SecretKey) -> Self {
+        PatientKeys {
+            version,
+            record: crypto::subkey(key, LABEL_PATIENT_RECORD),
+            manifest: crypto::subkey(key, LABEL_PATIENT_MANIFEST),
+            note: crypto::subkey(key, LABEL_PATIENT_NOTE),
+        }
+    }
+}
+
+/// A patient's decrypted record, keys and manifest.
+struct PatientState {
+    blind: Blind,
+    keys: PatientKeys,
+    info: PatientV1,
+    manifest: ManifestV1,
+    /// The manifest's bytes as stored now (`None`: not stored yet), for compare-and-swap.
+    manifest_stored: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+/// One decoded note version.
+struct Decoded {
+    note: [u8; 16],
+    version: u32,
+    meta: NoteMetaV1,
+    bytes: u64,
+    body: Option<NoteBody>,
+}
+
+/// The outcome of decrypting all of a patient's notes.
+struct Scan {
+    decoded: Vec<Decoded>,
+    problems: Vec<IntegrityError>,
+    stored: u64,
+}
+
+/// Which bodies a scan of a patient's notes keeps.
+#[derive(Clone, Copy)]
+enum Bodies {
+    None,
+    Current,
+    Of([u8; 16]),
+}
+
+fn integrity(location: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::Integrity(IntegrityError::new(location, problem))
+}
+
+fn parse_error(location: &str, e: ParseError) -> Error {
+    match e {
+        ParseError::FutureVersion(v) => Error::UnsupportedFormat {
+            found: u32::from(v),
+            supported: u32::from(envelope::FORMAT_VERSION),
+        },
+        ParseError::Foreign => integrity(location, "not a Carnet record"),
+        ParseError::Malformed(what) => integrity(location, what),
+    }
+}
+
+/// Parses and opens a record, decoding its frame. All failures are integrity errors.
+fn open_frame<M: serde::de::DeserializeOwned>(
+    location: &str,
+    bytes: &[u8],
+    kind: Kind,
+    key: &SecretKey,
+    vault_id: &[u8; 16],
+    binding: &[u8],
+) -> Result<(M, zeroize::Zeroizing<Vec<u8>>), Error> {
+    let sealed = Sealed::parse(bytes).map_err(|e| parse_error(location, e))?;
+    let plain = sealed.open(kind, key, vault_id, binding).ok_or_else(|| {
+        integrity(
+            location,
+            "failed authentication (altered, moved or foreign)",
+        )
+    })?;
+    let (meta, _) = frame::decode::<M>(&plain)
+        .ok_or_else(|| integrity(location, "authenticated but malformed payload"))?;
+    Ok((meta, plain))
+}
+
+impl<S: Store> Vault<S> {
+    /// Creates a new vault in an empty `store`, with one passphrase slot for `user`.
+    ///
+    /// The passphrase must have at least [`Passphrase::MIN_CHARS`] characters. The keyring is
+    /// written last, so an interrupted `create` leaves no half-made vault that unlocks.
+    pub fn create(
+        store: S,
+        user: &str,
+        passphrase: &Passphrase,
+        kdf: KdfParams,
+    ) -> Result<Self, Error> {
+        if store.read_root()?.is_some() {
+            return Err(Error::AlreadyAVault);
+        }
+        if !passphrase.is_strong_enough() {
+            return Err(Error::InvalidArgument(format!(
+                "the passphrase is too short: use at least {} characters",
+                Passphrase::MIN_CHARS
+            )));
+        }
+        let mut vault_id = [0u8; 16];
+        crypto::fill_random(&mut vault_id)?;
+        let epoch = 1;
+        let master = SecretKey::random()?;
+        let slot = Slot::create(&vault_id, user, passphrase, kdf, epoch, &master)?;
+        let mut keyring = Keyring::new(vault_id, epoch, slot);
+
+        let blind = SecretKey::random()?;
+        let registry = SecretKey::random()?;
+        let keys = VaultKeysV1 {
+            keys: vec![
+                VaultKeyV1 {
+                    purpose: PURPOSE_BLIND,
+                    version: 1,
+                    key: *blind.expose(),
+                },
+                VaultKeyV1 {
+                    purpose: PURPOSE_REGISTRY,
+                    version: REGISTRY_KEY_VERSION,
+                    key: *registry.expose(),
+                },
+            ],
+        };
+        let wrap_vault = crypto::subkey(&master, LABEL_WRAP_VAULT_KEYS);
+        let mut batch = Batch::new();
+        let plain = frame::encode(&keys, &[])?;
+        let sealed = envelope::seal(Kind::VaultKeys, epoch, &wrap_vault, &vault_id, &[], &plain)?;
+        batch.put(space::META, META_VAULT_KEYS, sealed);
+        let reg = RegistryV1 {
+            patients: 0,
+            head: [0; 32],
+        };
+        batch.put(
+            space::META,
+            META_REGISTRY,
+            seal_registry(&registry, &vault_id, &reg)?,
+        );
+        store.commit(batch)?;
+        store.flush()?;
+        store.replace_root(&keyring.encode(&master))?;
+        Ok(Vault {
+            store,
+            wrap_patient: crypto::subkey(&master, LABEL_WRAP_PATIENT_KEY),
+            keyring,
+            blind_key: blind,
+            registry_key: registry,
+            chains: Mutex::default(),
+        })
+    }
+
+    /// Unlocks the vault in `store` with `user`'s passphrase.
+    ///
+    /// Fails with [`Error::WrongPassphrase`] (wrong passphrase or damaged slot),
+    /// [`Error::UnknownUser`], [`Error::NotAVault`], [`Error::UnsupportedFormat`], or
+    /// [`Error::Integrity`] when the keyring or the vault keys were altered. Changes nothing.
+    pub fn unlock(store: S, user: &str, passphrase: &Passphrase) -> Result<Self, Error> {
+        let root = store.read_root()?.ok_or(Error::NotAVault)?;
+        let keyring = Keyring::parse(&root).map_err(|e| match e {
+            KeyringParseError::Foreign => Error::Foreign,
+            KeyringParseError::FutureVersion(v) => Error::UnsupportedFormat {
+                found: u32::from(v),
+                supported: u32::from(crate::keyring::VERSION),
+            },
+            KeyringParseError::Malformed => integrity("keyring", "malformed"),
+        })?;
+        let master = keyring.unlock(user, passphrase)?;
+        let stored = store
+            .get(space::META, META_VAULT_KEYS)?
+            .ok_or_else(|| integrity("vault keys", "missing"))?;
+        let wrap_vault = crypto::subkey(&master, LABEL_WRAP_VAULT_KEYS);
+        if Sealed::parse(&stored).map(|s| s.key_version).ok() != Some(keyring.epoch) {
+            return Err(integrity(
+                "vault keys",
+                "not sealed under the current epoch",
+            ));
+        }
+        let (keys, _) = open_frame::<VaultKeysV1>(
+            "vault keys",
+            &stored,
+            Kind::VaultKeys,
+            &wrap_vault,
+            &keyring.vault_id,
+            &[],
+        )?;
+        let find = |purpose: u8| {
+            keys.keys
+                .iter()
+                .find(|k| k.purpose == purpose)
+                .map(|k| SecretKey::from_bytes(k.key))
+                .ok_or_else(|| integrity("vault keys", "a vault key is missing"))
+        };
+        Ok(Vault {
+            blind_key: find(PURPOSE_BLIND)?,
+            registry_key: find(PURPOSE_REGISTRY)?,
+            wrap_patient: crypto::subkey(&master, LABEL_WRAP_PATIENT_KEY),
+            store,
+            keyring,
+            chains: Mutex::default(),
+        })
+    }
+
+    /// The current master key epoch (1 for a new vault; each rotation adds one).
+    pub fn epoch(&self) -> u32 {
+        self.keyring.epoch
+    }
+
+    /// The KDF parameters of `user`'s slot, if the user exists.
+    pub fn kdf_params(&self, user: &str) -> Option<KdfParams> {
+        self.keyring.slot(user).map(|s| s.kdf())
+    }
+
+    /// The underlying store (for backups and diagnostics; it holds only ciphertext).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn blind(&self, id: &PatientId) -> Blind {
+        Blind(crypto::hmac(
+            &self.blind_key,
+            &[LABEL_BLIND, id.as_str().as_bytes()],
+        ))
+    }
+
+    fn vault_id(&self) -> &[u8; 16] {
+        &self.keyring.vault_id
+    }
+
+    // ----- reading -----
+
+    fn patient_keys(&self, blind: &Blind, version: u32) -> Result<PatientKeys, Error> {
+        let location = format!("patient key {}/v{version}", blind.short());
+        let k = patient_key_key(blind, version);
+        let stored = self
+            .store
+            .get(space::PATIENT_KEYS, &k)?
+            .ok_or_else(|| integrity(&location, "missing"))?;
+        let sealed = Sealed::parse(&stored).map_err(|e| parse_error(&location, e))?;
+        if sealed.key_version != self.keyring.epoch {
+            return Err(integrity(&location, "not wrapped under the current epoch"));
+        }
+        let (pk, _) = open_frame::<PatientKeyV1>(
+            &location,
+            &stored,
+            Kind::PatientKey,
+            &self.wrap_patient,
+            self.vault_id(),
+            &k,
+        )?;
+        Ok(PatientKeys::derive(version, &SecretKey::from_bytes(pk.key)))
+    }
+
+    /// Decrypts a patient's record and manifest stored under `blind`.
+    fn load_patient(&self, blind: &Blind, stored: &[u8]) -> Result<PatientState, Error> {
+        let location = format!("patient {}", blind.short());
+        let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
+        let keys = self.patient_keys(blind, sealed.key_version)?;
+        let (info, _) = open_frame::<PatientV1>(
+            &location,
+            stored,
+            Kind::Patient,
+            &keys.record,
+            self.vault_id(),
+            &blind.0,
+        )?;
+        let mlocation = format!("manifest {}", blind.short());
+        let mstored = self
+            .store
+            .get(space::MANIFESTS, &blind.0)?
+            .ok_or_else(|| integrity(&mlocation, "missing"))?;
+        let msealed = Sealed::parse(&mstored).map_err(|e| parse_error(&mlocation, e))?;
+        if msealed.key_version != keys.version {
+            return Err(integrity(
+                &mlocation,
+                "sealed under another patient key version",
+            ));
+        }
+        let (manifest, _) = open_frame::<ManifestV1>(
+            &mlocation,
+            &mstored,
+            Kind::Manifest,
+            &keys.manifest,
+            self.vault_id(),
+            &blind.0,
+        )?;
+        Ok(PatientState {
+            blind: *blind,
+            keys,
+            info,
+            manifest,
+            manifest_stored: Some(mstored),
+            dirty: false,
+        })
+    }
+
+    fn find_patient(&self, id: &PatientId) -> Result<PatientState, Error> {
+        let blind = self.blind(id);
+        let stored = self
+            .store
+            .get(space::PATIENTS, &blind.0)?
+            .ok_or(Error::NoSuchPatient)?;
+        let st = self.load_patient(&blind, &stored)?;
+        if st.info.id != id.as_str() {
+            return Err(integrity(
+                format!("patient {}", blind.short()),
+                "identifier mismatch",
+            ));
+        }
+        Ok(st)
+    }
+
+    fn open_note(
+        &self,
+        st: &PatientState,
+        key: &[u8],
+        stored: &[u8],
+        keep: bool,
+    ) -> Result<Decoded, Error> {
+        let (blind, note, version) = parse_note_key(key)
+            .filter(|(b, _, _)| *b == st.blind)
+            .ok_or_else(|| {
+                integrity(
+                    format!("note under {}", st.blind.short()),
+                    "malformed storage key",
+                )
+            })?;
+        let location = format!("note {}/{}/v{version}", blind.short(), NoteId(note));
+        let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
+        if sealed.key_version != st.keys.version {
+            return Err(integrity(
+                &location,
+                "sealed under another patient key version",
+            ));
+        }
+        let (meta, plain) = open_frame::<NoteMetaV1>(
+            &location,
+            stored,
+            Kind::Note,
+            &st.keys.note,
+            self.vault_id(),
+            key,
+        )?;
+        let (_, body) = frame::decode::<NoteMetaV1>(&plain)
+            .ok_or_else(|| integrity(&location, "authenticated but malformed payload"))?;
+        Ok(Decoded {
+            note,
+            version,
+            meta,
+            bytes: body.len() as u64,
+            body: if keep {
+                Some(NoteBody::new(body.to_vec())?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Decrypts every note version of a patient and checks them against the manifest's chain.
+    /// Returns the decoded versions (in storage order) and every problem found.
+    fn scan_notes(&self, st: &PatientState, bodies: Bodies) -> Result<Scan, Error> {
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = self
+            .store
+            .scan_prefix(space::NOTES, &st.blind.0)
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(raw.len());
+        let mut problems = Vec::new();
+        for (i, (k, v)) in raw.iter().enumerate() {
+            let keep = match bodies {
+                Bodies::None => false,
+                // Keys sort by (note id, version): the last of a note's run is its current version.
+                Bodies::Current => raw
+                    .get(i + 1)
+                    .is_none_or(|(next, _)| next.get(32..48) != k.get(32..48)),
+                Bodies::Of(n) => k.get(32..48) == Some(&n[..]),
+            };
+            match self.open_note(st, k, v, keep) {
+                Ok(d) => out.push(d),
+                Err(Error::Integrity(e)) => problems.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        problems.extend(check_chain(st, &out, raw.len()));
+        Ok(Scan {
+            decoded: out,
+            problems,
+            stored: raw.len() as u64,
+        })
+    }
+
+    /// The patient's note versions, all authenticated, or the first integrity problem.
+    fn notes_of(&self, st: &PatientState, bodies: Bodies) -> Result<Vec<Decoded>, Error> {
+        let mut scan = self.scan_notes(st, bodies)?;
+        if scan.problems.is_empty() {
+            if let Some(m) = &st.manifest_stored {
+                let mut latest = HashMap::new();
+                for d in &scan.decoded {
+                    let v = latest.entry(d.note).or_insert(d.version);
+                    *v = (*v).max(d.version);
+                }
+                self.chains().insert(
+                    st.blind,
+                    VerifiedChain {
+                        manifest: m.clone(),
+                        latest,
+                    },
+                );
+            }
+            Ok(scan.decoded)
+        } else {
+            Err(Error::Integrity(scan.problems.swap_remove(0)))
+        }
+    }
+
+    fn to_patient(st: &PatientState) -> Result<Patient, Error> {
+        let bad = || {
+            integrity(
+                format!("patient {}", st.blind.short()),
+                "invalid stored field",
+            )
+        };
+        Ok(Patient {
+            id: PatientId::new(st.info.id.clone()).map_err(|_| bad())?,
+            name: st.info.name.clone(),
+            birth_date: match st.info.birth_date.as_deref() {
+                Some(d) => Some(BirthDate::parse(d).map_err(|_| bad())?),
+                None => None,
+            },
+            created_at: Timestamp::from_unix_millis(st.info.created_at),
+            notes: st.manifest.notes,
+        })
+    }
+
+    /// Every patient, in the order they were registered.
+    pub fn patients(&self) -> Result<Vec<Patient>, Error> {
+        let mut states = self.all_patients()?;
+        states.sort_by_key(|s| s.info.seq);
+        states.iter().map(Self::to_patient).collect()
+    }
+
+    fn all_patients(&self) -> Result<Vec<PatientState>, Error> {
+        let mut out = Vec::new();
+        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
+            let (k, v) = r?;
+            let blind = Blind::from_slice(&k)
+                .ok_or_else(|| integrity("patients", "malformed storage key"))?;
+            out.push(self.load_patient(&blind, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// One patient.
+    pub fn patient(&self, id: &PatientId) -> Result<Patient, Error> {
+        Self::to_patient(&self.find_patient(id)?)
+    }
+
+    /// The current version of each of the patient's notes, in the order the notes were added,
+    /// without their bodies.
+    pub fn notes(&self, id: &PatientId) -> Result<Vec<Note>, Error> {
+        let st = self.find_patient(id)?;
+        Ok(current_versions(self.notes_of(&st, Bodies::None)?))
+    }
+
+    /// The current version of one note, with its body.
+    pub fn note(&self, id: &PatientId, note: &NoteId) -> Result<Note, Error> {
+        let st = self.find_patient(id)?;
+        self.note_versions(&st, note, true)?
+            .pop()
+            .map(to_note)
+            .ok_or(Error::NoSuchNote)
+    }
+
+    /// Every version of one note, oldest first, with bodies.
+    pub fn note_history(&self, id: &PatientId, note: &NoteId) -> Result<Vec<Note>, Error> {
+        let st = self.find_patient(id)?;
+        Ok(self
+            .note_versions(&st, note, false)?
+            .into_iter()
+            .map(to_note)
+            .collect())
+    }
+
+    fn chains(&self) -> MutexGuard<'_, HashMap<Blind, VerifiedChain>> {
+        // The map is only a cache of verified facts; a poisoned one is still consistent.
+        self.chains.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The versions of one note, ascending (only the last one's body when `latest_only`).
+    ///
+    /// If this patient's chain was fully verified against the manifest stored now, only the
+    /// note's own records are read: their versions must be exactly 1..=latest as verified.
+    /// Otherwise the whole chain is verified first (and remembered).
+    fn note_versions(
+        &self,
+        st: &PatientState,
+        note: &NoteId,
+        latest_only: bool,
+    ) -> Result<Vec<Decoded>, Error> {
+        let cached = st.manifest_stored.as_ref().and_then(|m| {
+            let chains = self.chains();
+            let c = chains.get(&st.blind).filter(|c| &c.manifest == m)?;
+            Some(c.latest.get(&note.0).copied())
+        });
+        let mut versions = match cached {
+            Some(None) => return Err(Error::NoSuchNote),
+            Some(Some(latest)) => {
+                let prefix = [&st.blind.0[..], &note.0[..]].concat();
+                let raw: Vec<(Vec<u8>, Vec<u8>)> = self
+                    .store
+                    .scan_prefix(space::NOTES, &prefix)
+                    .collect::<Result<_, _>>()?;
+                if raw.len() as u64 != u64::from(latest) {
+                    return Err(integrity(
+                        format!("note {}/{}", st.blind.short(), note),
+                        "versions were removed or added since the chain was verified",
+                    ));
+                }
+                let mut out = Vec::with_capacity(raw.len());
+                for (i, (k, v)) in raw.iter().enumerate() {
+                    let d = self.open_note(st, k, v, !latest_only || i + 1 == raw.len())?;
+                    if d.version != i as u32 + 1 || d.meta.seq >= st.manifest.next_seq {
+                        return Err(integrity(
+                            format!("note {}/{}/v{}", st.blind.short(), note, d.version),
+                            "out of place in the patient's note chain",
+                        ));
+                    }
+                    out.push(d);
+                }
+                out
+            }
+            None => self
+                .notes_of(st, Bodies::Of(note.0))?
+                .into_iter()
+                .filter(|d| d.note == note.0)
+                .collect(),
+        };
+        if versions.is_empty() {
+            return Err(Error::NoSuchNote);
+        }
+        versions.sort_by_key(|d| d.version);
+        Ok(versions)
+    }
+
+    /// Notes whose current body contains `text`, ignoring case; all patients, or one.
+    /// Decrypts every note it scans (fine for a clinic's volume; see docs/architecture.md).
+    pub fn search(&self, text: &str, patient: Option<&PatientId>) -> Result<Vec<SearchHit>, Error> {
+        let mut states = match patient {
+            Some(id) => vec![self.find_patient(id)?],
+            None => self.all_patients()?,
+        };
+        states.sort_by_key(|s| s.info.seq);
+        let needle = text.to_lowercase();
+        let mut hits = Vec::new();
+        for st in &states {
+            let notes = current_versions(self.notes_of(st, Bodies::Current)?);
+            for n in notes {
+                let Some(body) = &n.body else { continue };
+                if let Some(snippet) = find_snippet(body.as_bytes(), &needle) {
+                    hits.push(SearchHit {
+                        patient_id: PatientId::new(st.info.id.clone())?,
+                        note_id: n.id,
+                        version: n.version,
+                        snippet,
+                    });
+                }
+            }
+        }
+        Ok(hits)
+    }
+
+    // ----- writing -----
+
+    /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
+    pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
+        let mut txn = Txn::new(self);
+        txn.create_patient(patient, Timestamp::now())?;
+        txn.commit()
+    }
+
+    /// Stores a note for an existing patient; returns its new id once it is durable.
+    pub fn add_note(&self, id: &PatientId, note: NewNote) -> Result<NoteId, Error> {
+        let mut txn = Txn::new(self);
+        let blind = txn.existing_patient(id)?;
+        let note_id = txn.add_note(blind, note)?;
+        txn.commit()?;
+        Ok(note_id)
+    }
+
+    /// Appends a new version of a note (earlier versions stay readable); returns its version.
+    /// `author: None` keeps the previous version's author; the kind is kept.
+    pub fn amend_note(
+        &self,
+        id: &PatientId,
+        note: &NoteId,
+        body: NoteBody,
+        author: Option<String>,
+    ) -> Result<u32, Error> {
+        check_field("the author", &author)?;
+        let mut txn = Txn::new(self);
+        let blind = txn.existing_patient(id)?;
+        let st = &txn.patients[&blind];
+        let latest = self
+            .notes_of(st, Bodies::None)?
+            .into_iter()
+            .filter(|d| d.note == note.0)
+            .max_by_key(|d| d.version)
+            .ok_or(Error::NoSuchNote)?;
+        let version = latest.version + 1;
+        let meta = NoteMetaV1 {
+            seq: 0,
+            created_at: latest.meta.created_at,
+            updated_at: Timestamp::now().unix_millis(),
+            author: author.or_else(|| latest.meta.author.clone()),
+            kind: latest.meta.kind.clone(),
+        };
+        txn.add_version(blind, note.0, version, meta, body.as_bytes())?;
+        txn.commit()?;
+        Ok(version)
+    }
+
+    /// Starts a bulk import: notes are written in atomic batches (one flush per batch), and
+    /// patients are created as needed. See [`Import`].
+    pub fn import(&self) -> Import<'_, S> {
+        Import {
+            txn: Txn::new(self),
+            pending_notes: 0,
+            pending_bytes: 0,
+            committed: ImportSummary::default(),
+            staged: ImportSummary::default(),
+        }
+    }
+
+    // ----- verification -----
+
+    /// Decrypts and authenticates every record and every link between records, and reports
+    /// every problem found (it does not stop at the first). `progress` is called with
+    /// (patients checked, patients in the registry).
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, Error> {
+        let mut report = VerifyReport {
+            // The keyring and the vault keys were authenticated by `unlock`.
+            records_checked: 2,
+            problems: Vec::new(),
+        };
+        let registry = match self.load_registry() {
+            Ok((r, _)) => Some(r),
+            Err(Error::Integrity(e)) => {
+                report.problems.push(e);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        report.records_checked += 1;
+        let total = registry.as_ref().map_or(0, |r| r.patients);
+
+        // Patients (each one's key and manifest with it).
+        let mut patients: HashMap<Blind, PatientState> = HashMap::new();
+        let mut seen_blinds = Vec::new();
+        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
+            let (k, v) = r?;
+            report.records_checked += 1;
+            let Some(blind) = Blind::from_slice(&k) else {
+                report
+                    .problems
+                    .push(IntegrityError::new("patients", "malformed storage key"));
+                continue;
+            };
+            seen_blinds.push(blind);
+            match self.load_patient(&blind, &v) {
+                Ok(st) => {
+                    patients.insert(blind, st);
+                }
+                Err(Error::Integrity(e)) => report.problems.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(reg) = &registry {
+            report
+                .problems
+                .extend(check_registry(reg, &patients, seen_blinds.len()));
+        }
+
+        // Patient keys and manifests: no orphans (each patient's own were opened above).
+        for (sp, what) in [
+            (space::PATIENT_KEYS, "patient key"),
+            (space::MANIFESTS, "manifest"),
+        ] {
+            for r in self.store.scan_prefix(sp, &[]) {
+                let (k, _) = r?;
+                report.records_checked += 1;
+                let owner = k.get(..32).and_then(Blind::from_slice);
+                if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
+                    let short = owner.map_or_else(|| "?".into(), |b| b.short());
+                    report.problems.push(IntegrityError::new(
+                        format!("{what} {short}"),
+                        "belongs to no registered patient (orphan)",
+                    ));
+                }
+            }
+        }
+
+        // Notes, patient by patient, then orphans.
+        let mut done = 0u64;
+        let mut blinds: Vec<&Blind> = patients.keys().collect();
+        blinds.sort();
+        for blind in blinds {
+            let st = &patients[blind];
+            let scan = self.scan_notes(st, Bodies::None)?;
+            report.records_checked += scan.stored;
+            report.problems.extend(scan.problems);
+            done += 1;
+            progress(done, total);
+        }
+        for r in self.store.scan_prefix(space::NOTES, &[]) {
+            let (k, _) = r?;
+            let owner = k.get(..32).and_then(Blind::from_slice);
+            if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
+                report.records_checked += 1;
+                report.problems.push(IntegrityError::new(
+                    format!(
+                        "note under {}",
+                        owner.map_or_else(|| "?".into(), |b| b.short())
+                    ),
+                    "belongs to no registered patient (orphan)",
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    fn load_registry(&self) -> Result<(RegistryV1, Vec<u8>), Error> {
+        let stored = self
+            .store
+            .get(space::META, META_REGISTRY)?
+            .ok_or_else(|| integrity("registry", "missing"))?;
+        let (reg, _) = open_frame::<RegistryV1>(
+            "registry",
+            &stored,
+            Kind::Registry,
+            &self.registry_key,
+            self.vault_id(),
+            &[],
+        )?;
+        Ok((reg, stored))
+    }
+}
+
+fn seal_registry(key: &SecretKey, vault_id: &[u8; 16], reg: &RegistryV1) -> Result<Vec<u8>, Error> {
+    envelope::seal(
+        Kind::Registry,
+        REGISTRY_KEY_VERSION,
+        key,
+        vault_id,
+        &[],
+        &frame::encode(reg, &[])?,
+    )
+}
+
+/// Checks the registry's count and chain against the patients found.
+fn check_registry(
+    reg: &RegistryV1,
+    patients: &HashMap<Blind, PatientState>,
+    found: usize,
+) -> Vec<IntegrityError> {
+    let mut problems = Vec::new();
+    if reg.patients != found as u64 {
+        problems.push(IntegrityError::new(
+            "registry",
+            format!(
+                "lists {} patients but {} are stored (a patient was removed or added)",
+                reg.patients, found
+            ),
+        ));
+    }
+    let mut order: Vec<(u64, Blind)> = patients.values().map(|s| (s.info.seq, s.blind)).collect();
+    order.sort();
+    if order.len() == found {
+        let mut head = [0u8; 32];
+        for (i, (seq, blind)) in order.iter().enumerate() {
+            if *seq != i as u64 {
+                problems.push(IntegrityError::new(
+                    format!("patient {}", blind.short()),
+                    "out of place in the registry chain",
+                ));
+                return problems;
+            }
+            head = registry_link(&head, blind);
+        }
+        if head != reg.head && reg.patients == found as u64 {
+            problems.push(IntegrityError::new(
+                "registry",
+                "chain head does not match the patients stored",
+            ));
+        }
+    }
+    problems
+}
+
+/// Checks a patient's decoded note versions against its manifest: positions 0..next_seq each
+/// exactly once, the recomputed chain head equal to the manifest's, versions of each note
+/// numbered 1, 2, ... without gaps, and the note count.
+fn check_chain(st: &PatientState, decoded: &[Decoded], stored: usize) -> Vec<IntegrityError> {
+    let location = format!("manifest {}", st.blind.short());
+    let m = &st.manifest;
+    let mut problems = Vec::new();
+    if stored as u64 != m.next_seq {
+        problems.push(IntegrityError::new(
+            &location,
+            format!(
+                "lists {} note versions but {} are stored (a record was removed, added or replaced)",
+                m.next_seq, stored
+            ),
+        ));
+    }
+    if decoded.len() != stored {
+        // Some records failed to open: already reported; the chain cannot be recomputed.
+        return problems;
+    }
+    let mut order: Vec<&Decoded> = decoded.iter().collect();
+    order.sort_by_key(|d| d.meta.seq);
+    let mut head = [0u8; 32];
+    let mut next_version: HashMap<[u8; 16], u32> = HashMap::new();
+    for (i, d) in order.iter().enumerate() {
+        let expected = next_version.entry(d.note).or_insert(1);
+        if d.meta.seq != i as u64 || d.version != *expected {
+            problems.push(IntegrityError::new(
+                format!(
+                    "note {}/{}/v{}",
+                    st.blind.short(),
+                    NoteId(d.note),
+                    d.version
+                ),
+                "out of place in the patient's note chain",
+            ));
+            return problems;
+        }
+        *expected += 1;
+        head = note_link(&head, &d.note, d.version);
+    }
+    if problems.is_empty() && head != m.head {
+        problems.push(IntegrityError::new(
+            &location,
+            "chain head does not match the notes stored",
+        ));
+    }
+    if next_version.len() as u64 != m.notes && problems.is_empty() {
+        problems.push(IntegrityError::new(&location, "note count does not match"));
+    }
+    problems
+}
+
+fn to_note(d: Decoded) -> Note {
+    Note {
+        id: NoteId(d.note),
+        version: d.version,
+        created_at: Timestamp::from_unix_millis(d.meta.created_at),
+        updated_at: Timestamp::from_unix_millis(d.meta.updated_at),
+        author: d.meta.author.clone(),
+        kind: d.meta.kind.clone(),
+        bytes: d.bytes,
+        body: d.body,
+    }
+}
+
+/// The latest version of each note, ordered by when the note was first added.
+fn current_versions(decoded: Vec<Decoded>) -> Vec<Note> {
+    let mut first_seq: HashMap<[u8; 16], u64> = HashMap::new();
+    let mut latest: HashMap<[u8; 16], Decoded> = HashMap::new();
+    for d in decoded {
+        let s = first_seq.entry(d.note).or_insert(d.meta.seq);
+        *s = (*s).min(d.meta.seq);
+        match latest.get(&d.note) {
+            Some(cur) if cur.version >= d.version => {}
+            _ => {
+                latest.insert(d.note, d);
+            }
+        }
+    }
+    let mut notes: Vec<Decoded> = latest.into_values().collect();
+    notes.sort_by_key(|d| first_seq[&d.note]);
+    notes.into_iter().map(to_note).collect()
+}
+
+/// A snippet of `body` around the first case-insensitive match of `needle` (already
+/// lower-cased), or `None` when there is no match.
+fn find_snippet(body: &[u8], needle: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    // Lower-case char by char, remembering where each lowered byte came from.
+    let mut lower = String::with_capacity(text.len());
+    let mut origin = Vec::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        for l in c.to_lowercase() {
+            let before = lower.len();
+            lower.push(l);
+            origin.extend(std::iter::repeat_n(i, lower.len() - before));
+        }
+    }
+    let at = if needle.is_empty() {
+        0
+    } else {
+        lower.find(needle)?
+    };
+    let start_orig = origin.get(at).copied().unwrap_or(0);
+    let end_orig = origin.get(at + needle.len()).copied().unwrap_or(text.len());
+    let begin = text[..start_orig]
+        .char_indices()
+        .rev()
+        .nth(29)
+        .map_or(0, |(i, _)| i);
+    let end = text[end_orig..]
+        .char_indices()
+        .nth(30)
+        .map_or(text.len(), |(i, _)| end_orig + i);
+    let mut s = String::new();
+    if begin > 0 {
+        s.push('…');
+    }
+    s.extend(
+        text[begin..end]
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c }),
+    );
+    if end < text.len() {
+        s.push('…');
+    }
+    Some(s)
+}
+
+/// A verification report.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// How many stored records were authenticated (or found missing or out of place).
+    pub records_checked: u64,
+    /// Every problem found; empty when the vault is intact.
+    pub problems: Vec<IntegrityError>,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Counts of what an import wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Patients created.
+    pub patients_created: u64,
+    /// Notes stored.
+    pub notes_imported: u64,
+}
+
+/// A bulk import in progress. Add notes with [`Import::add`]; they are written in atomic
+/// batches, each made durable before the next begins, and [`Import::finish`] writes the last.
+/// After any error the import must be dropped: what was committed stays, whole.
+pub struct Import<'v, S: Store> {
+    txn: Txn<'v, S>,
+    pending_notes: usize,
+    pending_bytes: usize,
+    committed: ImportSummary,
+    staged: ImportSummary,
+}
+
+impl<S: Store> std::fmt::Debug for Import<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Import")
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Import<'_, S> {
+    /// Adds one note, creating its patient first if the identifier is new (then with the
+    /// given name and birth date; for a known patient they are ignored).
+    pub fn add(&mut self, patient: NewPatient, note: NewNote) -> Result<NoteId, Error> {
+        let blind = self.txn.vault.blind(&patient.id);
+        if !self.txn.patients.contains_key(&blind) {
+            match self.txn.existing_patient(&patient.id) {
+                Ok(_) => {}
+                Err(Error::NoSuchPatient) => {
+                    let at = note.created_at.unwrap_or_else(Timestamp::now);
+                    self.txn.create_patient(patient, at)?;
+                    self.staged.patients_created += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.pending_bytes += note.body.as_bytes().len();
+        let id = self.txn.add_note(blind, note)?;
+        self.staged.notes_imported += 1;
+        self.pending_notes += 1;
+        if self.pending_notes >= IMPORT_BATCH_NOTES || self.pending_bytes >= IMPORT_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(id)
+    }
+
+    /// Writes the pending batch now.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.txn.commit()?;
+        self.committed = self.staged;
+        self.pending_notes = 0;
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// What is durably stored so far.
+    pub fn committed(&self) -> ImportSummary {
+        self.committed
+    }
+
+    /// Writes the last batch and returns the totals.
+    pub fn finish(mut self) -> Result<ImportSummary, Error> {
+        self.flush()?;
+        Ok(self.committed)
+    }
+}
+
+/// A write transaction: stages records and the manifests and registry they change, then
+/// commits them in one atomic batch guarded by compare-and-swap on those manifests and on the
+/// registry, and flushes.
+struct Txn<'v, S: Store> {
+    vault: &'v Vault<S>,
+    batch: Batch,
+    patients: HashMap<Blind, PatientState>,
+    registry: Option<(RegistryV1, Vec<u8>)>,
+    registry_dirty: bool,
+}
+
+impl<'v, S: Store> Txn<'v, S> {
+    fn new(vault: &'v Vault<S>) -> Self {
+        Txn {
+            vault,
+            batch: Batch::new(),
+            patients: HashMap::new(),
+            registry: None,
+            registry_dirty: false,
+        }
+    }
+
+    /// Loads an existing patient into the transaction and returns its blind.
+    fn existing_patient(&mut self, id: &PatientId) -> Result<Blind, Error> {
+        let blind = self.vault.blind(id);
+        if !self.patients.contains_key(&blind) {
+            let st = self.vault.find_patient(id)?;
+            self.patients.insert(blind, st);
+        }
+        Ok(blind)
+    }
+
+    fn create_patient(&mut self, p: NewPatient, at: Timestamp) -> Result<(), Error> {
+        check_field("the name", &p.name)?;
+        let v = self.vault;
+        let blind = v.blind(&p.id);
+        if self.patients.contains_key(&blind) || v.store.get(space::PATIENTS, &blind.0)?.is_some() {
+            return Err(Error::PatientExists);
+        }
+        if self.registry.is_none() {
+            self.registry = Some(v.load_registry()?);
+        }
+        let Some((reg, _)) = self.registry.as_mut() else {
+            return Err(Error::Internal("registry not loaded"));
+        };
+        let seq = reg.patients;
+        reg.patients += 1;
+        reg.head = registry_link(&reg.head, &blind);
+        self.registry_dirty = true;
+
+        let pk = SecretKey::random()?;
+        let version = 1;
+        let kk = patient_key_key(&blind, version);
+        let wrapped = envelope::seal(
+            Kind::PatientKey,
+            v.keyring.epoch,
+            &v.wrap_patient,
+            v.vault_id(),
+            &kk,
+            &frame::encode(&PatientKeyV1 { key: *pk.expose() }, &[])?,
+        )?;
+        let keys = PatientKeys::derive(version, &pk);
+        let info = PatientV1 {
+            seq,
+            id: p.id.as_str().to_string(),
+            name: p.name,
+            birth_date: p.birth_date.map(|d| d.as_str().to_string()),
+            created_at: at.unix_millis(),
+        };
+        let record = envelope::seal(
+            Kind::Patient,
+            version,
+            &keys.record,
+            v.vault_id(),
+            &blind.0,
+            &frame::encode(&info, &[])?,
+        )?;
+        self.batch.require(space::PATIENT_KEYS, kk.clone(), None);
+        self.batch.put(space::PATIENT_KEYS, kk, wrapped);
+        self.batch.require(space::PATIENTS, blind.0.to_vec(), None);
+        self.batch.put(space::PATIENTS, blind.0.to_vec(), record);
+        self.patients.insert(
+            blind,
+            PatientState {
+                blind,
+                keys,
+                info,
+                manifest: ManifestV1 {
+                    next_seq: 0,
+                    head: [0; 32],
+                    notes: 0,
+                },
+                manifest_stored: None,
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn add_note(&mut self, blind: Blind, note: NewNote) -> Result<NoteId, Error> {
+        check_field("the author", &note.author)?;
+        check_field("the kind", &note.kind)?;
+        let id = NoteId::random()?;
+        let now = Timestamp::now();
+        let meta = NoteMetaV1 {
+            seq: 0,
+            created_at: note.created_at.unwrap_or(now).unix_millis(),
+            updated_at: note.created_at.unwrap_or(now).unix_millis(),
+            author: note.author.clone(),
+            kind: note.kind.clone(),
+        };
+        self.add_version(blind, id.0, 1, meta, note.body.as_bytes())?;
+        Ok(id)
+    }
+
+    /// Stages one note version at the next position of the patient's chain.
+    fn add_version(
+        &mut self,
+        blind: Blind,
+        note: [u8; 16],
+        version: u32,
+        mut meta: NoteMetaV1,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        let v = self.vault;
+        let st = self
+            .patients
+            .get_mut(&blind)
+            .ok_or(Error::Internal("patient not loaded"))?;
+        meta.seq = st.manifest.next_seq;
+        let key = note_key(&blind, &note, version);
+        let record = envelope::seal(
+            Kind::Note,
+            st.keys.version,
+            &st.keys.note,
+            v.vault_id(),
+            &key,
+            &frame::encode(&meta, body)?,
+        )?;
+        self.batch.require(space::NOTES, key.clone(), None);
+        self.batch.put(space::NOTES, key, record);
+        st.manifest.next_seq += 1;
+        st.manifest.head = note_link(&st.manifest.head, &note, version);
+        if version == 1 {
+            st.manifest.notes += 1;
+        }
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Seals the changed manifests and registry, commits everything atomically (guarded by
+    /// compare-and-swap on their stored values) and flushes.
+    fn commit(&mut self) -> Result<(), Error> {
+        let v = self.vault;
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut sealed_manifests = Vec::new();
+        for st in self.patients.values().filter(|s| s.dirty) {
+            let m = envelope::seal(
+                Kind::Manifest,
+                st.keys.version,
+                &st.keys.manifest,
+                v.vault_id(),
+                &st.blind.0,
+                &frame::encode(&st.manifest, &[])?,
+            )?;
+            batch.require(
+                space::MANIFESTS,
+                st.blind.0.to_vec(),
+                st.manifest_stored.clone(),
+            );
+            batch.put(space::MANIFESTS, st.blind.0.to_vec(), m.clone());
+            sealed_manifests.push((st.blind, m));
+        }
+        let mut sealed_registry = None;
+        if self.registry_dirty {
+            if let Some((reg, stored)) = &self.registry {
+                let r = seal_registry(&v.registry_key, v.vault_id(), reg)?;
+                batch.require(space::META, META_REGISTRY, Some(stored.clone()));
+                batch.put(space::META, META_REGISTRY, r.clone());
+                sealed_registry = Some(r);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut chains = v.chains();
+            for (blind, _) in &sealed_manifests {
+                chains.remove(blind);
+            }
+        }
+        v.store.commit(batch)?;
+        v.store.flush()?;
+        for (blind, m) in sealed_manifests {
+            if let Some(st) = self.patients.get_mut(&blind) {
+                st.manifest_stored = Some(m);
+                st.dirty = false;
+            }
+        }
+        if let (Some(r), Some((_, stored))) = (sealed_registry, self.registry.as_mut()) {
+            *stored = r;
+            self.registry_dirty = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_snippet;
+
+    #[test]
+    fn snippets_are_case_insensitive_and_bounded() {
+        let body =
+            "Le patient présente une TOUX sèche depuis trois semaines, sans fièvre.".as_bytes();
+        let s = find_snippet(body, "toux").unwrap();
+        assert!(s.contains("TOUX"), "{s}");
+        assert!(find_snippet(body, "absent").is_none());
+        let long = "a".repeat(500) + "NEEDLE" + &"b".repeat(500);
+        let s = find_snippet(long.as_bytes(), "needle").unwrap();
+        assert!(s.contains("NEEDLE") && s.chars().count() < 80, "{s}");
+        assert!(find_snippet("İstanbul".as_bytes(), "stanbul").is_some());
+    }
+}

@@ -1,0 +1,337 @@
+//! The Vault API end to end over the memory backend: reads, writes, tampering, faults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use carnet_core::{
+    Error, KdfParams, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, Vault,
+};
+use carnet_storage::{Batch, FaultyStore, MemStore, Space, Store};
+
+const PASS: &str = "correct horse battery staple";
+const SPACES: [&str; 5] = ["meta", "pkeys", "patients", "manifests", "notes"];
+
+fn kdf() -> KdfParams {
+    KdfParams::new(8, 1, 1).unwrap()
+}
+
+fn pass(s: &str) -> Passphrase {
+    Passphrase::new(s.to_string())
+}
+
+fn pid(s: &str) -> PatientId {
+    PatientId::new(s).unwrap()
+}
+
+fn note(body: &str) -> NewNote {
+    NewNote::new(NoteBody::new(body.as_bytes().to_vec()).unwrap())
+}
+
+fn body_of(v: &Vault<impl Store>, p: &str, n: &NoteId) -> Vec<u8> {
+    v.note(&pid(p), n)
+        .unwrap()
+        .body
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+/// A small vault: two patients, three notes, one amendment.
+fn populated(store: Arc<MemStore>) -> (Vault<Arc<MemStore>>, Vec<(String, NoteId)>) {
+    let v = Vault::create(store, "admin", &pass(PASS), kdf()).unwrap();
+    let mut notes = Vec::new();
+    for p in ["alice", "bob"] {
+        let mut np = NewPatient::new(pid(p));
+        np.name = Some(format!("{p} name"));
+        v.add_patient(np).unwrap();
+    }
+    notes.push((
+        "alice".to_string(),
+        v.add_note(&pid("alice"), note("a1")).unwrap(),
+    ));
+    notes.push((
+        "alice".to_string(),
+        v.add_note(&pid("alice"), note("a2")).unwrap(),
+    ));
+    notes.push((
+        "bob".to_string(),
+        v.add_note(&pid("bob"), note("b1")).unwrap(),
+    ));
+    v.amend_note(
+        &pid("alice"),
+        &notes[0].1,
+        NoteBody::new(b"a1 amended".to_vec()).unwrap(),
+        None,
+    )
+    .unwrap();
+    (v, notes)
+}
+
+fn all_records(s: &MemStore) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for name in SPACES {
+        let sp = Space::new(name);
+        for r in s.scan_prefix(sp, &[]) {
+            let (k, v) = r.unwrap();
+            out.push((sp, k, v));
+        }
+    }
+    out
+}
+
+#[test]
+fn create_unlock_and_wrong_passphrase() {
+    let store = Arc::new(MemStore::new());
+    populated(store.clone());
+    let v = Vault::unlock(store.clone(), "admin", &pass(PASS)).unwrap();
+    assert_eq!(v.patients().unwrap().len(), 2);
+    assert!(matches!(
+        Vault::unlock(store.clone(), "admin", &pass("not the passphrase")),
+        Err(Error::WrongPassphrase)
+    ));
+    assert!(matches!(
+        Vault::unlock(store.clone(), "eve", &pass(PASS)),
+        Err(Error::UnknownUser)
+    ));
+    assert!(matches!(
+        Vault::create(store, "admin", &pass(PASS), kdf()),
+        Err(Error::AlreadyAVault)
+    ));
+    assert!(matches!(
+        Vault::unlock(MemStore::new(), "admin", &pass(PASS)),
+        Err(Error::NotAVault)
+    ));
+}
+
+#[test]
+fn short_passphrases_are_refused() {
+    assert!(matches!(
+        Vault::create(MemStore::new(), "admin", &pass("elevenchars"), kdf()),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn notes_read_back_in_order_with_history() {
+    let (v, notes) = populated(Arc::new(MemStore::new()));
+    let list = v.notes(&pid("alice")).unwrap();
+    assert_eq!(
+        list.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![notes[0].1, notes[1].1]
+    );
+    assert_eq!(list[0].version, 2);
+    assert_eq!(body_of(&v, "alice", &notes[0].1), b"a1 amended");
+    let h = v.note_history(&pid("alice"), &notes[0].1).unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].body.as_ref().unwrap().as_bytes(), b"a1");
+    assert_eq!(v.patient(&pid("alice")).unwrap().notes, 2);
+    assert!(matches!(
+        v.note(&pid("bob"), &notes[0].1),
+        Err(Error::NoSuchNote)
+    ));
+    assert!(matches!(v.notes(&pid("carol")), Err(Error::NoSuchPatient)));
+    assert!(matches!(
+        v.add_patient(NewPatient::new(pid("bob"))),
+        Err(Error::PatientExists)
+    ));
+}
+
+#[test]
+fn search_finds_current_bodies_case_insensitively() {
+    let (v, notes) = populated(Arc::new(MemStore::new()));
+    let hits = v.search("AMENDED", None).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].note_id, notes[0].1);
+    assert_eq!(hits[0].patient_id.as_str(), "alice");
+    assert_eq!(v.search("b1", Some(&pid("alice"))).unwrap().len(), 0);
+    assert_eq!(v.search("b1", Some(&pid("bob"))).unwrap().len(), 1);
+}
+
+#[test]
+fn import_batches_and_creates_patients() {
+    let store = Arc::new(MemStore::new());
+    let v = Vault::create(store, "admin", &pass(PASS), kdf()).unwrap();
+    v.add_patient(NewPatient::new(pid("p0"))).unwrap();
+    let mut imp = v.import();
+    for i in 0..2500 {
+        imp.add(
+            NewPatient::new(pid(&format!("p{}", i % 7))),
+            note(&format!("n{i}")),
+        )
+        .unwrap();
+    }
+    let s = imp.finish().unwrap();
+    assert_eq!((s.patients_created, s.notes_imported), (6, 2500));
+    let total: u64 = v.patients().unwrap().iter().map(|p| p.notes).sum();
+    assert_eq!(total, 2500);
+    let r = v.verify(&mut |_, _| {}).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert_eq!(r.records_checked, 3 + 7 * 3 + 2500);
+}
+
+#[test]
+fn a_clean_vault_verifies() {
+    let (v, _) = populated(Arc::new(MemStore::new()));
+    let r = v.verify(&mut |_, _| {}).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    // keyring + vault keys + registry + 2 x (patient, key, manifest) + 4 note versions
+    assert_eq!(r.records_checked, 3 + 6 + 4);
+}
+
+/// Every read that could return one of the vault's notes.
+fn reads_refuse_or_match(
+    v: &Vault<Arc<MemStore>>,
+    notes: &[(String, NoteId)],
+    originals: &[Vec<u8>],
+) -> bool {
+    let mut refused = false;
+    for ((p, n), orig) in notes.iter().zip(originals) {
+        match v.note(&pid(p), n) {
+            Ok(got) => assert_eq!(
+                got.body.unwrap().as_bytes(),
+                &orig[..],
+                "a read returned altered data"
+            ),
+            Err(_) => refused = true,
+        }
+    }
+    refused
+}
+
+#[test]
+fn every_flipped_swapped_or_deleted_record_is_detected() {
+    let store = Arc::new(MemStore::new());
+    let (v, notes) = populated(store.clone());
+    let originals: Vec<Vec<u8>> = notes.iter().map(|(p, n)| body_of(&v, p, n)).collect();
+    let records = all_records(&store);
+    assert_eq!(records.len(), 2 + 6 + 4);
+    let put = |sp: Space, k: &[u8], val: Option<Vec<u8>>| {
+        let mut b = Batch::new();
+        match val {
+            Some(val) => b.put(sp, k.to_vec(), val),
+            None => b.delete(sp, k.to_vec()),
+        }
+        store.commit(b).unwrap();
+    };
+    let check = |what: &str| {
+        let problems = match Vault::unlock(store.clone(), "admin", &pass(PASS)) {
+            Ok(v2) => {
+                let r = v2.verify(&mut |_, _| {}).unwrap();
+                reads_refuse_or_match(&v2, &notes, &originals);
+                r.problems.len()
+            }
+            Err(Error::Integrity(_)) => 1,
+            Err(e) => panic!("{what}: unexpected {e}"),
+        };
+        assert!(problems > 0, "{what} was not detected");
+    };
+    for (i, (sp, k, val)) in records.iter().enumerate() {
+        for pos in [0, 5, 20, val.len() / 2, val.len() - 1] {
+            let mut bad = val.clone();
+            bad[pos] ^= 0x01;
+            put(*sp, k, Some(bad));
+            check(&format!("flip of byte {pos} of {}#{i}", sp.name()));
+        }
+        put(*sp, k, None);
+        check(&format!("delete of {}#{i}", sp.name()));
+        for (j, (sp2, _, val2)) in records.iter().enumerate() {
+            if j != i && sp2 == sp {
+                put(*sp, k, Some(val2.clone()));
+                check(&format!("swap of {}#{i} with #{j}", sp.name()));
+            }
+        }
+        put(*sp, k, Some(val.clone()));
+    }
+    let r = v.verify(&mut |_, _| {}).unwrap();
+    assert!(r.is_ok(), "restored vault verifies: {:?}", r.problems);
+}
+
+#[test]
+fn a_note_moved_to_another_patient_or_note_is_refused() {
+    let store = Arc::new(MemStore::new());
+    let (v, notes) = populated(store.clone());
+    let notes_space = Space::new("notes");
+    let recs: Vec<_> = store
+        .scan_prefix(notes_space, &[])
+        .map(|r| r.unwrap())
+        .collect();
+    // Copy bob's note record under one of alice's keys (a new position at the end of a run).
+    let (bob_key, bob_val) = recs
+        .iter()
+        .find(|(k, _)| k[32..48] == notes[2].1.as_bytes()[..])
+        .unwrap();
+    let alice_key = recs
+        .iter()
+        .find(|(k, _)| k[32..48] == notes[1].1.as_bytes()[..])
+        .unwrap()
+        .0
+        .clone();
+    let mut b = Batch::new();
+    b.put(notes_space, alice_key.clone(), bob_val.clone());
+    store.commit(b).unwrap();
+    assert!(matches!(
+        v.note(&pid("alice"), &notes[1].1),
+        Err(Error::Integrity(_))
+    ));
+    assert!(matches!(v.notes(&pid("alice")), Err(Error::Integrity(_))));
+    assert!(!v.verify(&mut |_, _| {}).unwrap().is_ok());
+    let _ = bob_key;
+}
+
+#[test]
+fn a_failed_write_at_any_point_leaves_a_readable_consistent_vault() {
+    // Count the writes of the whole workload once, then fail each one in turn.
+    let workload = |v: &Vault<Arc<FaultyStore<Arc<MemStore>>>>| -> Result<(), Error> {
+        v.add_patient(NewPatient::new(pid("alice")))?;
+        let n = v.add_note(&pid("alice"), note("first"))?;
+        v.amend_note(&pid("alice"), &n, NoteBody::new(b"second".to_vec())?, None)?;
+        let mut imp = v.import();
+        for i in 0..1200 {
+            imp.add(NewPatient::new(pid(&format!("imp{}", i % 3))), note("x"))?;
+        }
+        imp.finish()?;
+        Ok(())
+    };
+    let base = || {
+        let mem = Arc::new(MemStore::new());
+        Vault::create(mem.clone(), "admin", &pass(PASS), kdf()).unwrap();
+        mem
+    };
+    let mem = base();
+    let counting = Arc::new(FaultyStore::new(mem.clone(), u64::MAX));
+    workload(&Vault::unlock(counting.clone(), "admin", &pass(PASS)).unwrap()).unwrap();
+    let total = counting.writes();
+    assert!(total >= 8, "the workload makes several writes ({total})");
+    for n in 1..=total {
+        let mem = base();
+        let faulty = Arc::new(FaultyStore::new(mem.clone(), n));
+        let v = Vault::unlock(faulty, "admin", &pass(PASS)).unwrap();
+        assert!(workload(&v).is_err(), "write {n} was made to fail");
+        let v = Vault::unlock(mem, "admin", &pass(PASS)).unwrap();
+        let r = v.verify(&mut |_, _| {}).unwrap();
+        assert!(r.is_ok(), "after a failure at write {n}: {:?}", r.problems);
+        for p in v.patients().unwrap() {
+            for note in v.notes(&p.id).unwrap() {
+                v.note(&p.id, &note.id).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn oversized_bodies_are_refused_before_anything_is_written() {
+    assert!(matches!(
+        NoteBody::new(vec![0; 16 * 1024 * 1024 + 1]),
+        Err(Error::TooLarge(_))
+    ));
+    let v = Vault::create(MemStore::new(), "admin", &pass(PASS), kdf()).unwrap();
+    v.add_patient(NewPatient::new(pid("p"))).unwrap();
+    let id = v
+        .add_note(
+            &pid("p"),
+            NewNote::new(NoteBody::new(vec![7; 16 * 1024 * 1024]).unwrap()),
+        )
+        .unwrap();
+    assert_eq!(v.note(&pid("p"), &id).unwrap().bytes, 16 * 1024 * 1024);
+}
