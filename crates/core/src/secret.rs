@@ -56,6 +56,11 @@ impl Passphrase {
         self.0.is_empty()
     }
 
+    /// Constant-time comparison (for "type it again" checks).
+    pub fn ct_eq(&self, other: &Passphrase) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+
     pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }

@@ -1,0 +1,236 @@
+//! The command line, as clap derive structs. Their doc comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Carnet: clinicians' notes, encrypted at rest with a key per patient.
+///
+/// Everything Carnet writes to the vault directory is ciphertext: patient identifiers, names,
+/// dates, authors and note bodies included. Every stored byte is authenticated, so a damaged,
+/// moved or deleted record is reported (exit 5), never shown.
+///
+/// Exit codes: 0 success, 1 failure, 2 usage error, 3 authentication failed, 4 no such
+/// patient or note, 5 integrity failure, 6 vault in use, 7 not permitted.
+#[derive(Parser, Debug)]
+#[command(
+    name = "carnet",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Examples:\n  carnet demo\n  carnet init\n  carnet patient add FR-0042 --name 'Camille Martin' --birth-date 1984-02-29\n  echo 'Follow-up in 3 weeks.' | carnet note add FR-0042 --author 'Dr Leroy'\n  carnet note list FR-0042\n  carnet verify"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after any subcommand.
+#[derive(Args, Debug)]
+pub struct Global {
+    /// The vault directory [default: $XDG_DATA_HOME/carnet, else ~/.local/share/carnet]
+    #[arg(long, global = true, env = "CARNET_VAULT", value_name = "DIR")]
+    pub vault: Option<PathBuf>,
+    /// Read the passphrase from the first line of FILE, instead of asking on the terminal
+    #[arg(
+        long,
+        global = true,
+        env = "CARNET_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+    /// Whose key slot unlocks the vault
+    #[arg(
+        long,
+        global = true,
+        env = "CARNET_USER",
+        value_name = "NAME",
+        default_value = "admin"
+    )]
+    pub user: String,
+    /// Machine-readable output: one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new vault, protected by a passphrase (at least 12 characters)
+    ///
+    /// The passphrase comes from --passphrase-file, or is asked twice on the terminal. The key
+    /// derivation defaults to Argon2id with 64 MiB, 3 passes and 4 lanes (RFC 9106); lower
+    /// settings are accepted down to 8 MiB / 1 / 1 for weak hardware and tests, with a warning.
+    #[command(after_help = "Example:\n  carnet --vault /srv/carnet init")]
+    Init(InitArgs),
+    /// Register, list and show patients
+    #[command(subcommand)]
+    Patient(PatientCommand),
+    /// Add, list, show and amend notes
+    #[command(subcommand)]
+    Note(NoteCommand),
+    /// Bulk-import notes from a JSON Lines file
+    ///
+    /// One JSON object per line: {"patient_id": "...", "name"?: "...", "birth_date"?:
+    /// "YYYY-MM-DD", "author"?: "...", "kind"?: "...", "created_at"?: RFC 3339, "body": "..."}.
+    /// Patients are created as needed (name and birth_date are used when a line creates its
+    /// patient). Blank lines are skipped.
+    ///
+    /// Every line is checked before anything is written: if any line is rejected, each
+    /// rejected line is reported on stderr with its line number, nothing is imported, and the
+    /// command exits 1. Notes are then written in atomic batches; if the import is interrupted,
+    /// the batches already written stay (whole), and running it again adds the notes again.
+    #[command(after_help = "Example:\n  carnet import notes.jsonl")]
+    Import(ImportArgs),
+    /// Find notes whose current text contains TEXT (ignoring case)
+    ///
+    /// Decrypts and scans every note (or one patient's). Prints one line per hit: patient id,
+    /// note id, and a snippet around the match.
+    #[command(after_help = "Example:\n  carnet search 'penicillin' --patient FR-0042")]
+    Search(SearchArgs),
+    /// Decrypt and authenticate every record and every link between records
+    ///
+    /// Reports every problem found and goes on; exits 5 if it found any.
+    #[command(after_help = "Example:\n  carnet verify --json")]
+    Verify,
+    /// Build a demo vault with synthetic patients, read it back, verify it, and show that its
+    /// files hold no plaintext
+    #[command(after_help = "Example:\n  carnet demo --dir /tmp/carnet-demo")]
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Argon2id memory in MiB (8 to 1024)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub kdf_memory_mib: u32,
+    /// Argon2id passes (1 to 16)
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub kdf_iterations: u32,
+    /// Argon2id lanes (1 to 16)
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub kdf_parallelism: u32,
+    /// Name of the first user, whose passphrase this is
+    #[arg(long, value_name = "NAME", default_value = "admin")]
+    pub admin: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PatientCommand {
+    /// Register a patient (ID: any text of 1 to 256 bytes)
+    #[command(
+        after_help = "Example:\n  carnet patient add FR-0042 --name 'Camille Martin' --birth-date 1984-02-29"
+    )]
+    Add {
+        /// The patient's identifier
+        id: String,
+        /// Full name
+        #[arg(long)]
+        name: Option<String>,
+        /// Date of birth, YYYY-MM-DD
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        birth_date: Option<String>,
+    },
+    /// List every patient, in the order they were registered
+    #[command(after_help = "Example:\n  carnet patient list --json")]
+    List,
+    /// Show one patient
+    #[command(after_help = "Example:\n  carnet patient show FR-0042")]
+    Show {
+        /// The patient's identifier
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NoteCommand {
+    /// Store a note; prints its id once it is safely on disk
+    ///
+    /// The body is read from --file, else from standard input: any bytes, up to 16 MiB.
+    #[command(
+        after_help = "Examples:\n  carnet note add FR-0042 --file consult.txt --author 'Dr Leroy' --kind consultation\n  echo 'Allergic to penicillin.' | carnet note add FR-0042"
+    )]
+    Add {
+        /// The patient's identifier
+        id: String,
+        /// Read the body from FILE instead of standard input
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Who wrote it
+        #[arg(long)]
+        author: Option<String>,
+        /// What kind of note (consultation, prescription, lab...)
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// List a patient's notes (current versions), in the order they were added
+    #[command(after_help = "Example:\n  carnet note list FR-0042")]
+    List {
+        /// The patient's identifier
+        id: String,
+    },
+    /// Print a note's current body, byte for byte
+    #[command(
+        after_help = "Example:\n  carnet note show FR-0042 0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    )]
+    Show {
+        /// The patient's identifier
+        id: String,
+        /// The note's id (32 hex digits, as printed by `note add` and `note list`)
+        note_id: String,
+    },
+    /// Add a new version of a note; earlier versions stay readable
+    #[command(
+        after_help = "Example:\n  carnet note amend FR-0042 0f1e2d3c4b5a69788796a5b4c3d2e1f0 --file corrected.txt"
+    )]
+    Amend {
+        /// The patient's identifier
+        id: String,
+        /// The note's id
+        note_id: String,
+        /// Read the new body from FILE instead of standard input
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Who wrote this version [default: the previous version's author]
+        #[arg(long)]
+        author: Option<String>,
+    },
+    /// Print every version of a note, oldest first
+    #[command(
+        after_help = "Example:\n  carnet note history FR-0042 0f1e2d3c4b5a69788796a5b4c3d2e1f0 --json"
+    )]
+    History {
+        /// The patient's identifier
+        id: String,
+        /// The note's id
+        note_id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The JSON Lines file
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// The text to look for
+    pub text: String,
+    /// Search only this patient's notes
+    #[arg(long, value_name = "ID")]
+    pub patient: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to build the demo vault (must be absent or empty) [default: a new temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}

@@ -1,0 +1,50 @@
+//! `carnet init`
+
+use carnet_core::{KdfParams, Vault};
+use carnet_storage::{SledStore, Store};
+
+use crate::args::{Global, InitArgs};
+use crate::context;
+use crate::error::CliError;
+use crate::render;
+
+pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
+    let kdf = KdfParams::new(a.kdf_memory_mib, a.kdf_iterations, a.kdf_parallelism)?;
+    let dir = context::vault_dir(g)?;
+    if SledStore::exists(&dir) {
+        let store = SledStore::open(&dir)?;
+        if store.read_root()?.is_some() {
+            return Err(
+                CliError::failure(format!("{} already holds a vault", dir.display()))
+                    .hint("nothing was changed; use another --vault DIR for a new vault"),
+            );
+        }
+        return Err(CliError::failure(format!(
+            "{} holds an incomplete vault (an interrupted init?)",
+            dir.display()
+        ))
+        .hint("it holds no data: remove the directory and run init again"));
+    }
+    let pass = context::new_passphrase(g)?;
+    if kdf.is_below_default() && !g.quiet {
+        eprintln!(
+            "carnet: warning: key derivation below the recommended 64 MiB / 3 passes / 4 lanes; \
+             use these settings only for tests or very weak hardware"
+        );
+    }
+    let store = SledStore::create(&dir)?;
+    Vault::create(store, &a.admin, &pass, kdf)?;
+    if g.json {
+        render::print_json(&serde_json::json!({
+            "vault": dir.display().to_string(),
+            "user": a.admin,
+            "kdf": {"memory_mib": kdf.memory_mib(), "iterations": kdf.iterations(), "parallelism": kdf.parallelism()},
+        }))
+    } else {
+        render::print(&format!(
+            "Created a vault at {} for user {}.\nKeep the passphrase safe: without it, nothing in the vault can be read.\n",
+            dir.display(),
+            a.admin
+        ))
+    }
+}

@@ -1,0 +1,122 @@
+//! `carnet note add|list|show|amend|history`
+
+use carnet_core::{NewNote, Note, NoteBody, NoteId};
+use serde_json::Value;
+
+use super::{patient_id, read_body};
+use crate::args::{Global, NoteCommand};
+use crate::context;
+use crate::error::CliError;
+use crate::render::{self, or_dash};
+
+fn note_id(s: &str) -> Result<NoteId, CliError> {
+    Ok(s.parse::<NoteId>()?)
+}
+
+pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
+    match c {
+        NoteCommand::Add {
+            id,
+            file,
+            author,
+            kind,
+        } => {
+            let id = patient_id(&id)?;
+            let body = NoteBody::new(read_body(file.as_deref())?)?;
+            let vault = context::unlock(g)?;
+            let mut note = NewNote::new(body);
+            note.author = author;
+            note.kind = kind;
+            let nid = vault.add_note(&id, note)?;
+            // Printed only now: add_note returns once the note is durably stored.
+            if g.json {
+                render::print_json(&serde_json::json!({"id": nid.to_string()}))
+            } else {
+                render::print(&format!("{nid}\n"))
+            }
+        }
+        NoteCommand::List { id } => {
+            let id = patient_id(&id)?;
+            let vault = context::unlock(g)?;
+            let notes = vault.notes(&id)?;
+            if g.json {
+                return render::print_json(&Value::Array(
+                    notes.iter().map(render::note_json).collect(),
+                ));
+            }
+            let mut out = String::new();
+            for n in &notes {
+                out.push_str(&format!(
+                    "{}\t{}\tv{}\t{}\t{}\t{} bytes\n",
+                    n.id,
+                    render::rfc3339(n.created_at),
+                    n.version,
+                    or_dash(n.author.as_deref()),
+                    or_dash(n.kind.as_deref()),
+                    n.bytes
+                ));
+            }
+            render::print(&out)
+        }
+        NoteCommand::Show { id, note_id: nid } => {
+            let id = patient_id(&id)?;
+            let nid = note_id(&nid)?;
+            let vault = context::unlock(g)?;
+            let n = vault.note(&id, &nid)?;
+            if g.json {
+                return render::print_json(&render::note_json(&n));
+            }
+            render::print_bytes(n.body.as_ref().map_or(&[][..], |b| b.as_bytes()))
+        }
+        NoteCommand::Amend {
+            id,
+            note_id: nid,
+            file,
+            author,
+        } => {
+            let id = patient_id(&id)?;
+            let nid = note_id(&nid)?;
+            let body = NoteBody::new(read_body(file.as_deref())?)?;
+            let vault = context::unlock(g)?;
+            let version = vault.amend_note(&id, &nid, body, author)?;
+            if g.json {
+                render::print_json(&serde_json::json!({"id": nid.to_string(), "version": version}))
+            } else {
+                render::print(&format!("{nid}\n"))
+            }
+        }
+        NoteCommand::History { id, note_id: nid } => {
+            let id = patient_id(&id)?;
+            let nid = note_id(&nid)?;
+            let vault = context::unlock(g)?;
+            let versions = vault.note_history(&id, &nid)?;
+            if g.json {
+                return render::print_json(&Value::Array(
+                    versions.iter().map(render::note_json).collect(),
+                ));
+            }
+            let mut out = Vec::new();
+            for n in &versions {
+                out.extend_from_slice(header(n).as_bytes());
+                if let Some(b) = &n.body {
+                    out.extend_from_slice(b.as_bytes());
+                    if !b.as_bytes().ends_with(b"\n") {
+                        out.push(b'\n');
+                    }
+                }
+            }
+            render::print_bytes(&out)
+        }
+    }
+}
+
+fn header(n: &Note) -> String {
+    format!(
+        "--- version {} of {} ({}, by {}, {} bytes)\n",
+        n.version,
+        n.id,
+        render::rfc3339(n.updated_at),
+        or_dash(n.author.as_deref()),
+        n.bytes
+    )
+}

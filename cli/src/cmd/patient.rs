@@ -1,0 +1,76 @@
+//! `carnet patient add|list|show`
+
+use carnet_core::{BirthDate, NewPatient, Patient};
+use serde_json::Value;
+
+use super::patient_id;
+use crate::args::{Global, PatientCommand};
+use crate::context;
+use crate::error::CliError;
+use crate::render::{self, or_dash};
+
+pub fn run(g: &Global, c: PatientCommand) -> Result<(), CliError> {
+    match c {
+        PatientCommand::Add {
+            id,
+            name,
+            birth_date,
+        } => {
+            let mut p = NewPatient::new(patient_id(&id)?);
+            p.name = name;
+            p.birth_date = birth_date.as_deref().map(BirthDate::parse).transpose()?;
+            let vault = context::unlock(g)?;
+            vault.add_patient(p)?;
+            if g.json {
+                render::print_json(&serde_json::json!({"ok": true}))
+            } else if g.quiet {
+                Ok(())
+            } else {
+                render::print("Patient registered.\n")
+            }
+        }
+        PatientCommand::List => {
+            let vault = context::unlock(g)?;
+            let patients = vault.patients()?;
+            if g.json {
+                return render::print_json(&Value::Array(
+                    patients.iter().map(render::patient_json).collect(),
+                ));
+            }
+            let mut out = String::new();
+            for p in &patients {
+                out.push_str(&line(p));
+            }
+            if patients.is_empty() && !g.quiet {
+                eprintln!("No patients yet. Add one with `carnet patient add ID`.");
+            }
+            render::print(&out)
+        }
+        PatientCommand::Show { id } => {
+            let id = patient_id(&id)?;
+            let vault = context::unlock(g)?;
+            let p = vault.patient(&id)?;
+            if g.json {
+                return render::print_json(&render::patient_json(&p));
+            }
+            render::print(&format!(
+                "id:         {}\nname:       {}\nbirth date: {}\nregistered: {}\nnotes:      {}\n",
+                p.id.as_str(),
+                or_dash(p.name.as_deref()),
+                or_dash(p.birth_date.as_ref().map(|d| d.as_str())),
+                render::rfc3339(p.created_at),
+                p.notes
+            ))
+        }
+    }
+}
+
+fn line(p: &Patient) -> String {
+    format!(
+        "{}\t{}\t{}\t{} notes\n",
+        p.id.as_str(),
+        or_dash(p.name.as_deref()),
+        or_dash(p.birth_date.as_ref().map(|d| d.as_str())),
+        p.notes
+    )
+}

@@ -1,0 +1,45 @@
+//! `carnet search`
+
+use serde_json::{json, Value};
+
+use super::patient_id;
+use crate::args::{Global, SearchArgs};
+use crate::context;
+use crate::error::CliError;
+use crate::render;
+
+pub fn run(g: &Global, a: SearchArgs) -> Result<(), CliError> {
+    if a.text.is_empty() {
+        return Err(CliError::usage("the search text is empty"));
+    }
+    let patient = a.patient.as_deref().map(patient_id).transpose()?;
+    let vault = context::unlock(g)?;
+    let hits = vault.search(&a.text, patient.as_ref())?;
+    if g.json {
+        return render::print_json(&Value::Array(
+            hits.iter()
+                .map(|h| {
+                    json!({
+                        "patient_id": h.patient_id.as_str(),
+                        "note_id": h.note_id.to_string(),
+                        "version": h.version,
+                        "snippet": h.snippet,
+                    })
+                })
+                .collect(),
+        ));
+    }
+    let mut out = String::new();
+    for h in &hits {
+        out.push_str(&format!(
+            "{}\t{}\t{}\n",
+            h.patient_id.as_str(),
+            h.note_id,
+            h.snippet
+        ));
+    }
+    if hits.is_empty() && !g.quiet {
+        eprintln!("No note matches.");
+    }
+    render::print(&out)
+}

@@ -1,0 +1,52 @@
+//! `carnet verify`
+
+use serde_json::json;
+
+use crate::args::Global;
+use crate::context;
+use crate::error::{CliError, Exit};
+use crate::progress::Progress;
+use crate::render;
+
+pub fn run(g: &Global) -> Result<(), CliError> {
+    let vault = context::unlock(g)?;
+    let bar = Progress::new(g, "verifying", 0);
+    let report = vault.verify(&mut |done, total| bar.set(done, total))?;
+    bar.finish();
+    let n = report.problems.len();
+    if g.json {
+        render::print_json(&json!({
+            "ok": report.is_ok(),
+            "records_checked": report.records_checked,
+            "problems": report.problems.iter().map(|p| json!({
+                "location": p.location(),
+                "problem": p.problem(),
+            })).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        let mut out = String::new();
+        for p in &report.problems {
+            out.push_str(&format!("PROBLEM  {}: {}\n", p.location(), p.problem()));
+        }
+        if report.is_ok() {
+            out.push_str(&format!(
+                "OK: {} records checked, no problem found.\n",
+                report.records_checked
+            ));
+        } else {
+            out.push_str(&format!(
+                "FAILED: {} records checked, {n} problem(s) found.\n",
+                report.records_checked
+            ));
+        }
+        render::print(&out)?;
+    }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(
+            CliError::new(Exit::Integrity, format!("verify found {n} problem(s)"))
+                .hint("restore the vault from a backup taken before the damage"),
+        )
+    }
+}

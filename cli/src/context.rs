@@ -1,0 +1,157 @@
+//! Opening the vault: where it is, the passphrase, and unlocking.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use carnet_core::{Passphrase, Vault};
+use carnet_storage::{SledStore, Store};
+use zeroize::Zeroizing;
+
+use crate::args::Global;
+use crate::error::CliError;
+
+/// The vault directory: --vault, else $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
+pub fn vault_dir(global: &Global) -> Result<PathBuf, CliError> {
+    if let Some(d) = &global.vault {
+        return Ok(d.clone());
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("carnet"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/carnet")),
+        None => Err(CliError::usage(
+            "no vault directory: pass --vault DIR or set CARNET_VAULT",
+        )),
+    }
+}
+
+/// The passphrase from a file: its first line, without the line ending.
+pub fn passphrase_from_file(path: &Path) -> Result<Passphrase, CliError> {
+    let f = File::open(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read the passphrase file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut line = Zeroizing::new(Vec::new());
+    BufReader::new(f)
+        .take(64 * 1024)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| {
+            CliError::usage(format!(
+                "cannot read the passphrase file {}: {e}",
+                path.display()
+            ))
+        })?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if line.is_empty() {
+        return Err(CliError::usage(format!(
+            "the passphrase file {} is empty",
+            path.display()
+        )));
+    }
+    let text = String::from_utf8(line.to_vec()).map_err(|_| {
+        CliError::usage(format!(
+            "the passphrase file {} is not UTF-8 text",
+            path.display()
+        ))
+    })?;
+    Ok(Passphrase::new(text))
+}
+
+fn have_terminal() -> bool {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok()
+}
+
+fn no_passphrase() -> CliError {
+    CliError::usage("no passphrase: pass --passphrase-file FILE (or set CARNET_PASSPHRASE_FILE), or run on a terminal")
+}
+
+fn prompt(text: &str) -> Result<Passphrase, CliError> {
+    let p = rpassword::prompt_password(text).map_err(|e| {
+        CliError::usage(format!("cannot read the passphrase from the terminal: {e}"))
+    })?;
+    Ok(Passphrase::new(p))
+}
+
+/// The passphrase of an existing vault.
+pub fn passphrase(global: &Global) -> Result<Passphrase, CliError> {
+    if let Some(f) = &global.passphrase_file {
+        return passphrase_from_file(f);
+    }
+    if !have_terminal() {
+        return Err(no_passphrase());
+    }
+    let p = prompt(&format!("Passphrase for {}: ", global.user))?;
+    if p.is_empty() {
+        return Err(CliError::usage("empty passphrase"));
+    }
+    Ok(p)
+}
+
+/// A new passphrase: from the file, or asked twice on the terminal.
+pub fn new_passphrase(global: &Global) -> Result<Passphrase, CliError> {
+    let p = if let Some(f) = &global.passphrase_file {
+        passphrase_from_file(f)?
+    } else {
+        if !have_terminal() {
+            return Err(no_passphrase());
+        }
+        let p = prompt("New passphrase (at least 12 characters): ")?;
+        if !p.is_strong_enough() {
+            return Err(short_passphrase());
+        }
+        let again = prompt("Repeat the passphrase: ")?;
+        if !passphrases_match(&p, &again) {
+            return Err(CliError::usage("the two passphrases differ"));
+        }
+        p
+    };
+    if !p.is_strong_enough() {
+        return Err(short_passphrase());
+    }
+    Ok(p)
+}
+
+fn passphrases_match(a: &Passphrase, b: &Passphrase) -> bool {
+    a.ct_eq(b)
+}
+
+fn short_passphrase() -> CliError {
+    CliError::usage(format!(
+        "the passphrase is too short: use at least {} characters",
+        Passphrase::MIN_CHARS
+    ))
+    .hint("a few unrelated words make a strong, memorable passphrase")
+}
+
+/// Opens the vault's store (failing fast if it is missing or in use), then asks for the
+/// passphrase and unlocks it.
+pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
+    let dir = vault_dir(global)?;
+    if !SledStore::exists(&dir) {
+        return Err(not_a_vault(&dir));
+    }
+    let store = SledStore::open(&dir)?;
+    if store.read_root()?.is_none() {
+        return Err(not_a_vault(&dir));
+    }
+    let pass = passphrase(global)?;
+    Ok(Vault::unlock(store, &global.user, &pass)?)
+}
+
+fn not_a_vault(dir: &Path) -> CliError {
+    CliError::failure(format!("no vault at {}", dir.display()))
+        .hint("run `carnet init` first, or pass --vault DIR")
+}
