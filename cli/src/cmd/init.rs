@@ -1,7 +1,7 @@
 //! `carnet init`
 
 use carnet_core::{KdfParams, Vault};
-use carnet_storage::{SledStore, Store};
+use carnet_storage::SledStore;
 
 use crate::args::{Global, InitArgs};
 use crate::context;
@@ -12,8 +12,7 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     let kdf = KdfParams::new(a.kdf_memory_mib, a.kdf_iterations, a.kdf_parallelism)?;
     let dir = context::vault_dir(g)?;
     if SledStore::exists(&dir) {
-        let store = SledStore::open(&dir)?;
-        if store.read_root()?.is_some() {
+        if SledStore::has_root(&dir) {
             return Err(
                 CliError::failure(format!("{} already holds a vault", dir.display()))
                     .hint("nothing was changed; use another --vault DIR for a new vault"),

@@ -79,6 +79,12 @@ impl SledStore {
         dir.join(STORE_DIR).is_dir()
     }
 
+    /// Whether `dir` holds a store with a root document, checked without opening (and so
+    /// without writing) anything.
+    pub fn has_root(dir: &Path) -> bool {
+        dir.join(ROOT_FILE).is_file()
+    }
+
     /// The directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
