@@ -369,10 +369,13 @@ impl<S: Store> Vault<S> {
 
     fn find_patient(&self, id: &PatientId) -> Result<PatientState, Error> {
         let blind = self.blind(id);
-        let stored = self
-            .store
-            .get(space::PATIENTS, &blind.0)?
-            .ok_or(Error::NoSuchPatient)?;
+        let Some(stored) = self.store.get(space::PATIENTS, &blind.0)? else {
+            // Unknown, unless the patient's other records say it was registered.
+            if self.store.get(space::MANIFESTS, &blind.0)?.is_some() {
+                return Err(integrity(format!("patient {}", blind.short()), "missing (its manifest exists)"));
+            }
+            return Err(Error::NoSuchPatient);
+        };
         let st = self.load_patient(&blind, &stored)?;
         if st.info.id != id.as_str() {
             return Err(integrity(
