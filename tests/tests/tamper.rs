@@ -16,13 +16,15 @@ fn fixture() -> Fixture {
     let v = TestVault::init();
     let mut notes = Vec::new();
     for p in ["alice", "bob"] {
-        v.run(&["patient", "add", p, "--name", &format!("{p} n")]).expect(0);
+        v.run(&["patient", "add", p, "--name", &format!("{p} n")])
+            .expect(0);
     }
     for (p, body) in [("alice", "a1"), ("alice", "a2"), ("bob", "b1")] {
         let id = v.add_note(p, body, &[]);
         notes.push((p.to_string(), id, body.as_bytes().to_vec()));
     }
-    v.run_stdin(&["note", "amend", "alice", &notes[0].1], b"a1 v2").expect(0);
+    v.run_stdin(&["note", "amend", "alice", &notes[0].1], b"a1 v2")
+        .expect(0);
     notes[0].2 = b"a1 v2".to_vec();
     Fixture { v, notes }
 }
@@ -92,9 +94,15 @@ fn every_record_flipped_deleted_or_swapped_is_detected() {
         write(&dir, *sp, k, None);
         assert_detected(&f, &format!("deletion of {name}"));
 
-        if let Some((_, _, other)) = all.iter().find(|(s2, k2, v2)| s2 == sp && k2 != k && v2 != val) {
+        if let Some((_, _, other)) = all
+            .iter()
+            .find(|(s2, k2, v2)| s2 == sp && k2 != k && v2 != val)
+        {
             write(&dir, *sp, k, Some(other));
-            assert_detected(&f, &format!("swap of {name} with another {} record", sp.name()));
+            assert_detected(
+                &f,
+                &format!("swap of {name} with another {} record", sp.name()),
+            );
         }
         write(&dir, *sp, k, Some(val));
     }
@@ -111,7 +119,12 @@ fn a_damaged_keyring_is_refused_without_a_panic() {
         bad[at] ^= 0x01;
         std::fs::write(&root, &bad).unwrap();
         let r = f.v.run(&["note", "show", "alice", &f.notes[0].1]);
-        assert!([1, 3, 5].contains(&r.code), "byte {at}: exit {} {}", r.code, r.stderr);
+        assert!(
+            [1, 3, 5].contains(&r.code),
+            "byte {at}: exit {} {}",
+            r.code,
+            r.stderr
+        );
         assert!(r.stdout.is_empty());
     }
     std::fs::write(&root, &good[..good.len() / 2]).unwrap();

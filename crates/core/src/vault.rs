@@ -372,7 +372,10 @@ impl<S: Store> Vault<S> {
         let Some(stored) = self.store.get(space::PATIENTS, &blind.0)? else {
             // Unknown, unless the patient's other records say it was registered.
             if self.store.get(space::MANIFESTS, &blind.0)?.is_some() {
-                return Err(integrity(format!("patient {}", blind.short()), "missing (its manifest exists)"));
+                return Err(integrity(
+                    format!("patient {}", blind.short()),
+                    "missing (its manifest exists)",
+                ));
             }
             return Err(Error::NoSuchPatient);
         };

@@ -1,0 +1,89 @@
+//! Frozen test vectors: vaults written by earlier versions must open and read exactly.
+//!
+//! - `golden/v1/`: format 1 (keyring version 1, record format 1), made by
+//!   `golden/make-v1.sh` with Carnet 0.1.0: three patients (one imported), a binary note, a
+//!   UTF-8 note, an amended note. `expected/` holds what each read printed then.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::path::Path;
+
+use carnet_tests::{copy_dir, TestVault};
+
+fn golden(version: &str) -> TestVault {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(version);
+    let v = TestVault::new();
+    // sled writes on open, so the checked-in files are never opened in place.
+    copy_dir(&src.join("vault"), &v.dir);
+    std::fs::copy(src.join("passphrase.txt"), &v.pass_file).unwrap();
+    v
+}
+
+fn expected(version: &str, name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(version)
+        .join("expected")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+#[test]
+fn format_1_vault_opens_and_reads_exactly() {
+    let v = golden("v1");
+    assert_eq!(
+        v.run(&["patient", "list", "--json"]).expect(0).json(),
+        expected("v1", "patient-list.json")
+    );
+    for p in ["G-001", "G-002", "G-003"] {
+        assert_eq!(
+            v.run(&["note", "list", p, "--json"]).expect(0).json(),
+            expected("v1", &format!("notes-{p}.json")),
+            "notes of {p}"
+        );
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v1/expected");
+    let mut histories = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let Some(rest) = name
+            .strip_prefix("history-")
+            .and_then(|r| r.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let (patient, note) = rest.rsplit_once('-').unwrap();
+        assert_eq!(
+            v.run(&["note", "history", patient, note, "--json"])
+                .expect(0)
+                .json(),
+            expected("v1", &name),
+            "history of {rest}"
+        );
+        histories += 1;
+    }
+    assert_eq!(histories, 3);
+    assert_eq!(
+        v.run(&["verify", "--json"]).expect(0).json(),
+        expected("v1", "verify.json")
+    );
+}
+
+#[test]
+fn format_1_vault_accepts_new_writes() {
+    let v = golden("v1");
+    let id = v.add_note("G-002", "written by a later version", &[]);
+    assert_eq!(
+        v.run(&["note", "show", "G-002", &id]).expect(0).stdout,
+        b"written by a later version"
+    );
+    v.run(&["verify"]).expect(0);
+}
+
+#[test]
+fn format_1_vault_refuses_a_wrong_passphrase() {
+    let v = golden("v1");
+    std::fs::write(&v.pass_file, "not the golden passphrase\n").unwrap();
+    v.run(&["patient", "list"]).expect(3);
+}
