@@ -91,6 +91,12 @@ pub(crate) struct NoteMetaV1 {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Blind(pub(crate) [u8; 32]);
 
+impl std::fmt::Debug for Blind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Blind({})", self.short())
+    }
+}
+
 impl Blind {
     /// A short, non-secret name for messages: the first 6 bytes in hex.
     pub(crate) fn short(&self) -> String {
@@ -137,4 +143,44 @@ pub(crate) fn note_link(head: &[u8; 32], note: &[u8; 16], version: u32) -> [u8; 
         note,
         &version.to_be_bytes(),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the bincode encoding that docs/format.md ("Payloads") describes.
+    #[test]
+    fn payload_encoding_is_as_specified() {
+        let m = ManifestV1 {
+            next_seq: 300,
+            head: [7; 32],
+            notes: 2,
+        };
+        let bytes = bincode::serde::encode_to_vec(&m, bincode::config::standard()).unwrap();
+        let mut want = vec![251, 0x2c, 0x01];
+        want.extend_from_slice(&[7; 32]);
+        want.push(2);
+        assert_eq!(bytes, want);
+
+        let n = NoteMetaV1 {
+            seq: 1,
+            created_at: -1,
+            updated_at: 2,
+            author: Some("é".into()),
+            kind: None,
+        };
+        let bytes = bincode::serde::encode_to_vec(&n, bincode::config::standard()).unwrap();
+        assert_eq!(bytes, vec![1, 1, 4, 1, 2, 0xc3, 0xa9, 0]);
+    }
+
+    #[test]
+    fn storage_keys_are_as_specified() {
+        let b = Blind([1; 32]);
+        assert_eq!(patient_key_key(&b, 2)[32..], [0, 0, 0, 2]);
+        let k = note_key(&b, &[9; 16], 3);
+        assert_eq!(k.len(), 52);
+        assert_eq!(parse_note_key(&k), Some((b, [9; 16], 3)));
+        assert_eq!(parse_note_key(&k[..51]), None);
+    }
 }
