@@ -9,7 +9,7 @@ mod search;
 mod verify;
 
 use carnet_core::{PatientId, MAX_BODY_BYTES};
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use crate::args::{Cli, Command};
@@ -41,11 +41,17 @@ pub fn read_body(file: Option<&Path>) -> Result<Vec<u8>, CliError> {
         Some(f) => std::fs::File::open(f)
             .and_then(|f| f.take(limit).read_to_end(&mut buf))
             .map_err(|e| CliError::failure(format!("cannot read {}: {e}", f.display()))),
-        None => std::io::stdin()
-            .lock()
-            .take(limit)
-            .read_to_end(&mut buf)
-            .map_err(|e| CliError::failure(format!("cannot read standard input: {e}"))),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("Type the note, then press Ctrl-D on a new line:");
+            }
+            stdin
+        }
+        .lock()
+        .take(limit)
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::failure(format!("cannot read standard input: {e}"))),
     };
     res?;
     if buf.len() > MAX_BODY_BYTES {

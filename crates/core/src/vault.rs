@@ -1,6 +1,6 @@
 //! The [`Vault`]: create, unlock, and every operation on patients and notes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use carnet_storage::{Batch, Store};
@@ -733,7 +733,7 @@ impl<S: Store> Vault<S> {
 
         // Patients (each one's key and manifest with it).
         let mut patients: HashMap<Blind, PatientState> = HashMap::new();
-        let mut seen_blinds = Vec::new();
+        let mut seen_blinds = HashSet::new();
         for r in self.store.scan_prefix(space::PATIENTS, &[]) {
             let (k, v) = r?;
             report.records_checked += 1;
@@ -743,7 +743,7 @@ impl<S: Store> Vault<S> {
                     .push(IntegrityError::new("patients", "malformed storage key"));
                 continue;
             };
-            seen_blinds.push(blind);
+            seen_blinds.insert(blind);
             match self.load_patient(&blind, &v) {
                 Ok(st) => {
                     patients.insert(blind, st);
