@@ -4,8 +4,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use carnet_core::{Passphrase, Vault};
-use carnet_storage::{SledStore, Store};
+use carnet_core::{Passphrase, Vault, KEYRING_DOC};
+use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
 use crate::args::Global;
@@ -143,10 +143,10 @@ pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
     if !SledStore::exists(&dir) {
         return Err(not_a_vault(&dir));
     }
-    let store = SledStore::open(&dir)?;
-    if store.read_root()?.is_none() {
+    if !SledStore::has_doc(&dir, KEYRING_DOC) {
         return Err(not_a_vault(&dir));
     }
+    let store = SledStore::open(&dir)?;
     let pass = passphrase(global)?;
     Ok(Vault::unlock(store, &global.user, &pass)?)
 }

@@ -79,6 +79,7 @@ mod envelope;
 mod error;
 mod frame;
 mod keyring;
+mod keystore;
 mod model;
 mod records;
 mod secret;
@@ -87,6 +88,8 @@ mod vault;
 pub use error::{Error, IntegrityError};
 pub use frame::{padded_len, MAX_BODY_BYTES};
 pub use keyring::KdfParams;
+/// The storage document that holds a vault's keyring: a store without it holds no vault.
+pub use keystore::ROOT_DOC as KEYRING_DOC;
 pub use model::{
     BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, SearchHit,
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,

@@ -8,10 +8,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Storage spaces (docs/format.md, "Storage layout").
 pub(crate) mod space {
     use super::Space;
-    /// Vault-wide records: the wrapped vault keys and the patient registry.
+    /// Vault-wide records: the patient registry.
     pub(crate) const META: Space = Space::new("meta");
-    /// Wrapped patient keys: blind (32) || key version (u32 BE).
-    pub(crate) const PATIENT_KEYS: Space = Space::new("pkeys");
     /// Patient identities: blind (32).
     pub(crate) const PATIENTS: Space = Space::new("patients");
     /// Patient manifests: blind (32).
@@ -20,7 +18,6 @@ pub(crate) mod space {
     pub(crate) const NOTES: Space = Space::new("notes");
 }
 
-pub(crate) const META_VAULT_KEYS: &[u8] = b"vault-keys";
 pub(crate) const META_REGISTRY: &[u8] = b"registry";
 
 /// Purpose codes of the vault keys.
@@ -39,12 +36,6 @@ pub(crate) struct VaultKeyV1 {
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub(crate) struct VaultKeysV1 {
     pub(crate) keys: Vec<VaultKeyV1>,
-}
-
-/// Kind 2, PatientKey.
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct PatientKeyV1 {
-    pub(crate) key: [u8; 32],
 }
 
 /// Kind 3, Registry: how many patients exist and the chain over their blinds.
@@ -108,7 +99,7 @@ impl Blind {
     }
 }
 
-/// The storage key of a wrapped patient key.
+/// The binding of a wrapped patient key: blind || key version.
 pub(crate) fn patient_key_key(blind: &Blind, version: u32) -> Vec<u8> {
     [&blind.0[..], &version.to_be_bytes()].concat()
 }

@@ -12,14 +12,15 @@ use crate::crypto::{
 use crate::envelope::{self, Kind, ParseError, Sealed};
 use crate::frame;
 use crate::keyring::{KdfParams, Keyring, KeyringParseError, Slot};
+use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::model::{
     check_field, BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId,
     SearchHit, Timestamp,
 };
 use crate::records::{
     note_key, note_link, parse_note_key, patient_key_key, registry_link, space, Blind, ManifestV1,
-    NoteMetaV1, PatientKeyV1, PatientV1, RegistryV1, VaultKeyV1, VaultKeysV1, META_REGISTRY,
-    META_VAULT_KEYS, PURPOSE_BLIND, PURPOSE_REGISTRY,
+    NoteMetaV1, PatientV1, RegistryV1, VaultKeyV1, VaultKeysV1, META_REGISTRY, PURPOSE_BLIND,
+    PURPOSE_REGISTRY,
 };
 use crate::secret::{Passphrase, SecretKey};
 use crate::{Error, IntegrityError};
@@ -44,6 +45,11 @@ pub struct Vault<S: Store> {
     wrap_patient: SecretKey,
     blind_key: SecretKey,
     registry_key: SecretKey,
+    /// The key store's index of wrapped keys (the document `keys`, read at unlock).
+    keys: Mutex<KeyStore>,
+    /// Held while a transaction writes (key store, then records), so that writers of this
+    /// `Vault` cannot interleave between the two.
+    write_lock: Mutex<()>,
     /// Per patient, the latest version of each note as of a fully verified chain, keyed by the
     /// manifest it was verified against. Lets single-note reads skip re-verifying the whole
     /// chain while the manifest is unchanged (docs/architecture.md, "Reads").
@@ -164,7 +170,7 @@ impl<S: Store> Vault<S> {
         passphrase: &Passphrase,
         kdf: KdfParams,
     ) -> Result<Self, Error> {
-        if store.read_root()?.is_some() {
+        if store.read_doc(ROOT_DOC)?.is_some() {
             return Err(Error::AlreadyAVault);
         }
         if !passphrase.is_strong_enough() {
@@ -197,10 +203,11 @@ impl<S: Store> Vault<S> {
             ],
         };
         let wrap_vault = crypto::subkey(&master, LABEL_WRAP_VAULT_KEYS);
-        let mut batch = Batch::new();
         let plain = frame::encode(&keys, &[])?;
         let sealed = envelope::seal(Kind::VaultKeys, epoch, &wrap_vault, &vault_id, &[], &plain)?;
-        batch.put(space::META, META_VAULT_KEYS, sealed);
+        let mut key_store = KeyStore::new(epoch);
+        key_store.vault_keys = Some(sealed);
+        let mut batch = Batch::new();
         let reg = RegistryV1 {
             patients: 0,
             head: [0; 32],
@@ -210,13 +217,17 @@ impl<S: Store> Vault<S> {
             META_REGISTRY,
             seal_registry(&registry, &vault_id, &reg)?,
         );
+        // The keyring goes last: until it exists, this is not a vault.
         store.commit(batch)?;
         store.flush()?;
-        store.replace_root(&keyring.encode(&master))?;
+        store.replace_doc(KEYS_DOC, &key_store.encode(&vault_id))?;
+        store.replace_doc(ROOT_DOC, &keyring.encode(&master))?;
         Ok(Vault {
             store,
             wrap_patient: crypto::subkey(&master, LABEL_WRAP_PATIENT_KEY),
             keyring,
+            keys: Mutex::new(key_store),
+            write_lock: Mutex::default(),
             blind_key: blind,
             registry_key: registry,
             chains: Mutex::default(),
@@ -229,7 +240,7 @@ impl<S: Store> Vault<S> {
     /// [`Error::UnknownUser`], [`Error::NotAVault`], [`Error::UnsupportedFormat`], or
     /// [`Error::Integrity`] when the keyring or the vault keys were altered. Changes nothing.
     pub fn unlock(store: S, user: &str, passphrase: &Passphrase) -> Result<Self, Error> {
-        let root = store.read_root()?.ok_or(Error::NotAVault)?;
+        let root = store.read_doc(ROOT_DOC)?.ok_or(Error::NotAVault)?;
         let keyring = Keyring::parse(&root).map_err(|e| match e {
             KeyringParseError::Foreign => Error::Foreign,
             KeyringParseError::FutureVersion(v) => Error::UnsupportedFormat {
@@ -239,8 +250,21 @@ impl<S: Store> Vault<S> {
             KeyringParseError::Malformed => integrity("keyring", "malformed"),
         })?;
         let master = keyring.unlock(user, passphrase)?;
-        let stored = store
-            .get(space::META, META_VAULT_KEYS)?
+        let key_store = KeyStore::parse(
+            &store
+                .read_doc(KEYS_DOC)?
+                .ok_or_else(|| integrity("key store", "missing"))?,
+            &keyring.vault_id,
+        )?;
+        if key_store.epoch != keyring.epoch {
+            return Err(integrity(
+                "key store",
+                "wrapped under another epoch than the keyring's",
+            ));
+        }
+        let stored = key_store
+            .vault_keys
+            .clone()
             .ok_or_else(|| integrity("vault keys", "missing"))?;
         let wrap_vault = crypto::subkey(&master, LABEL_WRAP_VAULT_KEYS);
         if Sealed::parse(&stored).map(|s| s.key_version).ok() != Some(keyring.epoch) {
@@ -270,6 +294,8 @@ impl<S: Store> Vault<S> {
             wrap_patient: crypto::subkey(&master, LABEL_WRAP_PATIENT_KEY),
             store,
             keyring,
+            keys: Mutex::new(key_store),
+            write_lock: Mutex::default(),
             chains: Mutex::default(),
         })
     }
@@ -304,24 +330,78 @@ impl<S: Store> Vault<S> {
 
     fn patient_keys(&self, blind: &Blind, version: u32) -> Result<PatientKeys, Error> {
         let location = format!("patient key {}/v{version}", blind.short());
-        let k = patient_key_key(blind, version);
         let stored = self
-            .store
-            .get(space::PATIENT_KEYS, &k)?
+            .key_store()
+            .patient
+            .get(&(*blind, version))
+            .cloned()
             .ok_or_else(|| integrity(&location, "missing"))?;
-        let sealed = Sealed::parse(&stored).map_err(|e| parse_error(&location, e))?;
+        let key = self.open_patient_key(&location, blind, version, &stored)?;
+        Ok(PatientKeys::derive(version, &key))
+    }
+
+    /// Opens a sealed patient key (format.md, "Records", kind 2: raw 32 bytes, no frame).
+    fn open_patient_key(
+        &self,
+        location: &str,
+        blind: &Blind,
+        version: u32,
+        stored: &[u8],
+    ) -> Result<SecretKey, Error> {
+        let sealed = Sealed::parse(stored).map_err(|e| parse_error(location, e))?;
         if sealed.key_version != self.keyring.epoch {
-            return Err(integrity(&location, "not wrapped under the current epoch"));
+            return Err(integrity(location, "not wrapped under the current epoch"));
         }
-        let (pk, _) = open_frame::<PatientKeyV1>(
-            &location,
-            &stored,
-            Kind::PatientKey,
-            &self.wrap_patient,
-            self.vault_id(),
-            &k,
-        )?;
-        Ok(PatientKeys::derive(version, &SecretKey::from_bytes(pk.key)))
+        let plain = sealed
+            .open(
+                Kind::PatientKey,
+                &self.wrap_patient,
+                self.vault_id(),
+                &patient_key_key(blind, version),
+            )
+            .ok_or_else(|| {
+                integrity(
+                    location,
+                    "failed authentication (altered, moved or foreign)",
+                )
+            })?;
+        let raw: [u8; 32] = plain[..]
+            .try_into()
+            .map_err(|_| integrity(location, "authenticated but malformed payload"))?;
+        Ok(SecretKey::from_bytes(raw))
+    }
+
+    /// Adds wrapped patient keys to the key store: appended durably, or, after a torn append,
+    /// by rewriting the whole document.
+    fn append_keys(&self, keys: Vec<(Blind, u32, Vec<u8>)>) -> Result<(), Error> {
+        let mut ks = self.key_store();
+        if ks.torn {
+            let mut next = KeyStore::new(ks.epoch);
+            next.vault_keys = ks.vault_keys.clone();
+            next.patient = ks.patient.clone();
+            for (b, v, k) in &keys {
+                next.patient.insert((*b, *v), k.clone());
+            }
+            self.store
+                .replace_doc(KEYS_DOC, &next.encode(self.vault_id()))?;
+            *ks = next;
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        for (b, v, k) in &keys {
+            bytes.extend_from_slice(&KeyStore::patient_entry(b, *v, k));
+        }
+        self.store.append_doc(KEYS_DOC, &bytes)?;
+        for (b, v, k) in keys {
+            ks.patient.insert((b, v), k);
+        }
+        Ok(())
+    }
+
+    fn key_store(&self) -> MutexGuard<'_, KeyStore> {
+        // Every mutation of the index is a single insert made after the write it mirrors
+        // succeeded, so a poisoned lock still guards a consistent index.
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Decrypts a patient's record and manifest stored under `blind`.
@@ -758,22 +838,35 @@ impl<S: Store> Vault<S> {
                 .extend(check_registry(reg, &patients, seen_blinds.len()));
         }
 
-        // Patient keys and manifests: no orphans (each patient's own were opened above).
-        for (sp, what) in [
-            (space::PATIENT_KEYS, "patient key"),
-            (space::MANIFESTS, "manifest"),
-        ] {
-            for r in self.store.scan_prefix(sp, &[]) {
-                let (k, _) = r?;
-                report.records_checked += 1;
-                let owner = k.get(..32).and_then(Blind::from_slice);
-                if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
-                    let short = owner.map_or_else(|| "?".into(), |b| b.short());
-                    report.problems.push(IntegrityError::new(
-                        format!("{what} {short}"),
-                        "belongs to no registered patient (orphan)",
-                    ));
-                }
+        // Every wrapped key in the key store opens. Keys of no registered patient are left by
+        // a registration interrupted before its records were written: unused, not a problem.
+        let wrapped: Vec<((Blind, u32), Vec<u8>)> = self
+            .key_store()
+            .patient
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for ((blind, version), stored) in wrapped {
+            report.records_checked += 1;
+            let location = format!("patient key {}/v{version}", blind.short());
+            match self.open_patient_key(&location, &blind, version, &stored) {
+                Ok(_) => {}
+                Err(Error::Integrity(e)) => report.problems.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Manifests: no orphans (each patient's own was opened above).
+        for r in self.store.scan_prefix(space::MANIFESTS, &[]) {
+            let (k, _) = r?;
+            report.records_checked += 1;
+            let owner = k.get(..32).and_then(Blind::from_slice);
+            if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
+                let short = owner.map_or_else(|| "?".into(), |b| b.short());
+                report.problems.push(IntegrityError::new(
+                    format!("manifest {short}"),
+                    "belongs to no registered patient (orphan)",
+                ));
             }
         }
 
@@ -1104,6 +1197,8 @@ struct Txn<'v, S: Store> {
     patients: HashMap<Blind, PatientState>,
     registry: Option<(RegistryV1, Vec<u8>)>,
     registry_dirty: bool,
+    /// Wrapped keys of the patients this transaction registers, for the key store.
+    new_keys: Vec<(Blind, u32, Vec<u8>)>,
 }
 
 impl<'v, S: Store> Txn<'v, S> {
@@ -1114,6 +1209,7 @@ impl<'v, S: Store> Txn<'v, S> {
             patients: HashMap::new(),
             registry: None,
             registry_dirty: false,
+            new_keys: Vec::new(),
         }
     }
 
@@ -1154,7 +1250,7 @@ impl<'v, S: Store> Txn<'v, S> {
             &v.wrap_patient,
             v.vault_id(),
             &kk,
-            &frame::encode(&PatientKeyV1 { key: *pk.expose() }, &[])?,
+            pk.expose(),
         )?;
         let keys = PatientKeys::derive(version, &pk);
         let info = PatientV1 {
@@ -1172,8 +1268,7 @@ impl<'v, S: Store> Txn<'v, S> {
             &blind.0,
             &frame::encode(&info, &[])?,
         )?;
-        self.batch.require(space::PATIENT_KEYS, kk.clone(), None);
-        self.batch.put(space::PATIENT_KEYS, kk, wrapped);
+        self.new_keys.push((blind, version, wrapped));
         self.batch.require(space::PATIENTS, blind.0.to_vec(), None);
         self.batch.put(space::PATIENTS, blind.0.to_vec(), record);
         self.patients.insert(
@@ -1285,6 +1380,20 @@ impl<'v, S: Store> Txn<'v, S> {
             for (blind, _) in &sealed_manifests {
                 chains.remove(blind);
             }
+        }
+        // Poisoning is harmless: the guard protects no data, only the order of writes.
+        let _writing = v.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let new_keys = std::mem::take(&mut self.new_keys);
+        if !new_keys.is_empty() {
+            // The keys go first: a crash before the records are committed leaves unused keys,
+            // never a record without its key. Under the write lock no one else can register
+            // these patients between this check and the commit.
+            for (blind, _, _) in &new_keys {
+                if v.store.get(space::PATIENTS, &blind.0)?.is_some() {
+                    return Err(Error::PatientExists);
+                }
+            }
+            v.append_keys(new_keys)?;
         }
         v.store.commit(batch)?;
         v.store.flush()?;

@@ -34,6 +34,40 @@ impl Space {
     }
 }
 
+/// The name of a document (see [`crate::Store::read_doc`]): 1 to 32 bytes of lower-case ASCII
+/// letters, digits or `-`. Names are constants written by the programmer, never input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DocName(&'static str);
+
+impl DocName {
+    /// A document named `name`.
+    ///
+    /// # Panics
+    /// At compile time (in a `const`) or on first use, if the name breaks the rule above.
+    pub const fn new(name: &'static str) -> Self {
+        let b = name.as_bytes();
+        assert!(
+            !b.is_empty() && b.len() <= 32,
+            "document name must be 1 to 32 bytes"
+        );
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            assert!(
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-',
+                "document name must be lower-case ASCII letters, digits or -"
+            );
+            i += 1;
+        }
+        DocName(name)
+    }
+
+    /// The document's name.
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
 /// One write in a [`Batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {

@@ -8,10 +8,12 @@
 //!
 //! Each check panics with a message naming the property that failed.
 
-use crate::{Batch, Space, Store, StoreError};
+use crate::{Batch, DocName, Space, Store, StoreError};
 
 const A: Space = Space::new("a");
 const AB: Space = Space::new("ab");
+const DOC: DocName = DocName::new("doc");
+const DOC2: DocName = DocName::new("doc-2");
 
 fn scan<S: Store>(s: &S, space: Space, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     s.scan_prefix(space, prefix)
@@ -36,7 +38,7 @@ pub fn run<S: Store>(make: impl Fn() -> S) {
     prefix_scan_is_ordered_and_bounded(&make());
     preconditions_guard_the_whole_batch(&make());
     batch_ops_apply_in_order(&make());
-    root_is_replaced_whole(&make());
+    documents_are_replaced_whole_or_appended(&make());
     large_values_round_trip(&make());
 }
 
@@ -44,9 +46,9 @@ fn empty_store_reads_nothing<S: Store>(s: &S) {
     assert_eq!(get(s, A, b"k"), None, "an empty store has no records");
     assert!(scan(s, A, b"").is_empty(), "an empty store scans empty");
     assert_eq!(
-        s.read_root().ok().flatten(),
+        s.read_doc(DOC).ok().flatten(),
         None,
-        "an empty store has no root"
+        "an empty store has no document"
     );
     s.flush()
         .unwrap_or_else(|e| panic!("flush of an empty store failed: {e}"));
@@ -169,18 +171,41 @@ fn batch_ops_apply_in_order<S: Store>(s: &S) {
     );
 }
 
-fn root_is_replaced_whole<S: Store>(s: &S) {
-    s.replace_root(b"first")
-        .unwrap_or_else(|e| panic!("replace_root failed: {e}"));
-    assert_eq!(s.read_root().ok().flatten().as_deref(), Some(&b"first"[..]));
-    s.replace_root(b"2nd")
-        .unwrap_or_else(|e| panic!("replace_root failed: {e}"));
+fn documents_are_replaced_whole_or_appended<S: Store>(s: &S) {
+    let read = |n| {
+        s.read_doc(n)
+            .unwrap_or_else(|e| panic!("read_doc failed: {e}"))
+    };
+    s.replace_doc(DOC, b"first")
+        .unwrap_or_else(|e| panic!("replace_doc failed: {e}"));
+    assert_eq!(read(DOC).as_deref(), Some(&b"first"[..]));
+    s.replace_doc(DOC, b"2nd")
+        .unwrap_or_else(|e| panic!("replace_doc failed: {e}"));
     assert_eq!(
-        s.read_root().ok().flatten().as_deref(),
+        read(DOC).as_deref(),
         Some(&b"2nd"[..]),
-        "a shorter root replaces a longer one whole"
+        "a shorter document replaces a longer one whole"
     );
-    assert!(scan(s, A, b"").is_empty(), "the root is not a record");
+    s.append_doc(DOC, b"+more")
+        .unwrap_or_else(|e| panic!("append_doc failed: {e}"));
+    assert_eq!(
+        read(DOC).as_deref(),
+        Some(&b"2nd+more"[..]),
+        "an append extends"
+    );
+    s.append_doc(DOC2, b"new")
+        .unwrap_or_else(|e| panic!("append_doc failed: {e}"));
+    assert_eq!(
+        read(DOC2).as_deref(),
+        Some(&b"new"[..]),
+        "an append creates"
+    );
+    assert_eq!(
+        read(DOC).as_deref(),
+        Some(&b"2nd+more"[..]),
+        "documents are separate"
+    );
+    assert!(scan(s, A, b"").is_empty(), "a document is not a record");
 }
 
 fn large_values_round_trip<S: Store>(s: &S) {

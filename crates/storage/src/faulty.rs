@@ -2,10 +2,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Batch, EntryIter, Space, Store, StoreError};
+use crate::{Batch, DocName, EntryIter, Space, Store, StoreError};
 
-/// Wraps a [`Store`] and fails the N-th write (counting [`Store::commit`],
-/// [`Store::replace_root`] and [`Store::flush`] calls from 1), and every write after it, as a
+/// Wraps a [`Store`] and fails the N-th write (counting [`Store::commit`], [`Store::flush`],
+/// [`Store::replace_doc`] and [`Store::append_doc`] calls from 1), and every write after it, as a
 /// crashed process would. The failing write changes nothing. Reads always pass through.
 pub struct FaultyStore<S> {
     inner: S,
@@ -69,11 +69,15 @@ impl<S: Store> Store for FaultyStore<S> {
         self.tick()?;
         self.inner.flush()
     }
-    fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.read_root()
+    fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.read_doc(name)
     }
-    fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
+    fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
         self.tick()?;
-        self.inner.replace_root(bytes)
+        self.inner.replace_doc(name, bytes)
+    }
+    fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        self.tick()?;
+        self.inner.append_doc(name, bytes)
     }
 }

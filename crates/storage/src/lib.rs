@@ -11,8 +11,10 @@
 //!   preconditions (compare-and-swap on a record's current value), so that a writer that lost a
 //!   race fails with [`StoreError::Conflict`] instead of overwriting someone else's update;
 //! - [`Store::flush`] makes every committed batch durable: a write is acknowledged only after it;
-//! - [`Store::read_root`] / [`Store::replace_root`] keep a small document (Carnet's key slots)
-//!   that is replaced atomically and without leaving older versions in the backend's files.
+//! - [`Store::read_doc`], [`Store::replace_doc`] and [`Store::append_doc`] keep a few small
+//!   named **documents** (Carnet's keyring and key store) outside the record store: a document is
+//!   replaced atomically and without leaving older versions in the backend's files, or appended
+//!   to durably.
 //!
 //! Two backends ship: [`MemStore`] (tests, embedding) and [`SledStore`] (the embedded default,
 //! sled 0.34.7). [`conformance::run`] is the suite every backend must pass, and
@@ -27,7 +29,7 @@ mod faulty;
 mod memory;
 mod sled_store;
 
-pub use batch::{Batch, Op, Precondition, Space};
+pub use batch::{Batch, DocName, Op, Precondition, Space};
 pub use error::StoreError;
 pub use faulty::FaultyStore;
 pub use memory::MemStore;
@@ -63,12 +65,18 @@ pub trait Store: Send + Sync {
     /// Makes every committed batch durable (written and fsynced).
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// The root document, if one was ever written.
-    fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The document `name`, if it exists.
+    fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Replaces the root document atomically and durably: after a crash either the old or the
-    /// new document is read back, whole, and the old one leaves no copy in the backend's files.
-    fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Replaces (or creates) the document `name` atomically and durably: after a crash either
+    /// the old or the new content is read back, whole, and the old content leaves no copy in the
+    /// backend's files.
+    fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Appends `bytes` to the document `name` (creating it if absent) and makes them durable.
+    /// A crash during the append may leave a prefix of `bytes` at the end: callers frame their
+    /// appends so that a torn tail is recognizable.
+    fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError>;
 }
 
 /// Forwards every [`Store`] method through a smart pointer.
@@ -87,11 +95,14 @@ macro_rules! forward_store {
             fn flush(&self) -> Result<(), StoreError> {
                 (**self).flush()
             }
-            fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
-                (**self).read_root()
+            fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).read_doc(name)
             }
-            fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
-                (**self).replace_root(bytes)
+            fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+                (**self).replace_doc(name, bytes)
+            }
+            fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+                (**self).append_doc(name, bytes)
             }
         }
     };

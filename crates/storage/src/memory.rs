@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Batch, Entry, EntryIter, Op, Space, Store, StoreError};
+use crate::{Batch, DocName, Entry, EntryIter, Op, Space, Store, StoreError};
 
 #[derive(Default)]
 struct Inner {
     records: BTreeMap<(Space, Vec<u8>), Vec<u8>>,
-    root: Option<Vec<u8>>,
+    docs: std::collections::HashMap<DocName, Vec<u8>>,
 }
 
 /// A [`Store`] kept in memory; everything is lost when it is dropped.
@@ -76,12 +76,21 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.lock().root.clone())
+    fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().docs.get(&name).cloned())
     }
 
-    fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.lock().root = Some(bytes.to_vec());
+    fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        self.lock().docs.insert(name, bytes.to_vec());
+        Ok(())
+    }
+
+    fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        self.lock()
+            .docs
+            .entry(name)
+            .or_default()
+            .extend_from_slice(bytes);
         Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! DIR/carnet.lock   held with an exclusive OS lock while a process has the vault open
-//! DIR/root          the root document, replaced by write-to-temp, fsync, rename, fsync(DIR)
+//! DIR/NAME          each document, replaced by write to NAME.tmp, fsync, rename, fsync(DIR),
+//!                   or appended to with write + fsync
 //! DIR/store/        sled's files; every space lives in sled's default tree
 //! ```
 
@@ -14,11 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::{Batch, EntryIter, Op, Space, Store, StoreError};
+use crate::{Batch, DocName, EntryIter, Op, Space, Store, StoreError};
 
 const LOCK_FILE: &str = "carnet.lock";
-const ROOT_FILE: &str = "root";
-const ROOT_TMP: &str = "root.tmp";
 const STORE_DIR: &str = "store";
 /// sled's page cache: bounded, so memory does not grow with the vault.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -79,10 +78,10 @@ impl SledStore {
         dir.join(STORE_DIR).is_dir()
     }
 
-    /// Whether `dir` holds a store with a root document, checked without opening (and so
-    /// without writing) anything.
-    pub fn has_root(dir: &Path) -> bool {
-        dir.join(ROOT_FILE).is_file()
+    /// Whether `dir` holds the document `name`, checked without opening (and so without
+    /// writing) anything.
+    pub fn has_doc(dir: &Path, name: DocName) -> bool {
+        dir.join(name.name()).is_file()
     }
 
     /// The directory this store lives in.
@@ -117,11 +116,7 @@ impl SledStore {
                 ))
             }
         }
-        let db = sled::Config::new()
-            .path(dir.join(STORE_DIR))
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(map_sled)?;
+        let db = open_sled(&dir.join(STORE_DIR))?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             db,
@@ -151,6 +146,28 @@ impl SledStore {
             sync_dir(&blobs)?;
         }
         sync_dir(&store)
+    }
+}
+
+/// Opens sled. We hold the vault's lock, so a failure of sled's own file lock can only come
+/// from a `SledStore` of this process that was just dropped: sled's background flusher
+/// releases the file a moment after the drop. Wait for it, briefly.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(map_sled),
+        }
     }
 }
 
@@ -235,8 +252,8 @@ impl Store for SledStore {
         self.fsync_files()
     }
 
-    fn read_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.dir.join(ROOT_FILE);
+    fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.dir.join(name.name());
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -244,9 +261,9 @@ impl Store for SledStore {
         }
     }
 
-    fn replace_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.dir.join(ROOT_TMP);
-        let path = self.dir.join(ROOT_FILE);
+    fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name.name());
+        let tmp = self.dir.join(format!("{}.tmp", name.name()));
         let mut f = File::create(&tmp)
             .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
         f.write_all(bytes)
@@ -256,5 +273,22 @@ impl Store for SledStore {
         fs::rename(&tmp, &path)
             .map_err(|e| StoreError::io(format!("cannot replace {}", path.display()), e))?;
         sync_dir(&self.dir)
+    }
+
+    fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name.name());
+        let existed = path.exists();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| StoreError::io(format!("cannot append to {}", path.display()), e))?;
+        if !existed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }

@@ -3,10 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use carnet_storage::{
-    conformance, Batch, FaultyStore, MemStore, SledStore, Space, Store, StoreError,
+    conformance, Batch, DocName, FaultyStore, MemStore, SledStore, Space, Store, StoreError,
 };
 
 const S: Space = Space::new("s");
+const ROOT: DocName = DocName::new("root");
 
 #[test]
 fn memory_backend_conforms() {
@@ -39,11 +40,11 @@ fn sled_keeps_flushed_writes_and_root_across_reopen() {
         b.put(S, b"k".to_vec(), b"v".to_vec());
         s.commit(b).unwrap();
         s.flush().unwrap();
-        s.replace_root(b"root").unwrap();
+        s.replace_doc(ROOT, b"root").unwrap();
     }
     let s = SledStore::open(&dir).unwrap();
     assert_eq!(s.get(S, b"k").unwrap().as_deref(), Some(&b"v"[..]));
-    assert_eq!(s.read_root().unwrap().as_deref(), Some(&b"root"[..]));
+    assert_eq!(s.read_doc(ROOT).unwrap().as_deref(), Some(&b"root"[..]));
     assert!(
         !dir.join("root.tmp").exists(),
         "no temporary root is left behind"

@@ -1,0 +1,184 @@
+//! The key store: the wrapped vault keys and patient keys, kept in the document `keys` outside
+//! the record store, so that a rotation or an erasure can replace them whole without leaving old
+//! wrapped keys in a log-structured store. Specified in docs/format.md, "Key store".
+
+use std::collections::HashMap;
+
+use carnet_storage::DocName;
+
+use crate::records::Blind;
+use crate::{Error, IntegrityError};
+
+/// The keyring document (slots, current epoch).
+pub const ROOT_DOC: DocName = DocName::new("root");
+/// The key store document.
+pub(crate) const KEYS_DOC: DocName = DocName::new("keys");
+
+const MAGIC: [u8; 8] = *b"CARNETKS";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 8 + 2 + 16 + 4;
+const TAG_VAULT_KEYS: u8 = 1;
+const TAG_PATIENT_KEY: u8 = 2;
+/// Largest entry accepted (a wrapped key is about 100 bytes; the vault keys a few hundred).
+const MAX_ENTRY: usize = 64 * 1024;
+
+/// The parsed key store.
+pub(crate) struct KeyStore {
+    /// The master epoch every entry is wrapped under.
+    pub(crate) epoch: u32,
+    /// The sealed VaultKeys record.
+    pub(crate) vault_keys: Option<Vec<u8>>,
+    /// Sealed PatientKey records by (blind, key version). A later entry replaces an earlier one.
+    pub(crate) patient: HashMap<(Blind, u32), Vec<u8>>,
+    /// Whether the file ends with an incomplete entry (an append interrupted by a crash, never
+    /// acknowledged). The next append first rewrites the file without it.
+    pub(crate) torn: bool,
+}
+
+fn malformed(what: &str) -> Error {
+    Error::Integrity(IntegrityError::new("key store", what))
+}
+
+impl KeyStore {
+    /// An empty key store for a new vault.
+    pub(crate) fn new(epoch: u32) -> Self {
+        KeyStore {
+            epoch,
+            vault_keys: None,
+            patient: HashMap::new(),
+            torn: false,
+        }
+    }
+
+    /// Parses the key store of the vault `vault_id`.
+    pub(crate) fn parse(bytes: &[u8], vault_id: &[u8; 16]) -> Result<Self, Error> {
+        if bytes.len() < HEADER_LEN || bytes[..8] != MAGIC {
+            return Err(malformed("not a Carnet key store"));
+        }
+        let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+        if version > VERSION {
+            return Err(Error::UnsupportedFormat {
+                found: u32::from(version),
+                supported: u32::from(VERSION),
+            });
+        }
+        if version != VERSION || bytes[10..26] != vault_id[..] {
+            return Err(malformed("belongs to another vault or is malformed"));
+        }
+        let epoch = u32::from_be_bytes([bytes[26], bytes[27], bytes[28], bytes[29]]);
+        let mut ks = KeyStore::new(epoch);
+        let mut rest = &bytes[HEADER_LEN..];
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                ks.torn = true;
+                break;
+            }
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len == 0 || len > MAX_ENTRY {
+                return Err(malformed("entry of impossible length"));
+            }
+            if rest.len() < 4 + len {
+                ks.torn = true;
+                break;
+            }
+            let entry = &rest[4..4 + len];
+            match entry[0] {
+                TAG_VAULT_KEYS => ks.vault_keys = Some(entry[1..].to_vec()),
+                TAG_PATIENT_KEY if entry.len() > 37 => {
+                    let blind =
+                        Blind::from_slice(&entry[1..33]).ok_or_else(|| malformed("entry"))?;
+                    let version = u32::from_be_bytes([entry[33], entry[34], entry[35], entry[36]]);
+                    ks.patient.insert((blind, version), entry[37..].to_vec());
+                }
+                _ => return Err(malformed("unknown entry")),
+            }
+            rest = &rest[4 + len..];
+        }
+        Ok(ks)
+    }
+
+    /// The file header.
+    pub(crate) fn header(vault_id: &[u8; 16], epoch: u32) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&VERSION.to_be_bytes());
+        h.extend_from_slice(vault_id);
+        h.extend_from_slice(&epoch.to_be_bytes());
+        h
+    }
+
+    /// An entry holding the sealed vault keys.
+    pub(crate) fn vault_keys_entry(sealed: &[u8]) -> Vec<u8> {
+        entry(TAG_VAULT_KEYS, &[sealed])
+    }
+
+    /// An entry holding one sealed patient key.
+    pub(crate) fn patient_entry(blind: &Blind, version: u32, sealed: &[u8]) -> Vec<u8> {
+        entry(TAG_PATIENT_KEY, &[&blind.0, &version.to_be_bytes(), sealed])
+    }
+
+    /// The whole file, for a rewrite (entries in a stable order, duplicates gone).
+    pub(crate) fn encode(&self, vault_id: &[u8; 16]) -> Vec<u8> {
+        let mut out = Self::header(vault_id, self.epoch);
+        if let Some(v) = &self.vault_keys {
+            out.extend_from_slice(&Self::vault_keys_entry(v));
+        }
+        let mut keys: Vec<&(Blind, u32)> = self.patient.keys().collect();
+        keys.sort();
+        for k in keys {
+            out.extend_from_slice(&Self::patient_entry(&k.0, k.1, &self.patient[k]));
+        }
+        out
+    }
+}
+
+fn entry(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut e = Vec::with_capacity(4 + len);
+    // Entries are a few hundred bytes at most (sealed keys).
+    e.extend_from_slice(&(len as u32).to_be_bytes());
+    e.push(tag);
+    for p in parts {
+        e.extend_from_slice(p);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_torn_tail_and_foreign_vault() {
+        let vid = [3u8; 16];
+        let mut bytes = KeyStore::header(&vid, 7);
+        bytes.extend(KeyStore::vault_keys_entry(b"vk"));
+        bytes.extend(KeyStore::patient_entry(&Blind([1; 32]), 1, b"old"));
+        bytes.extend(KeyStore::patient_entry(&Blind([1; 32]), 1, b"new"));
+        let ks = KeyStore::parse(&bytes, &vid).unwrap();
+        assert_eq!(ks.epoch, 7);
+        assert_eq!(
+            ks.patient[&(Blind([1; 32]), 1)],
+            b"new",
+            "a later entry wins"
+        );
+        assert!(!ks.torn);
+        let again = KeyStore::parse(&ks.encode(&vid), &vid).unwrap();
+        assert_eq!(again.patient.len(), 1);
+        assert_eq!(again.vault_keys.as_deref(), Some(&b"vk"[..]));
+
+        let mut torn = bytes.clone();
+        torn.extend(&KeyStore::patient_entry(&Blind([2; 32]), 1, b"xyz")[..10]);
+        let ks = KeyStore::parse(&torn, &vid).unwrap();
+        assert!(ks.torn);
+        assert_eq!(ks.patient.len(), 1);
+
+        assert!(KeyStore::parse(&bytes, &[4u8; 16]).is_err());
+        let mut future = bytes.clone();
+        future[9] = 2;
+        assert!(matches!(
+            KeyStore::parse(&future, &vid),
+            Err(Error::UnsupportedFormat { .. })
+        ));
+    }
+}
