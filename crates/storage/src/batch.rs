@@ -1,5 +1,27 @@
 //! Spaces, operations and atomic batches.
 
+/// Whether `name` is 1 to 32 bytes of ASCII letters, digits or `-` (and upper case and `_` when
+/// `lenient`): names become file names and key prefixes, so they stay plain.
+const fn valid_name(name: &str, lenient: bool) -> bool {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > 32 {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let ok = c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == b'-'
+            || (lenient && (c.is_ascii_uppercase() || c == b'_'));
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// A named space of records (a table). Names are short ASCII identifiers fixed at compile time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Space(&'static str);
@@ -11,20 +33,10 @@ impl Space {
     /// At compile time (in a `const`) or on first use, if the name breaks that rule: space names
     /// are constants written by the programmer, never input.
     pub const fn new(name: &'static str) -> Self {
-        let b = name.as_bytes();
         assert!(
-            !b.is_empty() && b.len() <= 32,
-            "space name must be 1 to 32 bytes"
+            valid_name(name, true),
+            "space name must be 1 to 32 ASCII letters, digits, - or _"
         );
-        let mut i = 0;
-        while i < b.len() {
-            let c = b[i];
-            assert!(
-                c.is_ascii_alphanumeric() || c == b'-' || c == b'_',
-                "space name must be ASCII letters, digits, - or _"
-            );
-            i += 1;
-        }
         Space(name)
     }
 
@@ -45,20 +57,10 @@ impl DocName {
     /// # Panics
     /// At compile time (in a `const`) or on first use, if the name breaks the rule above.
     pub const fn new(name: &'static str) -> Self {
-        let b = name.as_bytes();
         assert!(
-            !b.is_empty() && b.len() <= 32,
-            "document name must be 1 to 32 bytes"
+            valid_name(name, false),
+            "document name must be 1 to 32 lower-case ASCII letters, digits or -"
         );
-        let mut i = 0;
-        while i < b.len() {
-            let c = b[i];
-            assert!(
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-',
-                "document name must be lower-case ASCII letters, digits or -"
-            );
-            i += 1;
-        }
         DocName(name)
     }
 
