@@ -148,6 +148,14 @@ pub(crate) struct Slot {
     seals: Vec<Seal>,
 }
 
+/// The master keys a successful unlock yields.
+pub(crate) struct Masters {
+    /// The master of the keyring's current epoch.
+    pub(crate) current: SecretKey,
+    /// The next epoch and its master, while a rotation is under way.
+    pub(crate) pending: Option<(u32, SecretKey)>,
+}
+
 /// The parsed keyring.
 #[derive(Clone)]
 pub(crate) struct Keyring {
@@ -274,16 +282,15 @@ impl Slot {
         Ok(())
     }
 
-    /// Opens this slot with `passphrase` and returns the master key of `epoch`.
+    /// Opens this slot's private key with `passphrase`.
     ///
     /// A wrong passphrase and a damaged slot both give [`Error::WrongPassphrase`]: before the
     /// key commitment is checked nothing can tell them apart.
-    fn unlock(
+    fn open_secret(
         &self,
         vault_id: &[u8; 16],
         passphrase: &Passphrase,
-        epoch: u32,
-    ) -> Result<SecretKey, Error> {
+    ) -> Result<StaticSecret, Error> {
         let kek_root = self.kdf.derive(passphrase, &self.salt)?;
         let (kek, commit) = slot_keys(&kek_root, vault_id);
         if !bool::from(commit.ct_eq(&self.commit)) {
@@ -297,11 +304,19 @@ impl Slot {
         if !bool::from(PublicKey::from(&sk).as_bytes().ct_eq(&self.public)) {
             return Err(Error::WrongPassphrase);
         }
-        let seal = self
-            .seals
-            .iter()
-            .find(|s| s.epoch == epoch)
-            .ok_or_else(|| IntegrityError::new("keyring", "no sealed master for the epoch"))?;
+        Ok(sk)
+    }
+
+    /// Opens the seal of `epoch` with the slot's private key.
+    fn open_seal(
+        &self,
+        vault_id: &[u8; 16],
+        sk: &StaticSecret,
+        epoch: u32,
+    ) -> Result<Option<SecretKey>, Error> {
+        let Some(seal) = self.seals.iter().find(|s| s.epoch == epoch) else {
+            return Ok(None);
+        };
         let shared = sk.diffie_hellman(&PublicKey::from(seal.ephemeral));
         let (key, commit) = seal_keys(
             shared.as_bytes(),
@@ -319,7 +334,17 @@ impl Slot {
             .ok_or_else(|| IntegrityError::new("keyring", "sealed master failed authentication"))?;
         let mut mk = [0u8; 32];
         mk.copy_from_slice(&m);
-        Ok(SecretKey::from_bytes(mk))
+        Ok(Some(SecretKey::from_bytes(mk)))
+    }
+
+    /// The epochs this slot holds a seal for.
+    pub(crate) fn epochs(&self) -> Vec<u32> {
+        self.seals.iter().map(|s| s.epoch).collect()
+    }
+
+    /// The slot's name tag.
+    pub(crate) fn name_tag(&self) -> &[u8; 32] {
+        &self.name_tag
     }
 
     pub(crate) fn kdf(&self) -> KdfParams {
@@ -388,18 +413,65 @@ impl Keyring {
         self.slots.iter().find(|s| s.name_tag == tag)
     }
 
-    /// Opens `user`'s slot with `passphrase` and checks the keyring's MAC with the master.
-    pub(crate) fn unlock(&self, user: &str, passphrase: &Passphrase) -> Result<SecretKey, Error> {
+    /// Opens `user`'s slot with `passphrase`, checks the keyring's MAC with the master of the
+    /// current epoch, and returns that master and, if a master-key rotation is under way (the
+    /// slot holds a seal for the next epoch), the next epoch's master.
+    pub(crate) fn unlock(&self, user: &str, passphrase: &Passphrase) -> Result<Masters, Error> {
         let slot = self.slot(user).ok_or(Error::UnknownUser)?;
-        let master = slot.unlock(&self.vault_id, passphrase, self.epoch)?;
+        let sk = slot.open_secret(&self.vault_id, passphrase)?;
+        let current = slot
+            .open_seal(&self.vault_id, &sk, self.epoch)?
+            .ok_or_else(|| {
+                IntegrityError::new("keyring", "no sealed master for the current epoch")
+            })?;
         let body = self.encode_body();
-        let mac = crypto::hmac(&crypto::subkey(&master, LABEL_KEYRING_MAC), &[&body]);
+        let mac = crypto::hmac(&crypto::subkey(&current, LABEL_KEYRING_MAC), &[&body]);
         if !bool::from(mac.ct_eq(&self.mac)) {
             return Err(
                 IntegrityError::new("keyring", "MAC mismatch: the keyring was altered").into(),
             );
         }
-        Ok(master)
+        let next = self
+            .epoch
+            .checked_add(1)
+            .ok_or(Error::Internal("epoch overflow"))?;
+        let pending = slot
+            .open_seal(&self.vault_id, &sk, next)?
+            .map(|m| (next, m));
+        Ok(Masters { current, pending })
+    }
+
+    /// Every slot.
+    pub(crate) fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Seals `master` of `epoch` to every slot (no passphrase needed).
+    pub(crate) fn seal_to_all(&mut self, epoch: u32, master: &SecretKey) -> Result<(), Error> {
+        let vault_id = self.vault_id;
+        for s in &mut self.slots {
+            s.add_seal(&vault_id, epoch, master)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every seal of an epoch below `epoch` from every slot.
+    pub(crate) fn drop_seals_before(&mut self, epoch: u32) {
+        for s in &mut self.slots {
+            s.seals.retain(|seal| seal.epoch >= epoch);
+        }
+    }
+
+    /// Replaces `user`'s slot with `slot`.
+    pub(crate) fn replace_slot(&mut self, user: &str, slot: Slot) -> Result<(), Error> {
+        let tag = name_tag(&self.vault_id, user);
+        let s = self
+            .slots
+            .iter_mut()
+            .find(|s| s.name_tag == tag)
+            .ok_or(Error::UnknownUser)?;
+        *s = slot;
+        Ok(())
     }
 
     /// Serializes the keyring, with a fresh MAC under `master` (the current epoch's).
@@ -558,7 +630,8 @@ mod tests {
         let (_, bytes, master) = keyring();
         let k = Keyring::parse(&bytes).ok().unwrap();
         let m = k.unlock("admin", &pass("correct horse battery")).unwrap();
-        assert_eq!(m.expose(), master.expose());
+        assert_eq!(m.current.expose(), master.expose());
+        assert!(m.pending.is_none());
         assert!(matches!(
             k.unlock("admin", &pass("wrong horse battery")),
             Err(Error::WrongPassphrase)
@@ -607,7 +680,7 @@ mod tests {
         let bytes = k.encode(&m2);
         let k = Keyring::parse(&bytes).ok().unwrap();
         let got = k.unlock("admin", &pass("correct horse battery")).unwrap();
-        assert_eq!(got.expose(), m2.expose());
-        assert_ne!(got.expose(), master.expose());
+        assert_eq!(got.current.expose(), m2.expose());
+        assert_ne!(got.current.expose(), master.expose());
     }
 }

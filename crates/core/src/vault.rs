@@ -40,16 +40,23 @@ const IMPORT_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// removed, moved or replaced (the patient's note chain is checked against its manifest).
 /// Every write is one atomic batch, made durable before the call returns.
 pub struct Vault<S: Store> {
-    store: S,
-    keyring: Keyring,
-    wrap_patient: SecretKey,
-    blind_key: SecretKey,
-    registry_key: SecretKey,
+    pub(crate) store: S,
+    /// Whose slot unlocked the vault.
+    pub(crate) user: String,
+    pub(crate) keyring: Keyring,
+    /// The master key of the keyring's current epoch.
+    pub(crate) master: SecretKey,
+    /// The next epoch and its master, while a master-key rotation is under way.
+    pub(crate) pending: Option<(u32, SecretKey)>,
+    /// Wraps patient keys; derived from the master of the key store's epoch.
+    pub(crate) wrap_patient: SecretKey,
+    pub(crate) blind_key: SecretKey,
+    pub(crate) registry_key: SecretKey,
     /// The key store's index of wrapped keys (the document `keys`, read at unlock).
-    keys: Mutex<KeyStore>,
+    pub(crate) keys: Mutex<KeyStore>,
     /// Held while a transaction writes (key store, then records), so that writers of this
     /// `Vault` cannot interleave between the two.
-    write_lock: Mutex<()>,
+    pub(crate) write_lock: Mutex<()>,
     /// Per patient, the latest version of each note as of a fully verified chain, keyed by the
     /// manifest it was verified against. Lets single-note reads skip re-verifying the whole
     /// chain while the manifest is unchanged (docs/architecture.md, "Reads").
@@ -70,11 +77,11 @@ impl<S: Store> std::fmt::Debug for Vault<S> {
 }
 
 /// A patient's keys for one key version, each derived for one purpose.
-struct PatientKeys {
-    version: u32,
-    record: SecretKey,
-    manifest: SecretKey,
-    note: SecretKey,
+pub(crate) struct PatientKeys {
+    pub(crate) version: u32,
+    pub(crate) record: SecretKey,
+    pub(crate) manifest: SecretKey,
+    pub(crate) note: SecretKey,
 }
 
 impl PatientKeys {
@@ -89,13 +96,13 @@ impl PatientKeys {
 }
 
 /// A patient's decrypted record, keys and manifest.
-struct PatientState {
-    blind: Blind,
-    keys: PatientKeys,
-    info: PatientV1,
-    manifest: ManifestV1,
+pub(crate) struct PatientState {
+    pub(crate) blind: Blind,
+    pub(crate) keys: PatientKeys,
+    pub(crate) info: PatientV1,
+    pub(crate) manifest: ManifestV1,
     /// The manifest's bytes as stored now (`None`: not stored yet), for compare-and-swap.
-    manifest_stored: Option<Vec<u8>>,
+    pub(crate) manifest_stored: Option<Vec<u8>>,
     dirty: bool,
 }
 
@@ -123,11 +130,11 @@ enum Bodies {
     Of([u8; 16]),
 }
 
-fn integrity(location: impl Into<String>, problem: impl Into<String>) -> Error {
+pub(crate) fn integrity(location: impl Into<String>, problem: impl Into<String>) -> Error {
     Error::Integrity(IntegrityError::new(location, problem))
 }
 
-fn parse_error(location: &str, e: ParseError) -> Error {
+pub(crate) fn parse_error(location: &str, e: ParseError) -> Error {
     match e {
         ParseError::FutureVersion(v) => Error::UnsupportedFormat {
             found: u32::from(v),
@@ -139,7 +146,7 @@ fn parse_error(location: &str, e: ParseError) -> Error {
 }
 
 /// Parses and opens a record, decoding its frame. All failures are integrity errors.
-fn open_frame<M: serde::de::DeserializeOwned>(
+pub(crate) fn open_frame<M: serde::de::DeserializeOwned>(
     location: &str,
     bytes: &[u8],
     kind: Kind,
@@ -224,7 +231,10 @@ impl<S: Store> Vault<S> {
         store.replace_doc(ROOT_DOC, &keyring.encode(&master))?;
         Ok(Vault {
             store,
+            user: user.to_string(),
             wrap_patient: crypto::subkey(&master, LABEL_WRAP_PATIENT_KEY),
+            master,
+            pending: None,
             keyring,
             keys: Mutex::new(key_store),
             write_lock: Mutex::default(),
@@ -249,25 +259,31 @@ impl<S: Store> Vault<S> {
             },
             KeyringParseError::Malformed => integrity("keyring", "malformed"),
         })?;
-        let master = keyring.unlock(user, passphrase)?;
+        let masters = keyring.unlock(user, passphrase)?;
         let key_store = KeyStore::parse(
             &store
                 .read_doc(KEYS_DOC)?
                 .ok_or_else(|| integrity("key store", "missing"))?,
             &keyring.vault_id,
         )?;
-        if key_store.epoch != keyring.epoch {
-            return Err(integrity(
-                "key store",
-                "wrapped under another epoch than the keyring's",
-            ));
-        }
+        // The key store is wrapped under the current epoch, or, between the two steps of a
+        // master-key rotation, under the next one (docs/key-management.md, "Rotating the master key").
+        let store_master = match &masters.pending {
+            _ if key_store.epoch == keyring.epoch => &masters.current,
+            Some((e, m)) if *e == key_store.epoch => m,
+            _ => {
+                return Err(integrity(
+                    "key store",
+                    "wrapped under an epoch the keyring cannot open",
+                ))
+            }
+        };
         let stored = key_store
             .vault_keys
             .clone()
             .ok_or_else(|| integrity("vault keys", "missing"))?;
-        let wrap_vault = crypto::subkey(&master, LABEL_WRAP_VAULT_KEYS);
-        if Sealed::parse(&stored).map(|s| s.key_version).ok() != Some(keyring.epoch) {
+        let wrap_vault = crypto::subkey(store_master, LABEL_WRAP_VAULT_KEYS);
+        if Sealed::parse(&stored).map(|s| s.key_version).ok() != Some(key_store.epoch) {
             return Err(integrity(
                 "vault keys",
                 "not sealed under the current epoch",
@@ -291,9 +307,12 @@ impl<S: Store> Vault<S> {
         Ok(Vault {
             blind_key: find(PURPOSE_BLIND)?,
             registry_key: find(PURPOSE_REGISTRY)?,
-            wrap_patient: crypto::subkey(&master, LABEL_WRAP_PATIENT_KEY),
+            wrap_patient: crypto::subkey(store_master, LABEL_WRAP_PATIENT_KEY),
             store,
+            user: user.to_string(),
             keyring,
+            master: masters.current,
+            pending: masters.pending,
             keys: Mutex::new(key_store),
             write_lock: Mutex::default(),
             chains: Mutex::default(),
@@ -315,20 +334,20 @@ impl<S: Store> Vault<S> {
         &self.store
     }
 
-    fn blind(&self, id: &PatientId) -> Blind {
+    pub(crate) fn blind(&self, id: &PatientId) -> Blind {
         Blind(crypto::hmac(
             &self.blind_key,
             &[LABEL_BLIND, id.as_str().as_bytes()],
         ))
     }
 
-    fn vault_id(&self) -> &[u8; 16] {
+    pub(crate) fn vault_id(&self) -> &[u8; 16] {
         &self.keyring.vault_id
     }
 
     // ----- reading -----
 
-    fn patient_keys(&self, blind: &Blind, version: u32) -> Result<PatientKeys, Error> {
+    pub(crate) fn patient_keys(&self, blind: &Blind, version: u32) -> Result<PatientKeys, Error> {
         let location = format!("patient key {}/v{version}", blind.short());
         let stored = self
             .key_store()
@@ -349,7 +368,7 @@ impl<S: Store> Vault<S> {
         stored: &[u8],
     ) -> Result<SecretKey, Error> {
         let sealed = Sealed::parse(stored).map_err(|e| parse_error(location, e))?;
-        if sealed.key_version != self.keyring.epoch {
+        if sealed.key_version != self.key_store().epoch {
             return Err(integrity(location, "not wrapped under the current epoch"));
         }
         let plain = sealed
@@ -373,7 +392,7 @@ impl<S: Store> Vault<S> {
 
     /// Adds wrapped patient keys to the key store: appended durably, or, after a torn append,
     /// by rewriting the whole document.
-    fn append_keys(&self, keys: Vec<(Blind, u32, Vec<u8>)>) -> Result<(), Error> {
+    pub(crate) fn append_keys(&self, keys: Vec<(Blind, u32, Vec<u8>)>) -> Result<(), Error> {
         let mut ks = self.key_store();
         if ks.torn {
             let mut next = KeyStore::new(ks.epoch);
@@ -398,14 +417,14 @@ impl<S: Store> Vault<S> {
         Ok(())
     }
 
-    fn key_store(&self) -> MutexGuard<'_, KeyStore> {
+    pub(crate) fn key_store(&self) -> MutexGuard<'_, KeyStore> {
         // Every mutation of the index is a single insert made after the write it mirrors
         // succeeded, so a poisoned lock still guards a consistent index.
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Decrypts a patient's record and manifest stored under `blind`.
-    fn load_patient(&self, blind: &Blind, stored: &[u8]) -> Result<PatientState, Error> {
+    pub(crate) fn load_patient(&self, blind: &Blind, stored: &[u8]) -> Result<PatientState, Error> {
         let location = format!("patient {}", blind.short());
         let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
         let keys = self.patient_keys(blind, sealed.key_version)?;
@@ -486,17 +505,20 @@ impl<S: Store> Vault<S> {
             })?;
         let location = format!("note {}/{}/v{version}", blind.short(), NoteId(note));
         let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
-        if sealed.key_version != st.keys.version {
-            return Err(integrity(
-                &location,
-                "sealed under another patient key version",
-            ));
-        }
+        // Between the steps of a patient-key rotation, notes may be sealed under the next (or
+        // the previous) key version; any version still in the key store opens them.
+        let other;
+        let note_key = if sealed.key_version == st.keys.version {
+            &st.keys.note
+        } else {
+            other = self.patient_keys(&blind, sealed.key_version)?;
+            &other.note
+        };
         let (meta, plain) = open_frame::<NoteMetaV1>(
             &location,
             stored,
             Kind::Note,
-            &st.keys.note,
+            note_key,
             self.vault_id(),
             key,
         )?;
@@ -639,7 +661,7 @@ impl<S: Store> Vault<S> {
             .collect())
     }
 
-    fn chains(&self) -> MutexGuard<'_, HashMap<Blind, VerifiedChain>> {
+    pub(crate) fn chains(&self) -> MutexGuard<'_, HashMap<Blind, VerifiedChain>> {
         // The map is only a cache of verified facts; a poisoned one is still consistent.
         self.chains.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -899,7 +921,7 @@ impl<S: Store> Vault<S> {
         Ok(report)
     }
 
-    fn load_registry(&self) -> Result<(RegistryV1, Vec<u8>), Error> {
+    pub(crate) fn load_registry(&self) -> Result<(RegistryV1, Vec<u8>), Error> {
         let stored = self
             .store
             .get(space::META, META_REGISTRY)?
@@ -916,7 +938,11 @@ impl<S: Store> Vault<S> {
     }
 }
 
-fn seal_registry(key: &SecretKey, vault_id: &[u8; 16], reg: &RegistryV1) -> Result<Vec<u8>, Error> {
+pub(crate) fn seal_registry(
+    key: &SecretKey,
+    vault_id: &[u8; 16],
+    reg: &RegistryV1,
+) -> Result<Vec<u8>, Error> {
     envelope::seal(
         Kind::Registry,
         REGISTRY_KEY_VERSION,
@@ -1246,7 +1272,7 @@ impl<'v, S: Store> Txn<'v, S> {
         let kk = patient_key_key(&blind, version);
         let wrapped = envelope::seal(
             Kind::PatientKey,
-            v.keyring.epoch,
+            v.key_store().epoch,
             &v.wrap_patient,
             v.vault_id(),
             &kk,

@@ -40,6 +40,57 @@ pub fn run<S: Store>(make: impl Fn() -> S) {
     batch_ops_apply_in_order(&make());
     documents_are_replaced_whole_or_appended(&make());
     large_values_round_trip(&make());
+    replace_all_swaps_every_record(&make());
+}
+
+fn replace_all_swaps_every_record<S: Store>(s: &S) {
+    let mut b = Batch::new();
+    b.put(A, b"old".to_vec(), b"1".to_vec());
+    b.put(AB, b"keep".to_vec(), b"2".to_vec());
+    commit(s, b);
+    s.replace_doc(DOC, b"doc")
+        .unwrap_or_else(|e| panic!("replace_doc failed: {e}"));
+    // The replacement is computed from the store itself, as an erasure does.
+    let mut next: Vec<Result<crate::SpacedEntry, StoreError>> = scan(s, AB, b"")
+        .into_iter()
+        .map(|(k, v)| Ok((AB, k, v)))
+        .collect();
+    next.push(Ok((A, b"new".to_vec(), b"3".to_vec())));
+    s.replace_all(&mut next.into_iter())
+        .unwrap_or_else(|e| panic!("replace_all failed: {e}"));
+    assert_eq!(get(s, A, b"old"), None, "records not given are gone");
+    assert_eq!(get(s, A, b"new").as_deref(), Some(&b"3"[..]));
+    assert_eq!(get(s, AB, b"keep").as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        s.read_doc(DOC).ok().flatten().as_deref(),
+        Some(&b"doc"[..]),
+        "documents stay"
+    );
+    let mut failing = vec![
+        Ok((A, b"x".to_vec(), b"x".to_vec())),
+        Err(StoreError::Conflict),
+    ]
+    .into_iter();
+    assert!(
+        s.replace_all(&mut failing).is_err(),
+        "an iterator error aborts"
+    );
+    assert_eq!(
+        get(s, A, b"new").as_deref(),
+        Some(&b"3"[..]),
+        "an aborted replacement changes nothing"
+    );
+    assert_eq!(get(s, A, b"x"), None);
+    let mut b = Batch::new();
+    b.put(A, b"after".to_vec(), b"4".to_vec());
+    commit(s, b);
+    s.flush()
+        .unwrap_or_else(|e| panic!("flush after replace_all failed: {e}"));
+    assert_eq!(
+        get(s, A, b"after").as_deref(),
+        Some(&b"4"[..]),
+        "the store works after a replacement"
+    );
 }
 
 fn empty_store_reads_nothing<S: Store>(s: &S) {

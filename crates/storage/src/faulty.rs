@@ -2,10 +2,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Batch, DocName, EntryIter, Space, Store, StoreError};
+use crate::{Batch, DocName, EntryIter, Space, SpacedEntry, Store, StoreError};
 
 /// Wraps a [`Store`] and fails the N-th write (counting [`Store::commit`], [`Store::flush`],
-/// [`Store::replace_doc`] and [`Store::append_doc`] calls from 1), and every write after it, as a
+/// [`Store::replace_doc`], [`Store::append_doc`] and [`Store::replace_all`] calls from 1), and every write after it, as a
 /// crashed process would. The failing write changes nothing. Reads always pass through.
 pub struct FaultyStore<S> {
     inner: S,
@@ -75,6 +75,13 @@ impl<S: Store> Store for FaultyStore<S> {
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
         self.tick()?;
         self.inner.replace_doc(name, bytes)
+    }
+    fn replace_all(
+        &self,
+        records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+    ) -> Result<(), StoreError> {
+        self.tick()?;
+        self.inner.replace_all(records)
     }
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
         self.tick()?;

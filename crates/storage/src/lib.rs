@@ -38,6 +38,9 @@ pub use sled_store::SledStore;
 /// One stored record: its key and its value, both opaque.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// A record with its space, for [`Store::replace_all`].
+pub type SpacedEntry = (Space, Vec<u8>, Vec<u8>);
+
 /// An iterator over the records of a space, in ascending key order.
 pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + Send + 'a>;
 
@@ -73,6 +76,17 @@ pub trait Store: Send + Sync {
     /// backend's files.
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError>;
 
+    /// Replaces every record of every space with `records`, atomically and durably, leaving no
+    /// copy of the old records in the backend's files (documents are untouched). This is how a
+    /// patient is erased from a log-structured store: rare, and O(size of the store).
+    ///
+    /// `records` may read from this store: they are consumed before the switch. An error from
+    /// the iterator aborts the replacement and leaves the store as it was.
+    fn replace_all(
+        &self,
+        records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+    ) -> Result<(), StoreError>;
+
     /// Appends `bytes` to the document `name` (creating it if absent) and makes them durable.
     /// A crash during the append may leave a prefix of `bytes` at the end: callers frame their
     /// appends so that a torn tail is recognizable.
@@ -103,6 +117,12 @@ macro_rules! forward_store {
             }
             fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
                 (**self).append_doc(name, bytes)
+            }
+            fn replace_all(
+                &self,
+                records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+            ) -> Result<(), StoreError> {
+                (**self).replace_all(records)
             }
         }
     };

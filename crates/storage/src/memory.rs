@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Batch, DocName, Entry, EntryIter, Op, Space, Store, StoreError};
+use crate::{Batch, DocName, Entry, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
 
 #[derive(Default)]
 struct Inner {
@@ -82,6 +82,19 @@ impl Store for MemStore {
 
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
         self.lock().docs.insert(name, bytes.to_vec());
+        Ok(())
+    }
+
+    fn replace_all(
+        &self,
+        records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+    ) -> Result<(), StoreError> {
+        let mut next = BTreeMap::new();
+        for r in records {
+            let (space, k, v) = r?;
+            next.insert((space, k), v);
+        }
+        self.lock().records = next;
         Ok(())
     }
 

@@ -15,10 +15,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::{Batch, DocName, EntryIter, Op, Space, Store, StoreError};
+use crate::{Batch, DocName, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
 
 const LOCK_FILE: &str = "carnet.lock";
 const STORE_DIR: &str = "store";
+/// A replacement store being built by `replace_all`.
+const STORE_NEW: &str = "store.new";
+/// The replaced store, deleted once the replacement is in place.
+const STORE_OLD: &str = "store.old";
 /// sled's page cache: bounded, so memory does not grow with the vault.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -30,7 +34,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// neither persists file metadata nor writes its large-value blob files through).
 pub struct SledStore {
     dir: PathBuf,
-    db: sled::Db,
+    /// The open database; replaced whole by `replace_all`.
+    db: std::sync::RwLock<sled::Db>,
     /// Serializes precondition checks with the batch they guard.
     write_lock: Mutex<()>,
     /// Blob files already fsynced (sled never rewrites a blob file in place).
@@ -67,7 +72,7 @@ impl SledStore {
 
     /// Opens the store in `dir`, which must have been made by [`SledStore::create`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        if !dir.join(STORE_DIR).is_dir() {
+        if !dir.join(STORE_DIR).is_dir() && !dir.join(STORE_NEW).is_dir() {
             return Err(StoreError::NotFound(dir.display().to_string()));
         }
         Self::open_inner(dir)
@@ -75,7 +80,12 @@ impl SledStore {
 
     /// Whether `dir` looks like a store made by [`SledStore::create`] (without opening it).
     pub fn exists(dir: &Path) -> bool {
-        dir.join(STORE_DIR).is_dir()
+        dir.join(STORE_DIR).is_dir() || dir.join(STORE_NEW).is_dir()
+    }
+
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, sled::Db> {
+        // The lock guards a handle swap only; a poisoned lock still holds a usable handle.
+        self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `dir` holds the document `name`, checked without opening (and so without
@@ -116,10 +126,11 @@ impl SledStore {
                 ))
             }
         }
+        recover_replacement(dir)?;
         let db = open_sled(&dir.join(STORE_DIR))?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
-            db,
+            db: std::sync::RwLock::new(db),
             write_lock: Mutex::new(()),
             synced_blobs: Mutex::new(HashSet::new()),
             _lock: lock,
@@ -127,12 +138,50 @@ impl SledStore {
     }
 
     fn fsync_files(&self) -> Result<(), StoreError> {
-        let store = self.dir.join(STORE_DIR);
+        fsync_store_files(&self.dir.join(STORE_DIR), &self.synced_blobs)
+    }
+}
+
+/// Finishes or undoes a `replace_all` that a crash interrupted (see its comments).
+fn recover_replacement(dir: &Path) -> Result<(), StoreError> {
+    let (store, new, old) = (
+        dir.join(STORE_DIR),
+        dir.join(STORE_NEW),
+        dir.join(STORE_OLD),
+    );
+    let rm = |p: &Path| {
+        fs::remove_dir_all(p)
+            .map_err(|e| StoreError::io(format!("cannot remove {}", p.display()), e))
+    };
+    if !store.exists() && new.is_dir() {
+        // The new store was complete (it is renamed only after its flush): put it in place.
+        fs::rename(&new, &store)
+            .map_err(|e| StoreError::io(format!("cannot rename {}", new.display()), e))?;
+        sync_dir(dir)?;
+    }
+    if new.exists() {
+        // A replacement interrupted while it was being built: the old store is still current.
+        rm(&new)?;
+        sync_dir(dir)?;
+    }
+    if old.exists() {
+        // The replacement is in place; the old records must not survive.
+        rm(&old)?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn fsync_store_files(
+    store: &Path,
+    synced_blobs: &Mutex<HashSet<std::ffi::OsString>>,
+) -> Result<(), StoreError> {
+    {
         fsync_file(&store.join("db"))?;
         let blobs = store.join("blobs");
         if blobs.is_dir() {
             // Poisoning cannot leave the set inconsistent: at worst a blob is fsynced twice.
-            let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut synced = synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
             let entries = fs::read_dir(&blobs)
                 .map_err(|e| StoreError::io(format!("cannot read {}", blobs.display()), e))?;
             for entry in entries {
@@ -210,7 +259,7 @@ fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
 impl Store for SledStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .db
+            .db()
             .get(full_key(space, key))
             .map_err(map_sled)?
             .map(|v| v.to_vec()))
@@ -219,7 +268,7 @@ impl Store for SledStore {
     fn scan_prefix(&self, space: Space, prefix: &[u8]) -> EntryIter<'_> {
         let skip = 1 + space.name().len();
         Box::new(
-            self.db
+            self.db()
                 .scan_prefix(full_key(space, prefix))
                 .map(move |r| match r {
                     Ok((k, v)) => Ok((k[skip..].to_vec(), v.to_vec())),
@@ -232,7 +281,7 @@ impl Store for SledStore {
         // Poisoning is harmless: the guard protects no data, only the check-then-apply order.
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         for p in &batch.preconditions {
-            let current = self.db.get(full_key(p.space, &p.key)).map_err(map_sled)?;
+            let current = self.db().get(full_key(p.space, &p.key)).map_err(map_sled)?;
             if current.as_deref() != p.expected.as_deref() {
                 return Err(StoreError::Conflict);
             }
@@ -244,11 +293,11 @@ impl Store for SledStore {
                 Op::Delete { space, key } => b.remove(full_key(space, &key)),
             }
         }
-        self.db.apply_batch(b).map_err(map_sled)
+        self.db().apply_batch(b).map_err(map_sled)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(map_sled)?;
+        self.db().flush().map_err(map_sled)?;
         self.fsync_files()
     }
 
@@ -273,6 +322,63 @@ impl Store for SledStore {
         fs::rename(&tmp, &path)
             .map_err(|e| StoreError::io(format!("cannot replace {}", path.display()), e))?;
         sync_dir(&self.dir)
+    }
+
+    fn replace_all(
+        &self,
+        records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+    ) -> Result<(), StoreError> {
+        // No commit may land between reading the records and the swap.
+        let _writing = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // 1. Build the new store beside the current one, and make it durable. A crash here
+        //    leaves `store.new` behind, which the next open deletes.
+        let new_path = self.dir.join(STORE_NEW);
+        if new_path.exists() {
+            fs::remove_dir_all(&new_path)
+                .map_err(|e| StoreError::io(format!("cannot remove {}", new_path.display()), e))?;
+        }
+        {
+            let new_db = open_sled(&new_path)?;
+            let mut batch = sled::Batch::default();
+            let mut pending = 0usize;
+            for r in records {
+                let (space, k, v) = r?;
+                pending += k.len() + v.len();
+                batch.insert(full_key(space, &k), v);
+                if pending > 8 << 20 {
+                    new_db
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(map_sled)?;
+                    pending = 0;
+                }
+            }
+            new_db.apply_batch(batch).map_err(map_sled)?;
+            new_db.flush().map_err(map_sled)?;
+            fsync_store_files(&new_path, &Mutex::new(HashSet::new()))?;
+        }
+        sync_dir(&self.dir)?;
+        // 2. Swap, while no reader or writer of this store runs. A crash between the two
+        //    renames leaves only `store.new`, complete, which the next open puts in place; a
+        //    crash after them leaves `store.old`, which the next open deletes.
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let (store, old) = (self.dir.join(STORE_DIR), self.dir.join(STORE_OLD));
+        let rename = |from: &Path, to: &Path| {
+            fs::rename(from, to)
+                .map_err(|e| StoreError::io(format!("cannot rename {}", from.display()), e))
+        };
+        rename(&store, &old)?;
+        rename(&new_path, &store)?;
+        sync_dir(&self.dir)?;
+        *db = open_sled(&store)?;
+        fs::remove_dir_all(&old)
+            .map_err(|e| StoreError::io(format!("cannot remove {}", old.display()), e))?;
+        sync_dir(&self.dir)?;
+        // Blob names restart in the new store.
+        self.synced_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
     }
 
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
