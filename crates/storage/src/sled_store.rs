@@ -194,7 +194,7 @@ fn fsync_store_files(
             }
             sync_dir(&blobs)?;
         }
-        sync_dir(&store)
+        sync_dir(store)
     }
 }
 
