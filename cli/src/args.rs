@@ -75,6 +75,9 @@ pub enum Command {
     /// Add, list, show and amend notes
     #[command(subcommand)]
     Note(NoteCommand),
+    /// Key status, rotation and passphrase change
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Bulk-import notes from a JSON Lines file
     ///
     /// One JSON object per line: {"patient_id": "...", "name"?: "...", "birth_date"?:
@@ -145,6 +148,67 @@ pub enum PatientCommand {
     Show {
         /// The patient's identifier
         id: String,
+    },
+    /// Crypto-shred a patient: destroy their keys and every record, irreversibly
+    ///
+    /// For the end of a retention period or a lawful erasure. The vault's record store is
+    /// rewritten without the patient and swapped in, and the patient's keys are destroyed, so
+    /// no copy of the vault directory taken afterwards can recover them, with any passphrase.
+    /// Backups taken before still hold the patient: restoring one brings the patient back.
+    /// Takes time proportional to the size of the vault. If interrupted, run it again.
+    #[command(after_help = "Example:\n  carnet patient erase FR-0042 --yes")]
+    Erase {
+        /// The patient's identifier
+        id: String,
+        /// Confirm: the erasure cannot be undone
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Show key versions, KDF settings, and any rotation left unfinished
+    #[command(after_help = "Example:\n  carnet key status --json")]
+    Status,
+    /// Rotate the master key: new epoch, every wrapped key re-wrapped, no note rewritten
+    ///
+    /// Cost grows with the number of patients, not notes. Crash-safe: if interrupted, every
+    /// note still opens, and running the command again finishes the rotation.
+    #[command(
+        after_help = "Example:\n  carnet key rotate-master --plan\n  carnet key rotate-master"
+    )]
+    RotateMaster {
+        /// Print the work the rotation would do, and change nothing
+        #[arg(long)]
+        plan: bool,
+    },
+    /// Rotate patient keys: every note version re-encrypted under a new key version
+    ///
+    /// The old key version is destroyed once nothing uses it. Crash-safe: if interrupted,
+    /// every note still opens, and running the same command again finishes the job.
+    #[command(
+        after_help = "Examples:\n  carnet key rotate-patient FR-0042\n  carnet key rotate-patient --all --plan"
+    )]
+    RotatePatient {
+        /// The patient whose key to rotate
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Rotate every patient's key
+        #[arg(long)]
+        all: bool,
+        /// Print the work the rotation would do, and change nothing
+        #[arg(long)]
+        plan: bool,
+    },
+    /// Protect your key slot with a new passphrase; the old one stops working
+    ///
+    /// The new passphrase comes from --new-passphrase-file, else is asked twice on the terminal.
+    #[command(after_help = "Example:\n  carnet key change-passphrase")]
+    ChangePassphrase {
+        /// Read the new passphrase from the first line of FILE
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
     },
 }
 

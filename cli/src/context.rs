@@ -100,9 +100,9 @@ pub fn passphrase(global: &Global) -> Result<Passphrase, CliError> {
     Ok(p)
 }
 
-/// A new passphrase: from the file, or asked twice on the terminal.
-pub fn new_passphrase(global: &Global) -> Result<Passphrase, CliError> {
-    let p = if let Some(f) = &global.passphrase_file {
+/// A new passphrase: from `file`, or asked twice on the terminal.
+pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, CliError> {
+    let p = if let Some(f) = file {
         passphrase_from_file(f)?
     } else {
         if !have_terminal() {

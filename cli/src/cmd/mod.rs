@@ -3,6 +3,7 @@
 mod demo;
 mod import;
 mod init;
+mod key;
 mod note;
 mod patient;
 mod search;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(a) => init::run(g, a),
         Command::Patient(c) => patient::run(g, c),
         Command::Note(c) => note::run(g, c),
+        Command::Key(c) => key::run(g, c),
         Command::Import(a) => import::run(g, a),
         Command::Search(a) => search::run(g, a),
         Command::Verify => verify::run(g),

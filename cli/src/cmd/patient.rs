@@ -46,6 +46,24 @@ pub fn run(g: &Global, c: PatientCommand) -> Result<(), CliError> {
             }
             render::print(&out)
         }
+        PatientCommand::Erase { id, yes } => {
+            let id = patient_id(&id)?;
+            if !yes {
+                return Err(CliError::usage(
+                    "erasing a patient destroys every note and key irreversibly: add --yes to confirm",
+                ));
+            }
+            let mut vault = context::unlock(g)?;
+            vault.erase_patient(&id)?;
+            if g.json {
+                render::print_json(&serde_json::json!({"erased": true}))
+            } else {
+                render::print(
+                    "Patient erased: their keys and records are destroyed in this vault.\n\
+                     Backups taken before still contain them.\n",
+                )
+            }
+        }
         PatientCommand::Show { id } => {
             let id = patient_id(&id)?;
             let vault = context::unlock(g)?;

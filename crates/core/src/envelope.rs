@@ -32,6 +32,8 @@ pub(crate) enum Kind {
     Manifest = 5,
     /// One version of one note. Binding: blind, note id, note version.
     Note = 6,
+    /// A long operation under way (a rotation of every patient key). Binding: nothing.
+    Job = 7,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             4 => Kind::Patient,
             5 => Kind::Manifest,
             6 => Kind::Note,
+            7 => Kind::Job,
             _ => return None,
         })
     }

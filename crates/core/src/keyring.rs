@@ -337,16 +337,6 @@ impl Slot {
         Ok(Some(SecretKey::from_bytes(mk)))
     }
 
-    /// The epochs this slot holds a seal for.
-    pub(crate) fn epochs(&self) -> Vec<u32> {
-        self.seals.iter().map(|s| s.epoch).collect()
-    }
-
-    /// The slot's name tag.
-    pub(crate) fn name_tag(&self) -> &[u8; 32] {
-        &self.name_tag
-    }
-
     pub(crate) fn kdf(&self) -> KdfParams {
         self.kdf
     }

@@ -80,6 +80,7 @@ mod error;
 mod frame;
 mod keyring;
 mod keystore;
+mod lifecycle;
 mod model;
 mod records;
 mod secret;
@@ -90,6 +91,7 @@ pub use frame::{padded_len, MAX_BODY_BYTES};
 pub use keyring::KdfParams;
 /// The storage document that holds a vault's keyring: a store without it holds no vault.
 pub use keystore::ROOT_DOC as KEYRING_DOC;
+pub use lifecycle::{KeyStatus, MasterRotation, PatientRotation, Patients};
 pub use model::{
     BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, SearchHit,
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,

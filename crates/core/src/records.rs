@@ -19,6 +19,10 @@ pub(crate) mod space {
 }
 
 pub(crate) const META_REGISTRY: &[u8] = b"registry";
+pub(crate) const META_JOB: &[u8] = b"job";
+
+/// Job kind: a `rotate-patient --all` under way.
+pub(crate) const JOB_ROTATE_ALL_PATIENTS: u8 = 1;
 
 /// Purpose codes of the vault keys.
 pub(crate) const PURPOSE_BLIND: u8 = 1;
@@ -43,6 +47,15 @@ pub(crate) struct VaultKeysV1 {
 pub(crate) struct RegistryV1 {
     pub(crate) patients: u64,
     pub(crate) head: [u8; 32],
+}
+
+/// Kind 7, Job: a long operation under way, so that running it again resumes it.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct JobV1 {
+    /// What the job is ([`JOB_ROTATE_ALL_PATIENTS`]).
+    pub(crate) kind: u8,
+    /// For a patient-key rotation: the key version every patient is brought to.
+    pub(crate) target: u32,
 }
 
 /// Kind 4, Patient.

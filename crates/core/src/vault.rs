@@ -28,7 +28,7 @@ use crate::{Error, IntegrityError};
 /// The user whose slot `create` makes unless told otherwise.
 pub const DEFAULT_USER: &str = "admin";
 /// Registry records are sealed under this version of the registry key.
-const REGISTRY_KEY_VERSION: u32 = 1;
+pub(crate) const REGISTRY_KEY_VERSION: u32 = 1;
 /// Notes per atomic batch during an import.
 const IMPORT_BATCH_NOTES: usize = 1000;
 /// Plaintext bytes per atomic batch during an import.
@@ -63,7 +63,7 @@ pub struct Vault<S: Store> {
     chains: Mutex<HashMap<Blind, VerifiedChain>>,
 }
 
-struct VerifiedChain {
+pub(crate) struct VerifiedChain {
     manifest: Vec<u8>,
     latest: HashMap<[u8; 16], u32>,
 }

@@ -1,0 +1,167 @@
+//! `carnet key status|rotate-master|rotate-patient|change-passphrase`
+
+use std::time::Instant;
+
+use carnet_core::{MasterRotation, PatientRotation, Patients};
+use serde_json::json;
+
+use super::patient_id;
+use crate::args::{Global, KeyCommand};
+use crate::context;
+use crate::error::CliError;
+use crate::progress::Progress;
+use crate::render;
+
+fn master_json(r: &MasterRotation) -> serde_json::Value {
+    json!({
+        "from_epoch": r.from_epoch,
+        "to_epoch": r.to_epoch,
+        "keys_rewrapped": r.keys_rewrapped,
+        "slots": r.slots,
+        "notes_rewritten": r.notes_rewritten,
+        "resumed": r.resumed,
+    })
+}
+
+fn patient_json(r: &PatientRotation) -> serde_json::Value {
+    json!({
+        "patients": r.patients,
+        "records_rewritten": r.records_rewritten,
+        "keys_destroyed": r.keys_destroyed,
+        "resumed": r.resumed,
+    })
+}
+
+pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
+    match c {
+        KeyCommand::Status => {
+            let vault = context::unlock(g)?;
+            let s = vault.key_status()?;
+            if g.json {
+                return render::print_json(&json!({
+                    "epoch": s.epoch,
+                    "pending_epoch": s.pending_epoch,
+                    "key_store_epoch": s.key_store_epoch,
+                    "kdf": {"algorithm": "argon2id", "memory_mib": s.kdf.memory_mib(),
+                            "iterations": s.kdf.iterations(), "parallelism": s.kdf.parallelism()},
+                    "slots": s.slots,
+                    "keys_per_epoch": s.keys_per_epoch.iter().map(|(e, n)| json!({"epoch": e, "keys": n})).collect::<Vec<_>>(),
+                    "records_per_patient_key_version": s.records_per_patient_key_version.iter()
+                        .map(|(v, n)| json!({"version": v, "records": n})).collect::<Vec<_>>(),
+                    "patients_unfinished": s.patients_unfinished,
+                    "unused_keys": s.unused_keys,
+                    "unfinished": s.unfinished,
+                }));
+            }
+            let mut out = format!(
+                "master epoch:   {}\nkey derivation: Argon2id, {} MiB, {} passes, {} lanes\nkey slots:      {}\n",
+                s.epoch,
+                s.kdf.memory_mib(),
+                s.kdf.iterations(),
+                s.kdf.parallelism(),
+                s.slots
+            );
+            for (e, n) in &s.keys_per_epoch {
+                out += &format!("epoch {e}:        {n} wrapped keys\n");
+            }
+            for (v, n) in &s.records_per_patient_key_version {
+                out += &format!("patient key v{v}: {n} records\n");
+            }
+            if s.unfinished.is_empty() {
+                out += "unfinished:     none\n";
+            }
+            for u in &s.unfinished {
+                out += &format!("UNFINISHED:     {u}\n");
+            }
+            render::print(&out)
+        }
+        KeyCommand::RotateMaster { plan } => {
+            let mut vault = context::unlock(g)?;
+            if plan {
+                let p = vault.plan_rotate_master();
+                return if g.json {
+                    render::print_json(&master_json(&p))
+                } else {
+                    render::print(&format!(
+                        "Would rotate the master key from epoch {} to {}{}: re-wrap {} keys and re-seal {} key slot(s); no note is rewritten.\n",
+                        p.from_epoch,
+                        p.to_epoch,
+                        if p.resumed { " (finishing an interrupted rotation)" } else { "" },
+                        p.keys_rewrapped,
+                        p.slots
+                    ))
+                };
+            }
+            let started = Instant::now();
+            let bar = Progress::new(g, "re-wrapping", 0);
+            let r = vault.rotate_master(&mut |d, t| bar.set(d, t))?;
+            bar.finish();
+            if g.json {
+                return render::print_json(&master_json(&r));
+            }
+            render::print(&format!(
+                "Master key rotated{}: epoch {} → {}; {} wrapped keys re-wrapped, {} key slot(s) re-sealed, 0 notes rewritten, in {:.2} s. The old master key is destroyed.\n",
+                if r.resumed { " (finished an interrupted rotation)" } else { "" },
+                r.from_epoch,
+                r.to_epoch,
+                r.keys_rewrapped,
+                r.slots,
+                started.elapsed().as_secs_f64()
+            ))
+        }
+        KeyCommand::RotatePatient { id, all, plan } => {
+            let id = id.as_deref().map(patient_id).transpose()?;
+            let which = match (&id, all) {
+                (Some(id), false) => Patients::One(id),
+                _ => Patients::All,
+            };
+            let mut vault = context::unlock(g)?;
+            if plan {
+                let p = vault.plan_rotate_patients(which)?;
+                return if g.json {
+                    render::print_json(&patient_json(&p))
+                } else {
+                    render::print(&format!(
+                        "Would rotate {} patient key(s){}: re-encrypt about {} records.\n",
+                        p.patients,
+                        if p.resumed {
+                            " (finishing an interrupted rotation)"
+                        } else {
+                            ""
+                        },
+                        p.records_rewritten
+                    ))
+                };
+            }
+            let started = Instant::now();
+            let bar = Progress::new(g, "rotating", 0);
+            let r = vault.rotate_patients(which, &mut |d, t| bar.set(d, t))?;
+            bar.finish();
+            if g.json {
+                return render::print_json(&patient_json(&r));
+            }
+            render::print(&format!(
+                "Patient keys rotated{}: {} patient(s), {} records re-encrypted, {} old key version(s) destroyed, in {:.2} s.\n",
+                if r.resumed { " (finished an interrupted rotation)" } else { "" },
+                r.patients,
+                r.records_rewritten,
+                r.keys_destroyed,
+                started.elapsed().as_secs_f64()
+            ))
+        }
+        KeyCommand::ChangePassphrase {
+            new_passphrase_file,
+        } => {
+            let mut vault = context::unlock(g)?;
+            let new = context::new_passphrase(new_passphrase_file.as_deref())?;
+            vault.change_passphrase(&new)?;
+            if g.json {
+                render::print_json(&json!({"changed": true}))
+            } else {
+                render::print(
+                    "Passphrase changed: the old passphrase no longer opens this vault.\n",
+                )
+            }
+        }
+    }
+}
