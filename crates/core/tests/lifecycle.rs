@@ -205,11 +205,14 @@ fn erase_removes_the_patient_and_renumbers_the_registry() {
     assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
 }
 
+/// A vault over a store that fails its n-th write.
+type FaultyVault = Vault<Arc<FaultyStore<Arc<MemStore>>>>;
+
 /// Runs `op` on a fresh vault whose store fails its n-th write, for every n, then checks that
 /// the vault still unlocks (with `passes`), verifies and reads identically, and that running
 /// `op` again without faults finishes.
 fn fault_sweep(
-    op: &dyn Fn(&mut Vault<Arc<FaultyStore<Arc<MemStore>>>>) -> Result<(), Error>,
+    op: &dyn Fn(&mut FaultyVault) -> Result<(), Error>,
     passes: &[&str],
     erased: Option<usize>,
 ) {
