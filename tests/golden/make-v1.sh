@@ -20,6 +20,9 @@ n3=$(printf 'Ünïcödé ✓' | "$bin" note add G-002 --kind "lettre")
 printf '{"patient_id":"G-003","name":"Imported Person","birth_date":"2000-02-29","author":"Dr Import","kind":"lab","created_at":"2019-04-05T06:07:08Z","body":"imported body"}\n' > "$out/import.jsonl"
 "$bin" -q import "$out/import.jsonl" > /dev/null
 rm "$out/import.jsonl"
+# Rotations, so that the golden vault exercises master epoch 2 and patient key version 2.
+"$bin" -q key rotate-master > /dev/null
+"$bin" -q key rotate-patient G-001 > /dev/null
 "$bin" patient list --json > "$out/expected/patient-list.json"
 for p in G-001 G-002 G-003; do "$bin" note list "$p" --json > "$out/expected/notes-$p.json"; done
 for pn in "G-001 $n1" "G-001 $n2" "G-002 $n3"; do

@@ -2,7 +2,8 @@
 //!
 //! - `golden/v1/`: format 1 (keyring version 1, record format 1), made by
 //!   `golden/make-v1.sh` with Carnet 0.1.0: three patients (one imported), a binary note, a
-//!   UTF-8 note, an amended note. `expected/` holds what each read printed then.
+//!   UTF-8 note, an amended note, then a master-key rotation (epoch 2) and a patient-key
+//!   rotation (G-001 at key version 2). `expected/` holds what each read printed then.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::path::Path;
@@ -79,6 +80,21 @@ fn format_1_vault_accepts_new_writes() {
         b"written by a later version"
     );
     v.run(&["verify"]).expect(0);
+}
+
+#[test]
+fn format_1_vault_keys_are_as_written() {
+    let v = golden("v1");
+    let s = v.run(&["key", "status", "--json"]).expect(0).json();
+    assert_eq!(s["epoch"], 2);
+    assert_eq!(s["unfinished"], serde_json::json!([]));
+    let versions: Vec<u64> = s["records_per_patient_key_version"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
 }
 
 #[test]

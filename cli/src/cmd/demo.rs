@@ -76,7 +76,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<(), CliError> {
     // 1. Create, then unlock as a clinic would every morning.
     Vault::create(SledStore::create(&dir)?, "admin", &pass, kdf)?;
     let t = Instant::now();
-    let vault = Vault::unlock(SledStore::open(&dir)?, "admin", &pass)?;
+    let mut vault = Vault::unlock(SledStore::open(&dir)?, "admin", &pass)?;
     out += &step(
         1,
         format!(
@@ -159,12 +159,36 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<(), CliError> {
             report.problems.len()
         ),
     );
-    drop(vault);
-
-    // 6. Breach check: no secret appears in any file, in clear.
-    let (files, bytes, found) = scan(&dir, &secrets)?;
+    // 6. Key rotation: the master key (no note rewritten), then one patient's key.
+    let t = Instant::now();
+    let m = vault.rotate_master(&mut |_, _| {})?;
+    let pr = vault.rotate_patients(carnet_core::Patients::One(&first), &mut |_, _| {})?;
+    for (id, nid, body) in &stored {
+        if vault.note(id, nid)?.body.as_ref().map(|b| b.as_bytes()) != Some(body.as_bytes()) {
+            return Err(CliError::failure("demo: a note changed during rotation"));
+        }
+    }
     out += &step(
         6,
+        format!(
+            "Rotated the master key (epoch {} → {}: {} keys re-wrapped, {} notes rewritten) and \
+             {}'s patient key ({} records re-encrypted, old key destroyed) in {:.2} s; every \
+             note reads the same.",
+            m.from_epoch,
+            m.to_epoch,
+            m.keys_rewrapped,
+            m.notes_rewritten,
+            PATIENTS[0].id,
+            pr.records_rewritten,
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    drop(vault);
+
+    // 7. Breach check: no secret appears in any file, in clear.
+    let (files, bytes, found) = scan(&dir, &secrets)?;
+    out += &step(
+        7,
         format!(
         "Scanned the {files} files ({bytes} bytes) under the vault directory for the {} secrets \
          (identifiers, names, birth dates, note texts): {} found.",
@@ -178,7 +202,7 @@ pub fn run(g: &Global, a: DemoArgs) -> Result<(), CliError> {
     out += &format!(
         "\nExplore it yourself (passphrase: \"{DEMO_PASSPHRASE}\"):\n  \
          carnet --vault {dir} patient list\n  carnet --vault {dir} note list DEMO-0001\n  \
-         carnet --vault {dir} verify\n\nKey rotation joins this demo with `carnet key rotate-master`.\n",
+         carnet --vault {dir} verify\n  carnet --vault {dir} key status\n",
         dir = dir.display()
     );
     if g.json {
