@@ -87,8 +87,9 @@ pub enum Command {
     ///
     /// Every line is checked before anything is written: if any line is rejected, each
     /// rejected line is reported on stderr with its line number, nothing is imported, and the
-    /// command exits 1. Notes are then written in atomic batches; if the import is interrupted,
-    /// the batches already written stay (whole), and running it again adds the notes again.
+    /// command exits 1. Notes are then written in atomic batches of up to 1,000. If the import
+    /// is interrupted (power cut, kill), the batches written stay, whole, and running the same
+    /// command on the same, unchanged file resumes after them: no note is imported twice.
     #[command(after_help = "Example:\n  carnet import notes.jsonl")]
     Import(ImportArgs),
     /// Find notes whose current text contains TEXT (ignoring case)

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use carnet_core::{BirthDate, NewNote, NewPatient, NoteBody, PatientId};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::args::{Global, ImportArgs};
 use crate::context;
@@ -39,6 +40,8 @@ type RawLine = Result<Vec<u8>, String>;
 struct Lines {
     reader: BufReader<File>,
     number: u64,
+    /// SHA-256 of every byte read so far: the file's identity for resuming an import.
+    hash: Sha256,
 }
 
 impl Lines {
@@ -48,6 +51,7 @@ impl Lines {
         Ok(Lines {
             reader: BufReader::with_capacity(1 << 20, f),
             number: 0,
+            hash: Sha256::new(),
         })
     }
 
@@ -61,9 +65,10 @@ impl Lines {
             if n == 0 {
                 return Ok(None);
             }
+            self.hash.update(&buf);
             self.number += 1;
             if buf.len() as u64 > MAX_LINE_BYTES {
-                // Skip the rest of the overlong line.
+                // Skip the rest of the overlong line (the file is rejected: no hash needed).
                 self.reader
                     .skip_until(b'\n')
                     .map_err(|e| CliError::failure(format!("cannot read the import file: {e}")))?;
@@ -168,14 +173,31 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
         .hint("fix the lines above and run the import again"));
     }
 
-    // Pass 2: import in atomic batches.
+    let source: [u8; 32] = lines.hash.finalize().into();
+
+    // Pass 2: import in atomic batches, resuming an interrupted import of the same file.
     let vault = context::unlock(g)?;
     let started = Instant::now();
+    let mut import = vault.import_resumable(source)?;
+    let skip = import.already_imported();
+    if let Some(n) = import.abandoned() {
+        if !g.quiet {
+            eprintln!(
+                "carnet: note: an interrupted import of another file ({n} notes imported) will not be resumed"
+            );
+        }
+    }
+    if skip > 0 && !g.quiet {
+        eprintln!("carnet: resuming an interrupted import of this file: {skip} notes were already imported");
+    }
     let bar = Progress::new(g, "importing", total);
-    let mut import = vault.import();
     let mut lines = Lines::open(&a.file)?;
     let mut done = 0u64;
     while let Some((n, line)) = lines.next_line()? {
+        if done < skip {
+            done += 1;
+            continue;
+        }
         let (patient, note) = line.and_then(|b| parse(&b)).map_err(|why| {
             CliError::failure(format!("line {n} changed during the import: {why}"))
         })?;

@@ -280,7 +280,7 @@ impl<S: Store> Vault<S> {
             Kind::Job,
             &self.registry_key,
             self.vault_id(),
-            &[],
+            META_JOB,
         )?;
         Ok(Some((job, stored)))
     }
@@ -382,13 +382,15 @@ impl<S: Store> Vault<S> {
                         let job = JobV1 {
                             kind: JOB_ROTATE_ALL_PATIENTS,
                             target: max + 1,
+                            source: [0; 32],
+                            done: 0,
                         };
                         let sealed = envelope::seal(
                             Kind::Job,
                             REGISTRY_KEY_VERSION,
                             &self.registry_key,
                             self.vault_id(),
-                            &[],
+                            META_JOB,
                             &frame::encode(&job, &[])?,
                         )?;
                         let mut b = Batch::new();

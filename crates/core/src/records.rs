@@ -20,9 +20,12 @@ pub(crate) mod space {
 
 pub(crate) const META_REGISTRY: &[u8] = b"registry";
 pub(crate) const META_JOB: &[u8] = b"job";
+pub(crate) const META_IMPORT_JOB: &[u8] = b"import-job";
 
 /// Job kind: a `rotate-patient --all` under way.
 pub(crate) const JOB_ROTATE_ALL_PATIENTS: u8 = 1;
+/// Job kind: an import under way.
+pub(crate) const JOB_IMPORT: u8 = 2;
 
 /// Purpose codes of the vault keys.
 pub(crate) const PURPOSE_BLIND: u8 = 1;
@@ -52,10 +55,14 @@ pub(crate) struct RegistryV1 {
 /// Kind 7, Job: a long operation under way, so that running it again resumes it.
 #[derive(Serialize, Deserialize, Clone)]
 pub(crate) struct JobV1 {
-    /// What the job is ([`JOB_ROTATE_ALL_PATIENTS`]).
+    /// What the job is ([`JOB_ROTATE_ALL_PATIENTS`] or [`JOB_IMPORT`]).
     pub(crate) kind: u8,
     /// For a patient-key rotation: the key version every patient is brought to.
     pub(crate) target: u32,
+    /// For an import: the SHA-256 of the source file.
+    pub(crate) source: [u8; 32],
+    /// For an import: how many of the source's records are imported.
+    pub(crate) done: u64,
 }
 
 /// Kind 4, Patient.

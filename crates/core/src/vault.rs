@@ -18,9 +18,9 @@ use crate::model::{
     SearchHit, Timestamp,
 };
 use crate::records::{
-    note_key, note_link, parse_note_key, patient_key_key, registry_link, space, Blind, ManifestV1,
-    NoteMetaV1, PatientV1, RegistryV1, VaultKeyV1, VaultKeysV1, META_REGISTRY, PURPOSE_BLIND,
-    PURPOSE_REGISTRY,
+    note_key, note_link, parse_note_key, patient_key_key, registry_link, space, Blind, JobV1,
+    ManifestV1, NoteMetaV1, PatientV1, RegistryV1, VaultKeyV1, VaultKeysV1, JOB_IMPORT,
+    META_IMPORT_JOB, META_JOB, META_REGISTRY, PURPOSE_BLIND, PURPOSE_REGISTRY,
 };
 use crate::secret::{Passphrase, SecretKey};
 use crate::{Error, IntegrityError};
@@ -808,7 +808,45 @@ impl<S: Store> Vault<S> {
             pending_bytes: 0,
             committed: ImportSummary::default(),
             staged: ImportSummary::default(),
+            job: None,
         }
+    }
+
+    /// Starts or resumes a **resumable** import of the source whose SHA-256 is `source` (the
+    /// import file's hash). Each batch records, atomically with its notes, how many of the
+    /// source's records are imported; if an import of the same source was interrupted, the
+    /// returned [`Import`] says (in [`Import::already_imported`]) how many leading records the
+    /// caller must skip. Only one resumable import is tracked: starting one from another source
+    /// abandons the record of an unfinished one ([`Import::abandoned`]).
+    pub fn import_resumable(&self, source: [u8; 32]) -> Result<Import<'_, S>, Error> {
+        let mut import = self.import();
+        let mut job = ImportJob {
+            source,
+            base: 0,
+            stored: None,
+            abandoned: None,
+        };
+        if let Some(stored) = self.store.get(space::META, META_IMPORT_JOB)? {
+            let (j, _) = open_frame::<JobV1>(
+                "import job",
+                &stored,
+                Kind::Job,
+                &self.registry_key,
+                self.vault_id(),
+                META_IMPORT_JOB,
+            )?;
+            if j.kind != JOB_IMPORT {
+                return Err(integrity("import job", "of an unknown kind"));
+            }
+            if j.source == source {
+                job.base = j.done;
+            } else {
+                job.abandoned = Some(j.done);
+            }
+            job.stored = Some(stored);
+        }
+        import.job = Some(job);
+        Ok(import)
     }
 
     // ----- verification -----
@@ -832,6 +870,24 @@ impl<S: Store> Vault<S> {
         };
         report.records_checked += 1;
         let total = registry.as_ref().map_or(0, |r| r.patients);
+        // Job records (an unfinished rotation or import) must open too.
+        for key in [META_JOB, META_IMPORT_JOB] {
+            if let Some(stored) = self.store.get(space::META, key)? {
+                report.records_checked += 1;
+                match open_frame::<JobV1>(
+                    "job",
+                    &stored,
+                    Kind::Job,
+                    &self.registry_key,
+                    self.vault_id(),
+                    key,
+                ) {
+                    Ok(_) => {}
+                    Err(Error::Integrity(e)) => report.problems.push(e),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
 
         // Patients (each one's key and manifest with it).
         let mut patients: HashMap<Blind, PatientState> = HashMap::new();
@@ -1157,6 +1213,18 @@ pub struct Import<'v, S: Store> {
     pending_bytes: usize,
     committed: ImportSummary,
     staged: ImportSummary,
+    job: Option<ImportJob>,
+}
+
+/// The progress record of a resumable import (a Job record, kind 7).
+struct ImportJob {
+    source: [u8; 32],
+    /// Records of the source imported by earlier, interrupted runs.
+    base: u64,
+    /// The job record as stored now, for compare-and-swap.
+    stored: Option<Vec<u8>>,
+    /// Records imported by an unfinished import of another source, whose record this replaces.
+    abandoned: Option<u64>,
 }
 
 impl<S: Store> std::fmt::Debug for Import<'_, S> {
@@ -1195,21 +1263,71 @@ impl<S: Store> Import<'_, S> {
 
     /// Writes the pending batch now.
     pub fn flush(&mut self) -> Result<(), Error> {
+        self.write(false)
+    }
+
+    /// Commits the pending batch, with the import's progress record when it is resumable
+    /// (deleted by the last batch).
+    fn write(&mut self, last: bool) -> Result<(), Error> {
+        let mut next_stored = None;
+        if let Some(job) = &self.job {
+            let v = self.txn.vault;
+            self.txn
+                .batch
+                .require(space::META, META_IMPORT_JOB, job.stored.clone());
+            if last {
+                self.txn.batch.delete(space::META, META_IMPORT_JOB);
+            } else {
+                let record = JobV1 {
+                    kind: JOB_IMPORT,
+                    target: 0,
+                    source: job.source,
+                    done: job.base + self.staged.notes_imported,
+                };
+                let sealed = envelope::seal(
+                    Kind::Job,
+                    REGISTRY_KEY_VERSION,
+                    &v.registry_key,
+                    v.vault_id(),
+                    META_IMPORT_JOB,
+                    &frame::encode(&record, &[])?,
+                )?;
+                self.txn
+                    .batch
+                    .put(space::META, META_IMPORT_JOB, sealed.clone());
+                next_stored = Some(sealed);
+            }
+        }
         self.txn.commit()?;
+        if let Some(job) = &mut self.job {
+            job.stored = next_stored;
+        }
         self.committed = self.staged;
         self.pending_notes = 0;
         self.pending_bytes = 0;
         Ok(())
     }
 
-    /// What is durably stored so far.
+    /// What is durably stored so far, by this run.
     pub fn committed(&self) -> ImportSummary {
         self.committed
     }
 
-    /// Writes the last batch and returns the totals.
+    /// For a resumable import: how many leading records of the source earlier, interrupted
+    /// runs imported. The caller skips them.
+    pub fn already_imported(&self) -> u64 {
+        self.job.as_ref().map_or(0, |j| j.base)
+    }
+
+    /// For a resumable import: if an unfinished import of another source was tracked, how
+    /// many of its records it had imported (they stay; it can no longer be resumed).
+    pub fn abandoned(&self) -> Option<u64> {
+        self.job.as_ref().and_then(|j| j.abandoned)
+    }
+
+    /// Writes the last batch and returns the totals of this run.
     pub fn finish(mut self) -> Result<ImportSummary, Error> {
-        self.flush()?;
+        self.write(true)?;
         Ok(self.committed)
     }
 }
@@ -1398,7 +1516,7 @@ impl<'v, S: Store> Txn<'v, S> {
                 sealed_registry = Some(r);
             }
         }
-        if batch.is_empty() {
+        if batch.is_empty() && batch.preconditions.is_empty() {
             return Ok(());
         }
         {
