@@ -78,6 +78,9 @@ pub enum Command {
     /// Key status, rotation and passphrase change
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Add, list and remove users (each with an own passphrase and a role)
+    #[command(subcommand)]
+    User(UserCommand),
     /// Bulk-import notes from a JSON Lines file
     ///
     /// One JSON object per line: {"patient_id": "...", "name"?: "...", "birth_date"?:
@@ -164,6 +167,39 @@ pub enum PatientCommand {
         /// Confirm: the erasure cannot be undone
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user with their own passphrase (administrators)
+    ///
+    /// Roles: clinician (patients, notes, import, search), auditor (the access log only), admin
+    /// (everything a clinician does, plus users and keys). Nothing is re-encrypted. The new
+    /// user's passphrase comes from --new-passphrase-file, else is asked twice on the terminal.
+    #[command(after_help = "Example:\n  carnet user add dr.leroy --role clinician")]
+    Add {
+        /// The new user's name (what they pass to --user)
+        name: String,
+        /// What the user may do
+        #[arg(long, default_value = "clinician", value_parser = ["admin", "clinician", "auditor"])]
+        role: String,
+        /// Read the new user's passphrase from the first line of FILE
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// List users and their roles
+    #[command(after_help = "Example:\n  carnet user list --json")]
+    List,
+    /// Revoke a user: their slot goes, the master key rotates, every patient gets a new key
+    ///
+    /// A copy of the vault taken before, with the removed user's passphrase, opens nothing
+    /// written afterwards. Notes already written are not re-encrypted (the user could read them
+    /// before). If interrupted, run it again.
+    #[command(after_help = "Example:\n  carnet user remove dr.leroy")]
+    Remove {
+        /// The user to revoke
+        name: String,
     },
 }
 

@@ -13,6 +13,7 @@ pub enum Exit {
     NotFound = 4,
     Integrity = 5,
     InUse = 6,
+    NotPermitted = 7,
 }
 
 #[derive(Debug)]
@@ -93,6 +94,10 @@ impl From<CoreError> for CliError {
             CoreError::Integrity(i) => CliError::new(Exit::Integrity, format!("integrity check failed: {i}"))
                 .hint("the vault was damaged or tampered with; run `carnet verify` and restore from a backup"),
             CoreError::InvalidArgument(m) => CliError::usage(m),
+            CoreError::NotPermitted(role) => {
+                CliError::new(Exit::NotPermitted, format!("not permitted for the {role} role"))
+                    .hint("ask an administrator, or use --user with an account that has this right")
+            }
             CoreError::Storage(s) => s.into(),
             CoreError::NotAVault => CliError::failure("no vault here")
                 .hint("run `carnet init` first, or pass --vault DIR"),

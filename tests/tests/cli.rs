@@ -423,7 +423,7 @@ fn verify_reports_json_and_exits_0_on_a_clean_vault() {
     let r = v.run(&["verify", "--json"]).expect(0).json();
     assert_eq!(r["ok"], true);
     assert_eq!(r["problems"], json!([]));
-    assert_eq!(r["records_checked"], 3 + 3 + 1);
+    assert_eq!(r["records_checked"], 4 + 3 + 1);
 }
 
 #[test]

@@ -81,7 +81,7 @@ fn every_record_flipped_deleted_or_swapped_is_detected() {
     let f = fixture();
     let dir = f.v.dir.clone();
     let all = records(&dir);
-    assert_eq!(all.len(), 1 + 2 + 2 + 4, "the fixture's records");
+    assert_eq!(all.len(), 2 + 2 + 2 + 4, "the fixture's records");
     f.v.run(&["verify"]).expect(0);
     for (i, (sp, k, val)) in all.iter().enumerate() {
         let name = format!("{}#{i}", sp.name());

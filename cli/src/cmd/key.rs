@@ -78,7 +78,7 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
         KeyCommand::RotateMaster { plan } => {
             let mut vault = context::unlock(g)?;
             if plan {
-                let p = vault.plan_rotate_master();
+                let p = vault.plan_rotate_master()?;
                 return if g.json {
                     render::print_json(&master_json(&p))
                 } else {

@@ -7,6 +7,7 @@ mod key;
 mod note;
 mod patient;
 mod search;
+mod user;
 mod verify;
 
 use carnet_core::{PatientId, MAX_BODY_BYTES};
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Patient(c) => patient::run(g, c),
         Command::Note(c) => note::run(g, c),
         Command::Key(c) => key::run(g, c),
+        Command::User(c) => user::run(g, c),
         Command::Import(a) => import::run(g, a),
         Command::Search(a) => search::run(g, a),
         Command::Verify => verify::run(g),

@@ -32,8 +32,10 @@ pub(crate) enum Kind {
     Manifest = 5,
     /// One version of one note. Binding: blind, note id, note version.
     Note = 6,
-    /// A long operation under way (a rotation of every patient key). Binding: nothing.
+    /// A long operation under way (a rotation, an import, a revocation). Binding: its key.
     Job = 7,
+    /// The users and their roles. Binding: its key.
+    Users = 8,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             5 => Kind::Manifest,
             6 => Kind::Note,
             7 => Kind::Job,
+            8 => Kind::Users,
             _ => return None,
         })
     }

@@ -68,6 +68,9 @@ pub enum Error {
     /// No patient with this identifier.
     #[error("no such patient")]
     NoSuchPatient,
+    /// The unlocking user's role does not allow this operation.
+    #[error("not permitted for the {0} role")]
+    NotPermitted(&'static str),
     /// The patient has no note with this id.
     #[error("no such note for this patient")]
     NoSuchNote,

@@ -452,6 +452,23 @@ impl Keyring {
         }
     }
 
+    /// Adds a slot.
+    pub(crate) fn add_slot(&mut self, slot: Slot) {
+        self.slots.push(slot);
+    }
+
+    /// Removes `user`'s slot (never the last one).
+    pub(crate) fn remove_slot(&mut self, user: &str) -> Result<(), Error> {
+        let tag = name_tag(&self.vault_id, user);
+        if self.slots.len() == 1 && self.slots[0].name_tag == tag {
+            return Err(Error::InvalidArgument(
+                "the last user cannot be removed".into(),
+            ));
+        }
+        self.slots.retain(|s| s.name_tag != tag);
+        Ok(())
+    }
+
     /// Replaces `user`'s slot with `slot`.
     pub(crate) fn replace_slot(&mut self, user: &str, slot: Slot) -> Result<(), Error> {
         let tag = name_tag(&self.vault_id, user);

@@ -84,6 +84,7 @@ mod lifecycle;
 mod model;
 mod records;
 mod secret;
+mod users;
 mod vault;
 
 pub use error::{Error, IntegrityError};
@@ -97,4 +98,5 @@ pub use model::{
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,
 };
 pub use secret::Passphrase;
+pub use users::{Role, User};
 pub use vault::{Import, ImportSummary, Vault, VerifyReport, DEFAULT_USER};

@@ -13,9 +13,10 @@ use crate::keyring::{KdfParams, Slot};
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::records::{
     parse_note_key, patient_key_key, registry_link, space, Blind, JobV1, PatientV1, RegistryV1,
-    JOB_ROTATE_ALL_PATIENTS, META_JOB, META_REGISTRY,
+    JOB_REVOKE, JOB_ROTATE_ALL_PATIENTS, META_JOB, META_REGISTRY, META_REVOKE_JOB,
 };
 use crate::secret::{Passphrase, SecretKey};
+use crate::users::Duty;
 use crate::vault::{
     integrity, open_frame, parse_error, seal_registry, PatientKeys, REGISTRY_KEY_VERSION,
 };
@@ -95,10 +96,11 @@ impl<S: Store> Vault<S> {
     // ----- master key -----
 
     /// What [`Vault::rotate_master`] would do now, without doing it.
-    pub fn plan_rotate_master(&self) -> MasterRotation {
+    pub fn plan_rotate_master(&self) -> Result<MasterRotation, Error> {
+        self.require(Duty::Administration)?;
         let ks = self.key_store();
         let resumed = self.pending.is_some();
-        MasterRotation {
+        Ok(MasterRotation {
             from_epoch: self.keyring.epoch,
             to_epoch: self
                 .pending
@@ -108,7 +110,7 @@ impl<S: Store> Vault<S> {
             slots: self.keyring.slots().len() as u64,
             notes_rewritten: 0,
             resumed,
-        }
+        })
     }
 
     /// Rotates the master key: a new epoch, every wrapped key re-wrapped under it, every slot
@@ -119,6 +121,7 @@ impl<S: Store> Vault<S> {
         &mut self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<MasterRotation, Error> {
+        self.require(Duty::Administration)?;
         let from = self.keyring.epoch;
         let resumed = self.pending.is_some();
         // Step 1: seal a new master to every slot, beside the current one.
@@ -271,7 +274,11 @@ impl<S: Store> Vault<S> {
     }
 
     fn load_job(&self) -> Result<Option<(JobV1, Vec<u8>)>, Error> {
-        let Some(stored) = self.store.get(space::META, META_JOB)? else {
+        self.load_job_at(META_JOB)
+    }
+
+    fn load_job_at(&self, key: &[u8]) -> Result<Option<(JobV1, Vec<u8>)>, Error> {
+        let Some(stored) = self.store.get(space::META, key)? else {
             return Ok(None);
         };
         let (job, _) = open_frame::<JobV1>(
@@ -280,13 +287,84 @@ impl<S: Store> Vault<S> {
             Kind::Job,
             &self.registry_key,
             self.vault_id(),
-            META_JOB,
+            key,
         )?;
         Ok(Some((job, stored)))
     }
 
+    /// Whether a user's revocation left patient keys to renew.
+    pub(crate) fn revocation_pending(&self) -> Result<bool, Error> {
+        Ok(self.load_job_at(META_REVOKE_JOB)?.is_some())
+    }
+
+    /// Adds to `b` the job record of a revocation (unless one is pending): every patient is to
+    /// get key version `target`, one above every version in use.
+    pub(crate) fn stage_revocation_job(&self, b: &mut Batch) -> Result<(), Error> {
+        if self.revocation_pending()? {
+            return Ok(());
+        }
+        let max = self
+            .patient_versions()?
+            .iter()
+            .flat_map(|(_, c, vs)| vs.iter().copied().chain([*c]))
+            .max()
+            .unwrap_or(0);
+        let job = JobV1 {
+            kind: JOB_REVOKE,
+            target: max + 1,
+            source: [0; 32],
+            done: 0,
+        };
+        let sealed = envelope::seal(
+            Kind::Job,
+            REGISTRY_KEY_VERSION,
+            &self.registry_key,
+            self.vault_id(),
+            META_REVOKE_JOB,
+            &frame::encode(&job, &[])?,
+        )?;
+        b.require(space::META, META_REVOKE_JOB, None);
+        b.put(space::META, META_REVOKE_JOB, sealed);
+        Ok(())
+    }
+
+    /// Gives every patient the revocation's new key version, used by all later writes; notes
+    /// already written keep their key version. Returns the patients renewed.
+    pub(crate) fn renew_patient_keys(
+        &mut self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, Error> {
+        let Some((job, _)) = self.load_job_at(META_REVOKE_JOB)? else {
+            return Ok(0);
+        };
+        let all = self.patient_versions()?;
+        let total = all.len() as u64;
+        let mut renewed = 0;
+        for (i, (blind, current, _)) in all.iter().enumerate() {
+            if *current < job.target {
+                self.move_patient(*blind, *current, job.target, false)?;
+                renewed += 1;
+            }
+            progress(i as u64 + 1, total);
+        }
+        Ok(renewed)
+    }
+
+    /// Deletes the revocation's job record.
+    pub(crate) fn finish_revocation_job(&mut self) -> Result<(), Error> {
+        if let Some((_, stored)) = self.load_job_at(META_REVOKE_JOB)? {
+            let mut b = Batch::new();
+            b.require(space::META, META_REVOKE_JOB, Some(stored));
+            b.delete(space::META, META_REVOKE_JOB);
+            self.store.commit(b)?;
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
     /// What [`Vault::rotate_patients`] would do now, without doing it.
     pub fn plan_rotate_patients(&self, which: Patients<'_>) -> Result<PatientRotation, Error> {
+        self.require(Duty::Administration)?;
         let all = self.patient_versions()?;
         let job = self.load_job()?.map(|(j, _)| j);
         let selected: Vec<_> = match which {
@@ -333,6 +411,7 @@ impl<S: Store> Vault<S> {
         which: Patients<'_>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PatientRotation, Error> {
+        self.require(Duty::Administration)?;
         let all = self.patient_versions()?;
         let mut summary = PatientRotation::default();
         let mut destroy: Vec<(Blind, u32)> = Vec::new();
@@ -343,19 +422,16 @@ impl<S: Store> Vault<S> {
                     .into_iter()
                     .find(|(x, _, _)| *x == b)
                     .ok_or(Error::NoSuchPatient)?;
-                // A rotation left unfinished is finished, not started again.
+                // A rotation left unfinished (a newer key version than the record's) is
+                // finished, not started again.
                 let target = match versions.iter().max() {
                     Some(&m) if m > current => {
                         summary.resumed = true;
                         m
                     }
-                    _ if versions.iter().any(|v| *v < current) => {
-                        summary.resumed = true;
-                        current
-                    }
-                    _ => current + 1,
+                    m => m.copied().unwrap_or(current).max(current) + 1,
                 };
-                summary.records_rewritten += self.rotate_one(blind, current, target)?;
+                summary.records_rewritten += self.move_patient(blind, current, target, true)?;
                 destroy.extend(
                     versions
                         .iter()
@@ -405,7 +481,7 @@ impl<S: Store> Vault<S> {
                 for (i, (blind, current, versions)) in all.iter().enumerate() {
                     if *current < job.target {
                         summary.records_rewritten +=
-                            self.rotate_one(*blind, *current, job.target)?;
+                            self.move_patient(*blind, *current, job.target, true)?;
                         summary.patients += 1;
                     } else if versions.iter().any(|v| v != current) {
                         summary.patients += 1;
@@ -433,8 +509,16 @@ impl<S: Store> Vault<S> {
         Ok(summary)
     }
 
-    /// Brings one patient from key version `current` to `target`; returns records rewritten.
-    fn rotate_one(&mut self, blind: Blind, current: u32, target: u32) -> Result<u64, Error> {
+    /// Brings one patient from key version `current` to `target`: the new key, then (with
+    /// `notes`) every note re-encrypted, then the patient record and manifest. Returns the
+    /// records rewritten.
+    fn move_patient(
+        &mut self,
+        blind: Blind,
+        current: u32,
+        target: u32,
+        notes: bool,
+    ) -> Result<u64, Error> {
         // Step 1: the new key, appended to the key store (unless a previous run did).
         let has_target = self.key_store().patient.contains_key(&(blind, target));
         if !has_target {
@@ -453,10 +537,13 @@ impl<S: Store> Vault<S> {
         let mut keys: HashMap<u32, PatientKeys> = HashMap::new();
         let mut rewritten = 0u64;
         // Step 2: every note record not yet under the target version, in CAS-guarded batches.
-        let raw: Vec<(Vec<u8>, Vec<u8>)> = self
-            .store
-            .scan_prefix(space::NOTES, &blind.0)
-            .collect::<Result<_, _>>()?;
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = if notes {
+            self.store
+                .scan_prefix(space::NOTES, &blind.0)
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         let mut batch = Batch::new();
         for (k, v) in raw {
             let location = format!("note record under {}", blind.short());
@@ -562,13 +649,15 @@ impl<S: Store> Vault<S> {
     /// The state of the vault's keys: epochs, KDF settings, which key versions records use,
     /// and any rotation left unfinished. Reads record headers only; decrypts nothing.
     pub fn key_status(&self) -> Result<KeyStatus, Error> {
+        self.require(Duty::Administration)?;
         let versions = self.patient_versions()?;
         let current: HashMap<Blind, u32> = versions.iter().map(|(b, c, _)| (*b, *c)).collect();
         let mut per_version: BTreeMap<u32, u64> = BTreeMap::new();
         let mut mixed: HashSet<Blind> = HashSet::new();
         for (b, c, vs) in &versions {
             *per_version.entry(*c).or_default() += 2; // patient record and manifest
-            if vs.iter().any(|v| v != c) {
+                                                      // A key version newer than the record's: a rotation stopped before its end.
+            if vs.iter().any(|v| v > c) {
                 mixed.insert(*b);
             }
         }
@@ -578,7 +667,9 @@ impl<S: Store> Vault<S> {
                 continue;
             };
             *per_version.entry(sealed.key_version).or_default() += 1;
-            if current.get(&b) != Some(&sealed.key_version) {
+            // A note under a newer version than its patient's record: a rotation stopped
+            // before its end. (Older versions are normal after a revocation.)
+            if current.get(&b).is_some_and(|c| sealed.key_version > *c) {
                 mixed.insert(b);
             }
         }
@@ -599,6 +690,11 @@ impl<S: Store> Vault<S> {
         }
         if job {
             unfinished.push("rotation of every patient's key (run `carnet key rotate-patient --all` to finish it)".into());
+        }
+        if self.revocation_pending()? {
+            unfinished.push(
+                "a user's revocation (run `carnet user remove NAME` again to finish it)".into(),
+            );
         }
         if !mixed.is_empty() {
             unfinished.push(format!(
@@ -634,6 +730,7 @@ impl<S: Store> Vault<S> {
     /// erasure, not for daily use. If an earlier erasure of this patient was interrupted, this
     /// finishes it.
     pub fn erase_patient(&mut self, id: &PatientId) -> Result<(), Error> {
+        self.require(Duty::Administration)?;
         let blind = self.blind(id);
         let exists = self.store.get(space::PATIENTS, &blind.0)?.is_some()
             || self.store.get(space::MANIFESTS, &blind.0)?.is_some();

@@ -21,11 +21,15 @@ pub(crate) mod space {
 pub(crate) const META_REGISTRY: &[u8] = b"registry";
 pub(crate) const META_JOB: &[u8] = b"job";
 pub(crate) const META_IMPORT_JOB: &[u8] = b"import-job";
+pub(crate) const META_REVOKE_JOB: &[u8] = b"revoke-job";
+pub(crate) const META_USERS: &[u8] = b"users";
 
 /// Job kind: a `rotate-patient --all` under way.
 pub(crate) const JOB_ROTATE_ALL_PATIENTS: u8 = 1;
 /// Job kind: an import under way.
 pub(crate) const JOB_IMPORT: u8 = 2;
+/// Job kind: a user's revocation under way (patient keys still to renew).
+pub(crate) const JOB_REVOKE: u8 = 3;
 
 /// Purpose codes of the vault keys.
 pub(crate) const PURPOSE_BLIND: u8 = 1;
@@ -63,6 +67,20 @@ pub(crate) struct JobV1 {
     pub(crate) source: [u8; 32],
     /// For an import: how many of the source's records are imported.
     pub(crate) done: u64,
+}
+
+/// Kind 8, Users: every user's name and role.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct UsersV1 {
+    pub(crate) users: Vec<UserV1>,
+}
+
+/// One user.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct UserV1 {
+    pub(crate) name: String,
+    /// 1 admin, 2 clinician, 3 auditor.
+    pub(crate) role: u8,
 }
 
 /// Kind 4, Patient.

@@ -19,10 +19,12 @@ use crate::model::{
 };
 use crate::records::{
     note_key, note_link, parse_note_key, patient_key_key, registry_link, space, Blind, JobV1,
-    ManifestV1, NoteMetaV1, PatientV1, RegistryV1, VaultKeyV1, VaultKeysV1, JOB_IMPORT,
-    META_IMPORT_JOB, META_JOB, META_REGISTRY, PURPOSE_BLIND, PURPOSE_REGISTRY,
+    ManifestV1, NoteMetaV1, PatientV1, RegistryV1, UserV1, UsersV1, VaultKeyV1, VaultKeysV1,
+    JOB_IMPORT, META_IMPORT_JOB, META_JOB, META_REGISTRY, META_REVOKE_JOB, META_USERS,
+    PURPOSE_BLIND, PURPOSE_REGISTRY,
 };
 use crate::secret::{Passphrase, SecretKey};
+use crate::users::{seal_users, Duty, Role};
 use crate::{Error, IntegrityError};
 
 /// The user whose slot `create` makes unless told otherwise.
@@ -52,6 +54,8 @@ pub struct Vault<S: Store> {
     pub(crate) wrap_patient: SecretKey,
     pub(crate) blind_key: SecretKey,
     pub(crate) registry_key: SecretKey,
+    /// The unlocking user's role.
+    pub(crate) role: Role,
     /// The key store's index of wrapped keys (the document `keys`, read at unlock).
     pub(crate) keys: Mutex<KeyStore>,
     /// Held while a transaction writes (key store, then records), so that writers of this
@@ -219,6 +223,18 @@ impl<S: Store> Vault<S> {
             patients: 0,
             head: [0; 32],
         };
+        crate::users::check_user_name(user)?;
+        let users = UsersV1 {
+            users: vec![UserV1 {
+                name: user.to_string(),
+                role: Role::Admin.code(),
+            }],
+        };
+        batch.put(
+            space::META,
+            META_USERS,
+            seal_users(&registry, &vault_id, &users)?,
+        );
         batch.put(
             space::META,
             META_REGISTRY,
@@ -240,6 +256,7 @@ impl<S: Store> Vault<S> {
             write_lock: Mutex::default(),
             blind_key: blind,
             registry_key: registry,
+            role: Role::Admin,
             chains: Mutex::default(),
         })
     }
@@ -304,9 +321,10 @@ impl<S: Store> Vault<S> {
                 .map(|k| SecretKey::from_bytes(k.key))
                 .ok_or_else(|| integrity("vault keys", "a vault key is missing"))
         };
-        Ok(Vault {
+        let mut vault = Vault {
             blind_key: find(PURPOSE_BLIND)?,
             registry_key: find(PURPOSE_REGISTRY)?,
+            role: Role::Auditor,
             wrap_patient: crypto::subkey(store_master, LABEL_WRAP_PATIENT_KEY),
             store,
             user: user.to_string(),
@@ -316,7 +334,18 @@ impl<S: Store> Vault<S> {
             keys: Mutex::new(key_store),
             write_lock: Mutex::default(),
             chains: Mutex::default(),
-        })
+        };
+        // A slot whose user is no longer listed (a revocation interrupted between its steps)
+        // opens nothing.
+        let (users, _) = vault.load_users()?;
+        let listed = users
+            .users
+            .iter()
+            .find(|u| u.name == user)
+            .ok_or(Error::UnknownUser)?;
+        vault.role =
+            Role::from_code(listed.role).ok_or_else(|| integrity("users", "unknown role"))?;
+        Ok(vault)
     }
 
     /// The current master key epoch (1 for a new vault; each rotation adds one).
@@ -614,6 +643,7 @@ impl<S: Store> Vault<S> {
 
     /// Every patient, in the order they were registered.
     pub fn patients(&self) -> Result<Vec<Patient>, Error> {
+        self.require(Duty::Clinical)?;
         let mut states = self.all_patients()?;
         states.sort_by_key(|s| s.info.seq);
         states.iter().map(Self::to_patient).collect()
@@ -632,18 +662,21 @@ impl<S: Store> Vault<S> {
 
     /// One patient.
     pub fn patient(&self, id: &PatientId) -> Result<Patient, Error> {
+        self.require(Duty::Clinical)?;
         Self::to_patient(&self.find_patient(id)?)
     }
 
     /// The current version of each of the patient's notes, in the order the notes were added,
     /// without their bodies.
     pub fn notes(&self, id: &PatientId) -> Result<Vec<Note>, Error> {
+        self.require(Duty::Clinical)?;
         let st = self.find_patient(id)?;
         Ok(current_versions(self.notes_of(&st, Bodies::None)?))
     }
 
     /// The current version of one note, with its body.
     pub fn note(&self, id: &PatientId, note: &NoteId) -> Result<Note, Error> {
+        self.require(Duty::Clinical)?;
         let st = self.find_patient(id)?;
         self.note_versions(&st, note, true)?
             .pop()
@@ -653,6 +686,7 @@ impl<S: Store> Vault<S> {
 
     /// Every version of one note, oldest first, with bodies.
     pub fn note_history(&self, id: &PatientId, note: &NoteId) -> Result<Vec<Note>, Error> {
+        self.require(Duty::Clinical)?;
         let st = self.find_patient(id)?;
         Ok(self
             .note_versions(&st, note, false)?
@@ -725,6 +759,7 @@ impl<S: Store> Vault<S> {
     /// Notes whose current body contains `text`, ignoring case; all patients, or one.
     /// Decrypts every note it scans (fine for a clinic's volume; see docs/architecture.md).
     pub fn search(&self, text: &str, patient: Option<&PatientId>) -> Result<Vec<SearchHit>, Error> {
+        self.require(Duty::Clinical)?;
         let mut states = match patient {
             Some(id) => vec![self.find_patient(id)?],
             None => self.all_patients()?,
@@ -753,6 +788,7 @@ impl<S: Store> Vault<S> {
 
     /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
     pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
+        self.require(Duty::Clinical)?;
         let mut txn = Txn::new(self);
         txn.create_patient(patient, Timestamp::now())?;
         txn.commit()
@@ -760,6 +796,7 @@ impl<S: Store> Vault<S> {
 
     /// Stores a note for an existing patient; returns its new id once it is durable.
     pub fn add_note(&self, id: &PatientId, note: NewNote) -> Result<NoteId, Error> {
+        self.require(Duty::Clinical)?;
         let mut txn = Txn::new(self);
         let blind = txn.existing_patient(id)?;
         let note_id = txn.add_note(blind, note)?;
@@ -776,6 +813,7 @@ impl<S: Store> Vault<S> {
         body: NoteBody,
         author: Option<String>,
     ) -> Result<u32, Error> {
+        self.require(Duty::Clinical)?;
         check_field("the author", &author)?;
         let mut txn = Txn::new(self);
         let blind = txn.existing_patient(id)?;
@@ -819,6 +857,7 @@ impl<S: Store> Vault<S> {
     /// caller must skip. Only one resumable import is tracked: starting one from another source
     /// abandons the record of an unfinished one ([`Import::abandoned`]).
     pub fn import_resumable(&self, source: [u8; 32]) -> Result<Import<'_, S>, Error> {
+        self.require(Duty::Clinical)?;
         let mut import = self.import();
         let mut job = ImportJob {
             source,
@@ -870,8 +909,14 @@ impl<S: Store> Vault<S> {
         };
         report.records_checked += 1;
         let total = registry.as_ref().map_or(0, |r| r.patients);
+        match self.load_users() {
+            Ok(_) => {}
+            Err(Error::Integrity(e)) => report.problems.push(e),
+            Err(e) => return Err(e),
+        }
+        report.records_checked += 1;
         // Job records (an unfinished rotation or import) must open too.
-        for key in [META_JOB, META_IMPORT_JOB] {
+        for key in [META_JOB, META_IMPORT_JOB, META_REVOKE_JOB] {
             if let Some(stored) = self.store.get(space::META, key)? {
                 report.records_checked += 1;
                 match open_frame::<JobV1>(

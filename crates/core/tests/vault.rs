@@ -167,7 +167,7 @@ fn import_batches_and_creates_patients() {
     assert_eq!(total, 2500);
     let r = v.verify(&mut |_, _| {}).unwrap();
     assert!(r.is_ok(), "{:?}", r.problems);
-    assert_eq!(r.records_checked, 3 + 7 * 3 + 2500);
+    assert_eq!(r.records_checked, 4 + 7 * 3 + 2500);
 }
 
 #[test]
@@ -175,8 +175,8 @@ fn a_clean_vault_verifies() {
     let (v, _) = populated(Arc::new(MemStore::new()));
     let r = v.verify(&mut |_, _| {}).unwrap();
     assert!(r.is_ok(), "{:?}", r.problems);
-    // keyring + vault keys + registry + 2 x (patient, key, manifest) + 4 note versions
-    assert_eq!(r.records_checked, 3 + 6 + 4);
+    // keyring + vault keys + registry + users + 2 x (patient, key, manifest) + 4 note versions
+    assert_eq!(r.records_checked, 4 + 6 + 4);
 }
 
 /// Every read that could return one of the vault's notes.
@@ -205,7 +205,7 @@ fn every_flipped_swapped_or_deleted_record_is_detected() {
     let (v, notes) = populated(store.clone());
     let originals: Vec<Vec<u8>> = notes.iter().map(|(p, n)| body_of(&v, p, n)).collect();
     let records = all_records(&store);
-    assert_eq!(records.len(), 1 + 4 + 4);
+    assert_eq!(records.len(), 2 + 4 + 4);
     let put = |sp: Space, k: &[u8], val: Option<Vec<u8>>| {
         let mut b = Batch::new();
         match val {
