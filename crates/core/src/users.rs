@@ -238,7 +238,8 @@ impl<S: Store> Vault<S> {
     /// patient gets a new key version that all later writes use, so a copy of the vault taken
     /// before, opened with the removed user's passphrase, opens nothing written afterwards.
     /// Notes already written are not re-encrypted (the user could read them). Resumable: if
-    /// interrupted, run it again.
+    /// interrupted, run it again. A name that is not (or no longer) a user is
+    /// [`Error::InvalidArgument`].
     pub fn remove_user(
         &mut self,
         name: &str,
@@ -255,7 +256,9 @@ impl<S: Store> Vault<S> {
         let has_slot = self.keyring.slot(name).is_some();
         let pending = self.revocation_pending()?;
         if !listed && !has_slot && !pending {
-            return Err(Error::UnknownUser);
+            return Err(Error::InvalidArgument(
+                "there is no user of that name".into(),
+            ));
         }
         if listed {
             // 1. The role goes, with a job record saying that keys must still be renewed.
