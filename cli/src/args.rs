@@ -43,6 +43,9 @@ pub struct Global {
         value_name = "FILE"
     )]
     pub passphrase_file: Option<PathBuf>,
+    /// Unlock with the recovery key in FILE instead of a passphrase (no passphrase is read)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
     /// Whose key slot unlocks the vault
     #[arg(
         long,
@@ -126,6 +129,9 @@ pub struct InitArgs {
     /// Name of the first user, whose passphrase this is
     #[arg(long, value_name = "NAME", default_value = "admin")]
     pub admin: String,
+    /// Write the recovery key to FILE instead of printing it
+    #[arg(long, value_name = "FILE")]
+    pub recovery_key_out: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,6 +243,19 @@ pub enum KeyCommand {
         /// Print the work the rotation would do, and change nothing
         #[arg(long)]
         plan: bool,
+    },
+    /// Replace the recovery key; the old one stops working
+    ///
+    /// The new key is printed once (or written to --recovery-key-out): write it down and keep
+    /// it in the safe. With it, `--recovery-key-file` opens the vault when every passphrase is
+    /// lost.
+    #[command(
+        after_help = "Example:\n  carnet key rotate-recovery --recovery-key-out /media/usb/carnet-recovery.txt"
+    )]
+    RotateRecovery {
+        /// Write the new recovery key to FILE instead of printing it
+        #[arg(long, value_name = "FILE")]
+        recovery_key_out: Option<PathBuf>,
     },
     /// Protect your key slot with a new passphrase; the old one stops working
     ///

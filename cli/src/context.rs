@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use carnet_core::{Passphrase, Vault, KEYRING_DOC};
+use carnet_core::{Passphrase, RecoveryKey, Vault, KEYRING_DOC};
 use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
@@ -147,8 +147,59 @@ pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
         return Err(not_a_vault(&dir));
     }
     let store = SledStore::open(&dir)?;
+    if let Some(f) = &global.recovery_key_file {
+        let key = recovery_key_from_file(f)?;
+        return Ok(Vault::unlock_with_recovery_key(store, &global.user, &key)?);
+    }
     let pass = passphrase(global)?;
     Ok(Vault::unlock(store, &global.user, &pass)?)
+}
+
+/// A recovery key from a file, as printed by `init` or `key rotate-recovery`.
+fn recovery_key_from_file(path: &Path) -> Result<RecoveryKey, CliError> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read the recovery key file {}: {e}",
+            path.display()
+        ))
+    })?);
+    Ok(RecoveryKey::parse(&text)?)
+}
+
+/// Shows a new recovery key: written to `out` (readable by its owner only), or printed.
+pub fn deliver_recovery_key(key: &RecoveryKey, out: Option<&Path>) -> Result<String, CliError> {
+    let text = key.to_text();
+    match out {
+        Some(path) => {
+            write_private(path, format!("{}\n", text.as_str()).as_bytes())?;
+            Ok(format!(
+                "The recovery key is in {}: print it or copy it by hand, keep it in the safe, then delete the file.\n",
+                path.display()
+            ))
+        }
+        None => Ok(format!(
+            "\nRECOVERY KEY (shown once; write it down and keep it in the safe):\n\n    {}\n\n\
+             With it, `carnet --recovery-key-file FILE ...` opens the vault if every passphrase is lost.\n",
+            text.as_str()
+        )),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            CliError::failure(format!("cannot create {}: {e}", path.display()))
+                .hint("choose a new file name")
+        })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))
 }
 
 fn not_a_vault(dir: &Path) -> CliError {

@@ -10,9 +10,11 @@ rm -rf "$out"
 mkdir -p "$out/expected"
 printf 'golden vault passphrase v1\n' > "$out/passphrase.txt"
 export CARNET_VAULT="$out/vault" CARNET_PASSPHRASE_FILE="$out/passphrase.txt"
-"$bin" -q init --kdf-memory-mib 8 --kdf-iterations 1 --kdf-parallelism 1
-"$bin" patient add G-001 --name "Éloïse Golden" --birth-date 1970-01-01
-"$bin" patient add G-002
+"$bin" -q init --kdf-memory-mib 8 --kdf-iterations 1 --kdf-parallelism 1 --recovery-key-out "$out/recovery-key.txt" > /dev/null
+printf 'golden nurse passphrase\n' > "$out/nurse-passphrase.txt"
+"$bin" -q user add nurse --role clinician --new-passphrase-file "$out/nurse-passphrase.txt" > /dev/null
+"$bin" -q patient add G-001 --name "Éloïse Golden" --birth-date 1970-01-01
+"$bin" -q patient add G-002
 n1=$(printf 'first note\n' | "$bin" note add G-001 --author "Dr Gold" --kind consultation)
 n2=$(printf '\x00\x01\x02\xff\xfe binary' | "$bin" note add G-001)
 printf 'first note, amended\n' | "$bin" note amend G-001 "$n1" --author "Dr Silver" > /dev/null

@@ -3,7 +3,8 @@
 //! - `golden/v1/`: format 1 (keyring version 1, record format 1), made by
 //!   `golden/make-v1.sh` with Carnet 0.1.0: three patients (one imported), a binary note, a
 //!   UTF-8 note, an amended note, then a master-key rotation (epoch 2) and a patient-key
-//!   rotation (G-001 at key version 2). `expected/` holds what each read printed then.
+//!   rotation (G-001 at key version 2); a recovery key (`recovery-key.txt`) and a second user,
+//!   `nurse`, a clinician (`nurse-passphrase.txt`). `expected/` holds what each read printed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::path::Path;
@@ -95,6 +96,36 @@ fn format_1_vault_keys_are_as_written() {
         .map(|x| x["version"].as_u64().unwrap())
         .collect();
     assert_eq!(versions, vec![1, 2]);
+}
+
+#[test]
+fn format_1_vault_opens_with_its_recovery_key_and_second_user() {
+    let v = golden("v1");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
+    let key = dir.join("recovery-key.txt");
+    assert_eq!(
+        v.run(&[
+            "--recovery-key-file",
+            key.to_str().unwrap(),
+            "patient",
+            "list",
+            "--json"
+        ])
+        .expect(0)
+        .json(),
+        expected("v1", "patient-list.json")
+    );
+    let mut c = v.cmd(&["--user", "nurse", "patient", "list", "--json"]);
+    c.env("CARNET_PASSPHRASE_FILE", dir.join("nurse-passphrase.txt"));
+    assert_eq!(
+        carnet_tests::run_cmd(c, None).expect(0).json(),
+        expected("v1", "patient-list.json")
+    );
+    let users = v.run(&["user", "list", "--json"]).expect(0).json();
+    assert_eq!(
+        users,
+        serde_json::json!([{"name": "admin", "role": "admin"}, {"name": "nurse", "role": "clinician"}])
+    );
 }
 
 #[test]

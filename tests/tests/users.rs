@@ -142,3 +142,102 @@ fn users_are_added_listed_and_removed() {
     assert_eq!(status["unfinished"], json!([]));
     v.run(&["verify"]).expect(0);
 }
+
+#[test]
+fn recovery_drill_lose_every_passphrase_recover_set_a_new_one() {
+    let v = carnet_tests::TestVault::new();
+    let key_file = v.tmp.path().join("recovery.txt");
+    v.run(&[
+        "init",
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+        "--kdf-parallelism",
+        "1",
+        "--recovery-key-out",
+        key_file.to_str().unwrap(),
+    ])
+    .expect(0);
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(
+        text.trim().split('-').count(),
+        11,
+        "11 groups a person can copy: {text}"
+    );
+    v.run(&["patient", "add", "p1"]).expect(0);
+    let n = v.add_note("p1", "kept safe", &[]);
+
+    // Every passphrase is lost.
+    std::fs::write(&v.pass_file, "nobody remembers this one\n").unwrap();
+    v.run(&["patient", "list"]).expect(3);
+
+    // Recover with the key (no passphrase is read), and set a new passphrase.
+    let key = key_file.to_str().unwrap();
+    let new = v.tmp.path().join("new");
+    std::fs::write(&new, "the new admin passphrase\n").unwrap();
+    assert_eq!(
+        v.run(&["--recovery-key-file", key, "note", "show", "p1", &n])
+            .expect(0)
+            .stdout,
+        b"kept safe"
+    );
+    v.run(&[
+        "--recovery-key-file",
+        key,
+        "key",
+        "change-passphrase",
+        "--new-passphrase-file",
+        new.to_str().unwrap(),
+    ])
+    .expect(0);
+    std::fs::copy(&new, &v.pass_file).unwrap();
+    assert_eq!(
+        v.run(&["note", "show", "p1", &n]).expect(0).stdout,
+        b"kept safe"
+    );
+
+    // A typo is caught before any key derivation; a key of another vault does not open this one.
+    let mut typo: Vec<char> = text.trim().chars().collect();
+    typo[3] = if typo[3] == 'Z' { 'Y' } else { 'Z' };
+    let typo_file = v.tmp.path().join("typo.txt");
+    std::fs::write(&typo_file, typo.into_iter().collect::<String>()).unwrap();
+    let r = v
+        .run(&[
+            "--recovery-key-file",
+            typo_file.to_str().unwrap(),
+            "patient",
+            "list",
+        ])
+        .expect(2);
+    assert!(r.stderr.contains("mistyped"), "{}", r.stderr);
+
+    // Rotating the recovery key voids the old one.
+    let new_key = v.tmp.path().join("recovery2.txt");
+    v.run(&[
+        "key",
+        "rotate-recovery",
+        "--recovery-key-out",
+        new_key.to_str().unwrap(),
+    ])
+    .expect(0);
+    v.run(&["--recovery-key-file", key, "patient", "list"])
+        .expect(3);
+    v.run(&[
+        "--recovery-key-file",
+        new_key.to_str().unwrap(),
+        "patient",
+        "list",
+    ])
+    .expect(0);
+    let printed = v.run(&["key", "rotate-recovery"]).expect(0).stdout_str();
+    assert!(printed.contains("RECOVERY KEY"), "{printed}");
+    v.run(&[
+        "--recovery-key-file",
+        new_key.to_str().unwrap(),
+        "patient",
+        "list",
+    ])
+    .expect(3);
+    v.run(&["verify"]).expect(0);
+}

@@ -32,16 +32,19 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
         );
     }
     let store = SledStore::create(&dir)?;
-    Vault::create(store, &a.admin, &pass, kdf)?;
+    let mut vault = Vault::create(store, &a.admin, &pass, kdf)?;
+    let recovery = vault.rotate_recovery_key()?;
+    let shown = context::deliver_recovery_key(&recovery, a.recovery_key_out.as_deref())?;
     if g.json {
         render::print_json(&serde_json::json!({
             "vault": dir.display().to_string(),
+            "recovery_key": if a.recovery_key_out.is_some() { None } else { Some(recovery.to_text().to_string()) },
             "user": a.admin,
             "kdf": {"memory_mib": kdf.memory_mib(), "iterations": kdf.iterations(), "parallelism": kdf.parallelism()},
         }))
     } else {
         render::print(&format!(
-            "Created a vault at {} for user {}.\nKeep the passphrase safe: without it, nothing in the vault can be read.\n",
+            "Created a vault at {} for user {}.\nKeep the passphrase safe: without it (or the recovery key), nothing in the vault can be read.\n{shown}",
             dir.display(),
             a.admin
         ))

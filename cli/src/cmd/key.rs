@@ -149,6 +149,19 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
                 started.elapsed().as_secs_f64()
             ))
         }
+        KeyCommand::RotateRecovery { recovery_key_out } => {
+            let mut vault = context::unlock(g)?;
+            let key = vault.rotate_recovery_key()?;
+            let shown = context::deliver_recovery_key(&key, recovery_key_out.as_deref())?;
+            if g.json {
+                return render::print_json(&json!({
+                    "recovery_key": if recovery_key_out.is_some() { None } else { Some(key.to_text().to_string()) },
+                }));
+            }
+            render::print(&format!(
+                "Recovery key replaced: the old one no longer opens this vault.\n{shown}"
+            ))
+        }
         KeyCommand::ChangePassphrase {
             new_passphrase_file,
         } => {

@@ -24,7 +24,21 @@ pub(crate) const MAGIC: [u8; 8] = *b"CARNETKR";
 /// The keyring format this code writes and reads.
 pub(crate) const VERSION: u16 = 1;
 const SLOT_KIND_PASSPHRASE: u8 = 1;
+const SLOT_KIND_RECOVERY: u8 = 2;
 const KDF_ARGON2ID_13: u8 = 1;
+/// A recovery slot's "KDF": HKDF-SHA-256 of the 256-bit recovery key, no stretching needed.
+const KDF_NONE: u8 = 0;
+const LABEL_RECOVERY_KDF: &[u8] = b"carnet/v1/recovery/kdf";
+/// The slot name of the recovery key; user names never contain NUL.
+pub(crate) const RECOVERY_SLOT: &str = "\0recovery";
+
+/// What opens a slot.
+pub(crate) enum SlotSecret<'a> {
+    /// A user's passphrase, stretched with Argon2id.
+    Passphrase(&'a Passphrase, KdfParams),
+    /// The recovery key.
+    Recovery(&'a crate::recovery::RecoveryKey),
+}
 const SEAL_LEN: usize = 4 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN;
 /// Fixed part of a passphrase slot, after its 2-byte length and before its seals.
 const SLOT_FIXED_LEN: usize = 32 + 1 + 1 + 12 + 16 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN + 1;
@@ -139,7 +153,8 @@ struct Seal {
 #[derive(Clone)]
 pub(crate) struct Slot {
     name_tag: [u8; 32],
-    kdf: KdfParams,
+    /// `None` for the recovery slot.
+    kdf: Option<KdfParams>,
     salt: [u8; 16],
     public: [u8; 32],
     commit: [u8; 32],
@@ -201,43 +216,74 @@ impl Slot {
         a.extend_from_slice(LABEL_SLOT_AAD);
         a.extend_from_slice(vault_id);
         a.extend_from_slice(&self.name_tag);
-        a.push(SLOT_KIND_PASSPHRASE);
-        a.push(KDF_ARGON2ID_13);
-        a.extend_from_slice(&self.kdf.memory_kib.to_be_bytes());
-        a.extend_from_slice(&self.kdf.iterations.to_be_bytes());
-        a.extend_from_slice(&self.kdf.parallelism.to_be_bytes());
+        self.encode_kind(&mut a);
         a.extend_from_slice(&self.salt);
         a.extend_from_slice(&self.public);
         a
     }
 
-    /// A new slot for `user` protected by `passphrase`, with the master of `epoch` sealed to it.
+    /// Kind, KDF id and KDF parameters, as stored (and authenticated in the slot's AAD).
+    fn encode_kind(&self, out: &mut Vec<u8>) {
+        match &self.kdf {
+            Some(kdf) => {
+                out.push(SLOT_KIND_PASSPHRASE);
+                out.push(KDF_ARGON2ID_13);
+                out.extend_from_slice(&kdf.memory_kib.to_be_bytes());
+                out.extend_from_slice(&kdf.iterations.to_be_bytes());
+                out.extend_from_slice(&kdf.parallelism.to_be_bytes());
+            }
+            None => {
+                out.push(SLOT_KIND_RECOVERY);
+                out.push(KDF_NONE);
+                out.extend_from_slice(&[0u8; 12]);
+            }
+        }
+    }
+
+    /// The key-encryption root of this slot for `secret`, or `WrongPassphrase` when the secret
+    /// is not of the slot's kind.
+    fn kek_root(&self, secret: &SlotSecret<'_>) -> Result<SecretKey, Error> {
+        match (secret, &self.kdf) {
+            (SlotSecret::Passphrase(p, _), Some(kdf)) => kdf.derive(p, &self.salt),
+            (SlotSecret::Recovery(r), None) => Ok(crypto::hkdf(
+                Some(&self.salt),
+                r.expose(),
+                &[LABEL_RECOVERY_KDF],
+            )),
+            _ => Err(Error::WrongPassphrase),
+        }
+    }
+
+    /// A new slot named `user` opened by `secret`, with the master of `epoch` sealed to it.
     pub(crate) fn create(
         vault_id: &[u8; 16],
         user: &str,
-        passphrase: &Passphrase,
-        kdf: KdfParams,
+        secret: SlotSecret<'_>,
         epoch: u32,
         master: &SecretKey,
     ) -> Result<Slot, Error> {
         let mut salt = [0u8; 16];
         crypto::fill_random(&mut salt)?;
-        let secret = SecretKey::random()?;
-        let sk = StaticSecret::from(*secret.expose());
+        let private = SecretKey::random()?;
+        let sk = StaticSecret::from(*private.expose());
         let public = PublicKey::from(&sk).to_bytes();
-        let kek_root = kdf.derive(passphrase, &salt)?;
-        let (kek, commit) = slot_keys(&kek_root, vault_id);
+        let kdf = match &secret {
+            SlotSecret::Passphrase(_, kdf) => Some(*kdf),
+            SlotSecret::Recovery(_) => None,
+        };
         let mut slot = Slot {
             name_tag: name_tag(vault_id, user),
             kdf,
             salt,
             public,
-            commit,
+            commit: [0u8; 32],
             sk_nonce: crypto::random_nonce()?,
             sk_ct: [0u8; 32 + TAG_LEN],
             seals: Vec::new(),
         };
-        let mut buf = secret.expose().to_vec();
+        let (kek, commit) = slot_keys(&slot.kek_root(&secret)?, vault_id);
+        slot.commit = commit;
+        let mut buf = private.expose().to_vec();
         crypto::seal_in_place(&kek, &slot.sk_nonce, &slot.aad(vault_id), &mut buf, 0)?;
         slot.sk_ct.copy_from_slice(&buf);
         slot.add_seal(vault_id, epoch, master)?;
@@ -289,9 +335,9 @@ impl Slot {
     fn open_secret(
         &self,
         vault_id: &[u8; 16],
-        passphrase: &Passphrase,
+        secret: &SlotSecret<'_>,
     ) -> Result<StaticSecret, Error> {
-        let kek_root = self.kdf.derive(passphrase, &self.salt)?;
+        let kek_root = self.kek_root(secret)?;
         let (kek, commit) = slot_keys(&kek_root, vault_id);
         if !bool::from(commit.ct_eq(&self.commit)) {
             return Err(Error::WrongPassphrase);
@@ -337,8 +383,9 @@ impl Slot {
         Ok(Some(SecretKey::from_bytes(mk)))
     }
 
+    /// The slot's KDF parameters (the defaults for the recovery slot, which has none).
     pub(crate) fn kdf(&self) -> KdfParams {
-        self.kdf
+        self.kdf.unwrap_or_default()
     }
 }
 
@@ -406,9 +453,16 @@ impl Keyring {
     /// Opens `user`'s slot with `passphrase`, checks the keyring's MAC with the master of the
     /// current epoch, and returns that master and, if a master-key rotation is under way (the
     /// slot holds a seal for the next epoch), the next epoch's master.
-    pub(crate) fn unlock(&self, user: &str, passphrase: &Passphrase) -> Result<Masters, Error> {
-        let slot = self.slot(user).ok_or(Error::UnknownUser)?;
-        let sk = slot.open_secret(&self.vault_id, passphrase)?;
+    pub(crate) fn unlock(&self, user: &str, secret: &SlotSecret<'_>) -> Result<Masters, Error> {
+        let slot_name = match secret {
+            SlotSecret::Passphrase(..) => user,
+            SlotSecret::Recovery(_) => RECOVERY_SLOT,
+        };
+        let slot = self.slot(slot_name).ok_or(match secret {
+            SlotSecret::Passphrase(..) => Error::UnknownUser,
+            SlotSecret::Recovery(_) => Error::WrongPassphrase,
+        })?;
+        let sk = slot.open_secret(&self.vault_id, secret)?;
         let current = slot
             .open_seal(&self.vault_id, &sk, self.epoch)?
             .ok_or_else(|| {
@@ -452,15 +506,21 @@ impl Keyring {
         }
     }
 
-    /// Adds a slot.
+    /// Adds a slot, or replaces the slot of the same name.
     pub(crate) fn add_slot(&mut self, slot: Slot) {
+        self.slots.retain(|s| s.name_tag != slot.name_tag);
         self.slots.push(slot);
     }
 
     /// Removes `user`'s slot (never the last one).
     pub(crate) fn remove_slot(&mut self, user: &str) -> Result<(), Error> {
         let tag = name_tag(&self.vault_id, user);
-        if self.slots.len() == 1 && self.slots[0].name_tag == tag {
+        let users_left = self
+            .slots
+            .iter()
+            .filter(|s| s.kdf.is_some() && s.name_tag != tag)
+            .count();
+        if users_left == 0 {
             return Err(Error::InvalidArgument(
                 "the last user cannot be removed".into(),
             ));
@@ -501,11 +561,7 @@ impl Keyring {
             let len = SLOT_FIXED_LEN + s.seals.len() * SEAL_LEN;
             b.extend_from_slice(&(len as u16).to_be_bytes());
             b.extend_from_slice(&s.name_tag);
-            b.push(SLOT_KIND_PASSPHRASE);
-            b.push(KDF_ARGON2ID_13);
-            b.extend_from_slice(&s.kdf.memory_kib.to_be_bytes());
-            b.extend_from_slice(&s.kdf.iterations.to_be_bytes());
-            b.extend_from_slice(&s.kdf.parallelism.to_be_bytes());
+            s.encode_kind(&mut b);
             b.extend_from_slice(&s.salt);
             b.extend_from_slice(&s.public);
             b.extend_from_slice(&s.commit);
@@ -569,10 +625,11 @@ impl Keyring {
 
 fn parse_slot(r: &mut Reader<'_>) -> Option<Slot> {
     let name_tag = r.array()?;
-    if r.u8()? != SLOT_KIND_PASSPHRASE || r.u8()? != KDF_ARGON2ID_13 {
-        return None;
-    }
-    let kdf = KdfParams::from_stored(r.u32()?, r.u32()?, r.u32()?)?;
+    let kdf = match (r.u8()?, r.u8()?, r.u32()?, r.u32()?, r.u32()?) {
+        (SLOT_KIND_PASSPHRASE, KDF_ARGON2ID_13, m, t, p) => Some(KdfParams::from_stored(m, t, p)?),
+        (SLOT_KIND_RECOVERY, KDF_NONE, 0, 0, 0) => None,
+        _ => return None,
+    };
     let salt = r.array()?;
     let public = r.array()?;
     let commit = r.array()?;
@@ -621,8 +678,7 @@ mod tests {
         let slot = Slot::create(
             &[1; 16],
             "admin",
-            &pass("correct horse battery"),
-            small(),
+            SlotSecret::Passphrase(&pass("correct horse battery"), small()),
             1,
             &master,
         )

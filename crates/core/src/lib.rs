@@ -83,6 +83,7 @@ mod keystore;
 mod lifecycle;
 mod model;
 mod records;
+mod recovery;
 mod secret;
 mod users;
 mod vault;
@@ -97,6 +98,7 @@ pub use model::{
     BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, SearchHit,
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,
 };
+pub use recovery::RecoveryKey;
 pub use secret::Passphrase;
 pub use users::{Role, User};
 pub use vault::{Import, ImportSummary, Vault, VerifyReport, DEFAULT_USER};

@@ -9,7 +9,7 @@ use carnet_storage::{Batch, SpacedEntry, Store, StoreError};
 use crate::crypto::{self, LABEL_WRAP_PATIENT_KEY, LABEL_WRAP_VAULT_KEYS};
 use crate::envelope::{self, Kind, Sealed};
 use crate::frame;
-use crate::keyring::{KdfParams, Slot};
+use crate::keyring::{KdfParams, Slot, SlotSecret};
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::records::{
     parse_note_key, patient_key_key, registry_link, space, Blind, JobV1, PatientV1, RegistryV1,
@@ -235,8 +235,7 @@ impl<S: Store> Vault<S> {
         let mut slot = Slot::create(
             &vault_id,
             &self.user,
-            new,
-            kdf,
+            SlotSecret::Passphrase(new, kdf),
             self.keyring.epoch,
             &self.master,
         )?;

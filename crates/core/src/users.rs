@@ -6,10 +6,11 @@ use carnet_storage::{Batch, Store};
 
 use crate::envelope::{self, Kind};
 use crate::frame;
-use crate::keyring::Slot;
+use crate::keyring::{Slot, SlotSecret, RECOVERY_SLOT};
 use crate::keystore::ROOT_DOC;
 use crate::lifecycle::MasterRotation;
 use crate::records::{space, UserV1, UsersV1, META_USERS};
+use crate::recovery::RecoveryKey;
 use crate::secret::Passphrase;
 use crate::vault::{integrity, open_frame, REGISTRY_KEY_VERSION};
 use crate::{Error, Vault};
@@ -218,8 +219,7 @@ impl<S: Store> Vault<S> {
         let mut slot = Slot::create(
             &vault_id,
             name,
-            passphrase,
-            kdf,
+            SlotSecret::Passphrase(passphrase, kdf),
             self.keyring.epoch,
             &self.master,
         )?;
@@ -232,6 +232,36 @@ impl<S: Store> Vault<S> {
             .replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
         self.keyring = keyring;
         Ok(())
+    }
+
+    /// Creates or replaces the recovery key (administrators) and returns it: show it once, then
+    /// forget it. The old recovery key stops working. No copy is kept in the vault in any form
+    /// that opens without it.
+    pub fn rotate_recovery_key(&mut self) -> Result<RecoveryKey, Error> {
+        self.require(Duty::Administration)?;
+        let key = RecoveryKey::random()?;
+        let vault_id = *self.vault_id();
+        let mut slot = Slot::create(
+            &vault_id,
+            RECOVERY_SLOT,
+            SlotSecret::Recovery(&key),
+            self.keyring.epoch,
+            &self.master,
+        )?;
+        if let Some((e, m)) = &self.pending {
+            slot.add_seal(&vault_id, *e, m)?;
+        }
+        let mut keyring = self.keyring.clone();
+        keyring.add_slot(slot);
+        self.store
+            .replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
+        self.keyring = keyring;
+        Ok(key)
+    }
+
+    /// Whether the vault has a recovery key.
+    pub fn has_recovery_key(&self) -> bool {
+        self.keyring.slot(RECOVERY_SLOT).is_some()
     }
 
     /// Revokes a user (administrators): the slot is removed, the master key rotated, and every

@@ -11,7 +11,7 @@ use crate::crypto::{
 };
 use crate::envelope::{self, Kind, ParseError, Sealed};
 use crate::frame;
-use crate::keyring::{KdfParams, Keyring, KeyringParseError, Slot};
+use crate::keyring::{KdfParams, Keyring, KeyringParseError, Slot, SlotSecret};
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::model::{
     check_field, BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId,
@@ -23,6 +23,7 @@ use crate::records::{
     JOB_IMPORT, META_IMPORT_JOB, META_JOB, META_REGISTRY, META_REVOKE_JOB, META_USERS,
     PURPOSE_BLIND, PURPOSE_REGISTRY,
 };
+use crate::recovery::RecoveryKey;
 use crate::secret::{Passphrase, SecretKey};
 use crate::users::{seal_users, Duty, Role};
 use crate::{Error, IntegrityError};
@@ -194,7 +195,13 @@ impl<S: Store> Vault<S> {
         crypto::fill_random(&mut vault_id)?;
         let epoch = 1;
         let master = SecretKey::random()?;
-        let slot = Slot::create(&vault_id, user, passphrase, kdf, epoch, &master)?;
+        let slot = Slot::create(
+            &vault_id,
+            user,
+            SlotSecret::Passphrase(passphrase, kdf),
+            epoch,
+            &master,
+        )?;
         let mut keyring = Keyring::new(vault_id, epoch, slot);
 
         let blind = SecretKey::random()?;
@@ -267,6 +274,25 @@ impl<S: Store> Vault<S> {
     /// [`Error::UnknownUser`], [`Error::NotAVault`], [`Error::UnsupportedFormat`], or
     /// [`Error::Integrity`] when the keyring or the vault keys were altered. Changes nothing.
     pub fn unlock(store: S, user: &str, passphrase: &Passphrase) -> Result<Self, Error> {
+        Self::unlock_with(
+            store,
+            user,
+            &SlotSecret::Passphrase(passphrase, KdfParams::default()),
+        )
+    }
+
+    /// Unlocks the vault with its recovery key, acting as `user` (who must exist): for example
+    /// to give that user a new passphrase when every passphrase is lost. A recovery key that
+    /// does not open this vault is [`Error::WrongPassphrase`].
+    pub fn unlock_with_recovery_key(
+        store: S,
+        user: &str,
+        key: &RecoveryKey,
+    ) -> Result<Self, Error> {
+        Self::unlock_with(store, user, &SlotSecret::Recovery(key))
+    }
+
+    fn unlock_with(store: S, user: &str, secret: &SlotSecret<'_>) -> Result<Self, Error> {
         let root = store.read_doc(ROOT_DOC)?.ok_or(Error::NotAVault)?;
         let keyring = Keyring::parse(&root).map_err(|e| match e {
             KeyringParseError::Foreign => Error::Foreign,
@@ -276,7 +302,7 @@ impl<S: Store> Vault<S> {
             },
             KeyringParseError::Malformed => integrity("keyring", "malformed"),
         })?;
-        let masters = keyring.unlock(user, passphrase)?;
+        let masters = keyring.unlock(user, secret)?;
         let key_store = KeyStore::parse(
             &store
                 .read_doc(KEYS_DOC)?
