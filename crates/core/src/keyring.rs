@@ -692,15 +692,26 @@ mod tests {
     fn unlock_round_trip_and_wrong_passphrase() {
         let (_, bytes, master) = keyring();
         let k = Keyring::parse(&bytes).ok().unwrap();
-        let m = k.unlock("admin", &pass("correct horse battery")).unwrap();
+        let m = k
+            .unlock(
+                "admin",
+                &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
+            )
+            .unwrap();
         assert_eq!(m.current.expose(), master.expose());
         assert!(m.pending.is_none());
         assert!(matches!(
-            k.unlock("admin", &pass("wrong horse battery")),
+            k.unlock(
+                "admin",
+                &SlotSecret::Passphrase(&pass("wrong horse battery"), small())
+            ),
             Err(Error::WrongPassphrase)
         ));
         assert!(matches!(
-            k.unlock("bob", &pass("correct horse battery")),
+            k.unlock(
+                "bob",
+                &SlotSecret::Passphrase(&pass("correct horse battery"), small())
+            ),
             Err(Error::UnknownUser)
         ));
     }
@@ -714,7 +725,11 @@ mod tests {
             match Keyring::parse(&bad) {
                 Err(_) => {}
                 Ok(k) => assert!(
-                    k.unlock("admin", &pass("correct horse battery")).is_err(),
+                    k.unlock(
+                        "admin",
+                        &SlotSecret::Passphrase(&pass("correct horse battery"), small())
+                    )
+                    .is_err(),
                     "byte {i} altered without detection"
                 ),
             }
@@ -742,7 +757,12 @@ mod tests {
         k.epoch = 2;
         let bytes = k.encode(&m2);
         let k = Keyring::parse(&bytes).ok().unwrap();
-        let got = k.unlock("admin", &pass("correct horse battery")).unwrap();
+        let got = k
+            .unlock(
+                "admin",
+                &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
+            )
+            .unwrap();
         assert_eq!(got.current.expose(), m2.expose());
         assert_ne!(got.current.expose(), master.expose());
     }
