@@ -107,8 +107,20 @@ pub enum Command {
     /// Decrypt and authenticate every record and every link between records
     ///
     /// Reports every problem found and goes on; exits 5 if it found any.
-    #[command(after_help = "Example:\n  carnet verify --json")]
-    Verify,
+    #[command(
+        after_help = "Examples:\n  carnet verify --json\n  carnet verify --checkpoint /media/usb/carnet-checkpoint.txt"
+    )]
+    Verify(VerifyArgs),
+    /// The access log: who read or changed which record, decrypted, oldest first
+    ///
+    /// For administrators and auditors; this is the report a patient may ask for ("who read my
+    /// record"). Reading it is itself logged. `carnet audit checkpoint` prints the log's head, to
+    /// keep off the server; `carnet verify --checkpoint FILE` later proves the vault still
+    /// contains it (no rollback to an older copy).
+    #[command(
+        after_help = "Examples:\n  carnet audit --patient FR-0042 --json\n  carnet audit --user dr.leroy --since 2026-11-01T00:00:00Z\n  carnet audit checkpoint > /media/usb/carnet-checkpoint.txt"
+    )]
+    Audit(AuditArgs),
     /// Build a demo vault with synthetic patients, read it back, verify it, and show that its
     /// files hold no plaintext
     #[command(after_help = "Example:\n  carnet demo --dir /tmp/carnet-demo")]
@@ -346,6 +358,35 @@ pub struct SearchArgs {
     /// Search only this patient's notes
     #[arg(long, value_name = "ID")]
     pub patient: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Also check that the access log still contains this checkpoint (from `audit checkpoint`)
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only entries about this patient
+    #[arg(long, value_name = "ID")]
+    pub patient: Option<String>,
+    /// Only entries by this user (after `audit`, `--user NAME` means this filter; the user who
+    /// unlocks is then given before `audit`, or by CARNET_USER)
+    #[arg(long = "user-filter", value_name = "NAME")]
+    pub by: Option<String>,
+    /// Only entries at or after this time (RFC 3339)
+    #[arg(long, value_name = "RFC3339")]
+    pub since: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Print the head of the access log (one line), to keep off the server
+    Checkpoint,
 }
 
 #[derive(Args, Debug)]

@@ -15,6 +15,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// In `carnet audit --user NAME` (../shared/contract/cli.md) `--user` after `audit` filters the
+/// log by user; before `audit` (or as CARNET_USER) it still selects whose slot unlocks. clap's
+/// global `--user` cannot tell the two apart, so the filter is renamed here.
+fn audit_user_filter(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if let Some(at) = args.iter().position(|a| a == "audit") {
+        for a in args.iter_mut().skip(at + 1) {
+            if a == "--user" {
+                *a = "--user-filter".into();
+            } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--user=")) {
+                *a = format!("--user-filter={v}").into();
+            }
+        }
+    }
+    args
+}
+
 fn main() -> ExitCode {
     // A panic is a bug. Its message could quote data, so print one fixed line instead of the
     // message and a backtrace; writes are atomic, so nothing half-written remains.
@@ -24,7 +40,7 @@ fn main() -> ExitCode {
         );
     }));
     // clap exits 2 on usage errors and 0 for --help and --version.
-    let cli = args::Cli::parse();
+    let cli = args::Cli::parse_from(audit_user_filter(std::env::args_os().collect()));
     match std::panic::catch_unwind(|| cmd::run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

@@ -61,7 +61,10 @@ pub fn note_json(n: &Note) -> Value {
 /// Writes one JSON document and a newline to stdout.
 pub fn print_json(v: &Value) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| match e.io_error_kind() {
+        Some(kind) => stdout_error(kind.into()),
+        None => CliError::from(e),
+    })?;
     writeln!(out).map_err(stdout_error)?;
     out.flush().map_err(stdout_error)
 }

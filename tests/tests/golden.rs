@@ -66,10 +66,11 @@ fn format_1_vault_opens_and_reads_exactly() {
         histories += 1;
     }
     assert_eq!(histories, 3);
-    assert_eq!(
-        v.run(&["verify", "--json"]).expect(0).json(),
-        expected("v1", "verify.json")
-    );
+    // Every read above was logged: the log holds the generator's own `verify` entry and the
+    // 7 reads of this test on top of what the generator's verify counted.
+    let mut want = expected("v1", "verify.json");
+    want["records_checked"] = (want["records_checked"].as_u64().unwrap() + 1 + 7).into();
+    assert_eq!(v.run(&["verify", "--json"]).expect(0).json(), want);
 }
 
 #[test]

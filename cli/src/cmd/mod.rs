@@ -1,5 +1,6 @@
 //! One module per command; each parses nothing (clap did), calls carnet-core, and renders.
 
+mod audit;
 mod demo;
 mod import;
 mod init;
@@ -27,7 +28,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::User(c) => user::run(g, c),
         Command::Import(a) => import::run(g, a),
         Command::Search(a) => search::run(g, a),
-        Command::Verify => verify::run(g),
+        Command::Verify(a) => verify::run(g, a),
+        Command::Audit(a) => audit::run(g, a),
         Command::Demo(a) => demo::run(g, a),
     }
 }

@@ -2,16 +2,28 @@
 
 use serde_json::json;
 
-use crate::args::Global;
+use carnet_core::Checkpoint;
+
+use crate::args::{Global, VerifyArgs};
 use crate::context;
 use crate::error::{CliError, Exit};
 use crate::progress::Progress;
 use crate::render;
 
-pub fn run(g: &Global) -> Result<(), CliError> {
+pub fn run(g: &Global, a: VerifyArgs) -> Result<(), CliError> {
+    let checkpoint = match &a.checkpoint {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                CliError::usage(format!("cannot read the checkpoint {}: {e}", f.display()))
+            })?;
+            Some(Checkpoint::parse(text.trim())?)
+        }
+        None => None,
+    };
     let vault = context::unlock(g)?;
     let bar = Progress::new(g, "verifying", 0);
-    let report = vault.verify(&mut |done, total| bar.set(done, total))?;
+    let report =
+        vault.verify_against(checkpoint.as_ref(), &mut |done, total| bar.set(done, total))?;
     bar.finish();
     let n = report.problems.len();
     if g.json {

@@ -30,6 +30,7 @@ pub(crate) const LABEL_BLIND: &[u8] = b"carnet/v1/blind/patient-id";
 pub(crate) const LABEL_SLOT_NAME: &[u8] = b"carnet/v1/slot/name";
 pub(crate) const LABEL_REGISTRY_CHAIN: &[u8] = b"carnet/v1/chain/registry";
 pub(crate) const LABEL_NOTE_CHAIN: &[u8] = b"carnet/v1/chain/notes";
+pub(crate) const LABEL_LOG_CHAIN: &[u8] = b"carnet/v1/chain/log";
 pub(crate) const LABEL_RECORD_AAD: &[u8] = b"carnet/v1/record";
 pub(crate) const LABEL_SLOT_AAD: &[u8] = b"carnet/v1/slot";
 pub(crate) const LABEL_SEAL_AAD: &[u8] = b"carnet/v1/seal";

@@ -36,6 +36,10 @@ pub(crate) enum Kind {
     Job = 7,
     /// The users and their roles. Binding: its key.
     Users = 8,
+    /// One access-log entry. Binding: sequence number, chain value before it.
+    LogEntry = 9,
+    /// The access log's head (count, chain value). Binding: its key.
+    LogHead = 10,
 }
 
 impl Kind {
@@ -49,6 +53,8 @@ impl Kind {
             6 => Kind::Note,
             7 => Kind::Job,
             8 => Kind::Users,
+            9 => Kind::LogEntry,
+            10 => Kind::LogHead,
             _ => return None,
         })
     }

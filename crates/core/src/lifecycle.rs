@@ -13,7 +13,8 @@ use crate::keyring::{KdfParams, Slot, SlotSecret};
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::records::{
     parse_note_key, patient_key_key, registry_link, space, Blind, JobV1, PatientV1, RegistryV1,
-    JOB_REVOKE, JOB_ROTATE_ALL_PATIENTS, META_JOB, META_REGISTRY, META_REVOKE_JOB,
+    VaultKeyV1, VaultKeysV1, JOB_REVOKE, JOB_ROTATE_ALL_PATIENTS, META_JOB, META_REGISTRY,
+    META_REVOKE_JOB, PURPOSE_LOG,
 };
 use crate::secret::{Passphrase, SecretKey};
 use crate::users::Duty;
@@ -121,6 +122,14 @@ impl<S: Store> Vault<S> {
         &mut self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<MasterRotation, Error> {
+        let result = self.rotate_master_unlogged(progress);
+        self.logged_result("key rotate-master", None, result)
+    }
+
+    fn rotate_master_unlogged(
+        &mut self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<MasterRotation, Error> {
         self.require(Duty::Administration)?;
         let from = self.keyring.epoch;
         let resumed = self.pending.is_some();
@@ -220,6 +229,11 @@ impl<S: Store> Vault<S> {
     /// parameters) and seals the master to it. O(1). The old passphrase stops working, and a
     /// copy of the old slot opens nothing sealed afterwards.
     pub fn change_passphrase(&mut self, new: &Passphrase) -> Result<(), Error> {
+        let result = self.change_passphrase_unlogged(new);
+        self.logged_result("key change-passphrase", None, result)
+    }
+
+    fn change_passphrase_unlogged(&mut self, new: &Passphrase) -> Result<(), Error> {
         if !new.is_strong_enough() {
             return Err(Error::InvalidArgument(format!(
                 "the passphrase is too short: use at least {} characters",
@@ -349,6 +363,49 @@ impl<S: Store> Vault<S> {
         Ok(renewed)
     }
 
+    /// Adds a new access-log key version (after a revocation): later entries are sealed under
+    /// it, closed to the removed user. Replaces the key store whole.
+    pub(crate) fn add_log_key_version(&mut self) -> Result<(), Error> {
+        let wrap_vault = crypto::subkey(&self.master, LABEL_WRAP_VAULT_KEYS);
+        let mut ks = self.key_store();
+        let stored = ks
+            .vault_keys
+            .clone()
+            .ok_or_else(|| integrity("vault keys", "missing"))?;
+        let (mut keys, _) = open_frame::<VaultKeysV1>(
+            "vault keys",
+            &stored,
+            Kind::VaultKeys,
+            &wrap_vault,
+            self.vault_id(),
+            &[],
+        )?;
+        let version = self.log_keys.keys().next_back().copied().unwrap_or(0) + 1;
+        let key = SecretKey::random()?;
+        keys.keys.push(VaultKeyV1 {
+            purpose: PURPOSE_LOG,
+            version,
+            key: *key.expose(),
+        });
+        let sealed = envelope::seal(
+            Kind::VaultKeys,
+            ks.epoch,
+            &wrap_vault,
+            self.vault_id(),
+            &[],
+            &frame::encode(&keys, &[])?,
+        )?;
+        let mut next = KeyStore::new(ks.epoch);
+        next.vault_keys = Some(sealed);
+        next.patient = ks.patient.clone();
+        self.store
+            .replace_doc(KEYS_DOC, &next.encode(self.vault_id()))?;
+        *ks = next;
+        drop(ks);
+        self.log_keys.insert(version, key);
+        Ok(())
+    }
+
     /// Deletes the revocation's job record.
     pub(crate) fn finish_revocation_job(&mut self) -> Result<(), Error> {
         if let Some((_, stored)) = self.load_job_at(META_REVOKE_JOB)? {
@@ -406,6 +463,22 @@ impl<S: Store> Vault<S> {
     /// interrupted `All` rotation continues where it stopped. `progress` gets (patients done,
     /// patients in all).
     pub fn rotate_patients(
+        &mut self,
+        which: Patients<'_>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PatientRotation, Error> {
+        let result = self.rotate_patients_unlogged(which, progress);
+        self.logged_result(
+            "key rotate-patient",
+            match which {
+                Patients::One(id) => Some(id),
+                Patients::All => None,
+            },
+            result,
+        )
+    }
+
+    fn rotate_patients_unlogged(
         &mut self,
         which: Patients<'_>,
         progress: &mut dyn FnMut(u64, u64),
@@ -648,6 +721,11 @@ impl<S: Store> Vault<S> {
     /// The state of the vault's keys: epochs, KDF settings, which key versions records use,
     /// and any rotation left unfinished. Reads record headers only; decrypts nothing.
     pub fn key_status(&self) -> Result<KeyStatus, Error> {
+        let result = self.key_status_unlogged();
+        self.logged_result("key status", None, result)
+    }
+
+    fn key_status_unlogged(&self) -> Result<KeyStatus, Error> {
         self.require(Duty::Administration)?;
         let versions = self.patient_versions()?;
         let current: HashMap<Blind, u32> = versions.iter().map(|(b, c, _)| (*b, *c)).collect();
@@ -729,6 +807,11 @@ impl<S: Store> Vault<S> {
     /// erasure, not for daily use. If an earlier erasure of this patient was interrupted, this
     /// finishes it.
     pub fn erase_patient(&mut self, id: &PatientId) -> Result<(), Error> {
+        let result = self.erase_patient_unlogged(id);
+        self.logged_result("patient erase", Some(id), result)
+    }
+
+    fn erase_patient_unlogged(&mut self, id: &PatientId) -> Result<(), Error> {
         self.require(Duty::Administration)?;
         let blind = self.blind(id);
         let exists = self.store.get(space::PATIENTS, &blind.0)?.is_some()
@@ -816,7 +899,8 @@ impl<S: Store> Vault<S> {
             .map(Ok)
             .chain(records.into_iter().map(Ok))
             .chain(keep(space::MANIFESTS))
-            .chain(keep(space::NOTES));
+            .chain(keep(space::NOTES))
+            .chain(keep(space::LOG));
         self.store.replace_all(&mut all)?;
         Ok(())
     }

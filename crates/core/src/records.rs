@@ -16,6 +16,8 @@ pub(crate) mod space {
     pub(crate) const MANIFESTS: Space = Space::new("manifests");
     /// Note versions: blind (32) || note id (16) || note version (u32 BE).
     pub(crate) const NOTES: Space = Space::new("notes");
+    /// Access-log entries: sequence number (u64 BE).
+    pub(crate) const LOG: Space = Space::new("log");
 }
 
 pub(crate) const META_REGISTRY: &[u8] = b"registry";
@@ -23,6 +25,7 @@ pub(crate) const META_JOB: &[u8] = b"job";
 pub(crate) const META_IMPORT_JOB: &[u8] = b"import-job";
 pub(crate) const META_REVOKE_JOB: &[u8] = b"revoke-job";
 pub(crate) const META_USERS: &[u8] = b"users";
+pub(crate) const META_LOG_HEAD: &[u8] = b"log-head";
 
 /// Job kind: a `rotate-patient --all` under way.
 pub(crate) const JOB_ROTATE_ALL_PATIENTS: u8 = 1;
@@ -34,6 +37,7 @@ pub(crate) const JOB_REVOKE: u8 = 3;
 /// Purpose codes of the vault keys.
 pub(crate) const PURPOSE_BLIND: u8 = 1;
 pub(crate) const PURPOSE_REGISTRY: u8 = 2;
+pub(crate) const PURPOSE_LOG: u8 = 3;
 
 /// One random vault key.
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]

@@ -157,6 +157,11 @@ impl<S: Store> Vault<S> {
 
     /// Every user and role (administrators and auditors).
     pub fn users(&self) -> Result<Vec<User>, Error> {
+        let result = self.users_unlogged();
+        self.logged_result("user list", None, result)
+    }
+
+    fn users_unlogged(&self) -> Result<Vec<User>, Error> {
         self.require(Duty::Audit)?;
         let (users, _) = self.load_users()?;
         users
@@ -175,6 +180,16 @@ impl<S: Store> Vault<S> {
     /// Adds a user with their own key slot (administrators). Nothing is re-encrypted: the
     /// master key is sealed to the new slot's public key.
     pub fn add_user(
+        &mut self,
+        name: &str,
+        role: Role,
+        passphrase: &Passphrase,
+    ) -> Result<(), Error> {
+        let result = self.add_user_unlogged(name, role, passphrase);
+        self.logged_result("user add", None, result)
+    }
+
+    fn add_user_unlogged(
         &mut self,
         name: &str,
         role: Role,
@@ -238,6 +253,11 @@ impl<S: Store> Vault<S> {
     /// forget it. The old recovery key stops working. No copy is kept in the vault in any form
     /// that opens without it.
     pub fn rotate_recovery_key(&mut self) -> Result<RecoveryKey, Error> {
+        let result = self.rotate_recovery_key_unlogged();
+        self.logged_result("key rotate-recovery", None, result)
+    }
+
+    fn rotate_recovery_key_unlogged(&mut self) -> Result<RecoveryKey, Error> {
         self.require(Duty::Administration)?;
         let key = RecoveryKey::random()?;
         let vault_id = *self.vault_id();
@@ -271,6 +291,15 @@ impl<S: Store> Vault<S> {
     /// interrupted, run it again. A name that is not (or no longer) a user is
     /// [`Error::InvalidArgument`].
     pub fn remove_user(
+        &mut self,
+        name: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<MasterRotation, Error> {
+        let result = self.remove_user_unlogged(name, progress);
+        self.logged_result("user remove", None, result)
+    }
+
+    fn remove_user_unlogged(
         &mut self,
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
@@ -316,6 +345,8 @@ impl<S: Store> Vault<S> {
         let rotation = self.rotate_master(&mut |_, _| {})?;
         // 4. A new key version for every patient, used by all later writes.
         self.renew_patient_keys(progress)?;
+        // 5. A new access-log key: later entries are closed to the removed user.
+        self.add_log_key_version()?;
         self.finish_revocation_job()?;
         Ok(rotation)
     }

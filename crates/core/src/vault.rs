@@ -20,8 +20,8 @@ use crate::model::{
 use crate::records::{
     note_key, note_link, parse_note_key, patient_key_key, registry_link, space, Blind, JobV1,
     ManifestV1, NoteMetaV1, PatientV1, RegistryV1, UserV1, UsersV1, VaultKeyV1, VaultKeysV1,
-    JOB_IMPORT, META_IMPORT_JOB, META_JOB, META_REGISTRY, META_REVOKE_JOB, META_USERS,
-    PURPOSE_BLIND, PURPOSE_REGISTRY,
+    JOB_IMPORT, META_IMPORT_JOB, META_JOB, META_LOG_HEAD, META_REGISTRY, META_REVOKE_JOB,
+    META_USERS, PURPOSE_BLIND, PURPOSE_LOG, PURPOSE_REGISTRY,
 };
 use crate::recovery::RecoveryKey;
 use crate::secret::{Passphrase, SecretKey};
@@ -57,6 +57,10 @@ pub struct Vault<S: Store> {
     pub(crate) registry_key: SecretKey,
     /// The unlocking user's role.
     pub(crate) role: Role,
+    /// The access-log keys by version (the highest seals new entries).
+    pub(crate) log_keys: std::collections::BTreeMap<u32, SecretKey>,
+    /// Whether the recovery key (not a passphrase) unlocked the vault.
+    pub(crate) via_recovery: bool,
     /// The key store's index of wrapped keys (the document `keys`, read at unlock).
     pub(crate) keys: Mutex<KeyStore>,
     /// Held while a transaction writes (key store, then records), so that writers of this
@@ -206,6 +210,7 @@ impl<S: Store> Vault<S> {
 
         let blind = SecretKey::random()?;
         let registry = SecretKey::random()?;
+        let log_key = SecretKey::random()?;
         let keys = VaultKeysV1 {
             keys: vec![
                 VaultKeyV1 {
@@ -217,6 +222,11 @@ impl<S: Store> Vault<S> {
                     purpose: PURPOSE_REGISTRY,
                     version: REGISTRY_KEY_VERSION,
                     key: *registry.expose(),
+                },
+                VaultKeyV1 {
+                    purpose: PURPOSE_LOG,
+                    version: 1,
+                    key: *log_key.expose(),
                 },
             ],
         };
@@ -242,6 +252,22 @@ impl<S: Store> Vault<S> {
             META_USERS,
             seal_users(&registry, &vault_id, &users)?,
         );
+        let head = crate::log::LogHeadV1 {
+            count: 0,
+            head: [0; 32],
+        };
+        batch.put(
+            space::META,
+            META_LOG_HEAD,
+            envelope::seal(
+                Kind::LogHead,
+                1,
+                &log_key,
+                &vault_id,
+                META_LOG_HEAD,
+                &frame::encode(&head, &[])?,
+            )?,
+        );
         batch.put(
             space::META,
             META_REGISTRY,
@@ -264,6 +290,8 @@ impl<S: Store> Vault<S> {
             blind_key: blind,
             registry_key: registry,
             role: Role::Admin,
+            log_keys: [(1, log_key)].into_iter().collect(),
+            via_recovery: false,
             chains: Mutex::default(),
         })
     }
@@ -351,6 +379,13 @@ impl<S: Store> Vault<S> {
             blind_key: find(PURPOSE_BLIND)?,
             registry_key: find(PURPOSE_REGISTRY)?,
             role: Role::Auditor,
+            log_keys: keys
+                .keys
+                .iter()
+                .filter(|k| k.purpose == PURPOSE_LOG)
+                .map(|k| (k.version, SecretKey::from_bytes(k.key)))
+                .collect(),
+            via_recovery: matches!(secret, SlotSecret::Recovery(_)),
             wrap_patient: crypto::subkey(store_master, LABEL_WRAP_PATIENT_KEY),
             store,
             user: user.to_string(),
@@ -669,10 +704,12 @@ impl<S: Store> Vault<S> {
 
     /// Every patient, in the order they were registered.
     pub fn patients(&self) -> Result<Vec<Patient>, Error> {
-        self.require(Duty::Clinical)?;
-        let mut states = self.all_patients()?;
-        states.sort_by_key(|s| s.info.seq);
-        states.iter().map(Self::to_patient).collect()
+        self.logged("patient list", None, None, || {
+            self.require(Duty::Clinical)?;
+            let mut states = self.all_patients()?;
+            states.sort_by_key(|s| s.info.seq);
+            states.iter().map(Self::to_patient).collect()
+        })
     }
 
     fn all_patients(&self) -> Result<Vec<PatientState>, Error> {
@@ -688,37 +725,45 @@ impl<S: Store> Vault<S> {
 
     /// One patient.
     pub fn patient(&self, id: &PatientId) -> Result<Patient, Error> {
-        self.require(Duty::Clinical)?;
-        Self::to_patient(&self.find_patient(id)?)
+        self.logged("patient show", Some(id), None, || {
+            self.require(Duty::Clinical)?;
+            Self::to_patient(&self.find_patient(id)?)
+        })
     }
 
     /// The current version of each of the patient's notes, in the order the notes were added,
     /// without their bodies.
     pub fn notes(&self, id: &PatientId) -> Result<Vec<Note>, Error> {
-        self.require(Duty::Clinical)?;
-        let st = self.find_patient(id)?;
-        Ok(current_versions(self.notes_of(&st, Bodies::None)?))
+        self.logged("note list", Some(id), None, || {
+            self.require(Duty::Clinical)?;
+            let st = self.find_patient(id)?;
+            Ok(current_versions(self.notes_of(&st, Bodies::None)?))
+        })
     }
 
     /// The current version of one note, with its body.
     pub fn note(&self, id: &PatientId, note: &NoteId) -> Result<Note, Error> {
-        self.require(Duty::Clinical)?;
-        let st = self.find_patient(id)?;
-        self.note_versions(&st, note, true)?
-            .pop()
-            .map(to_note)
-            .ok_or(Error::NoSuchNote)
+        self.logged("note show", Some(id), Some(note), || {
+            self.require(Duty::Clinical)?;
+            let st = self.find_patient(id)?;
+            self.note_versions(&st, note, true)?
+                .pop()
+                .map(to_note)
+                .ok_or(Error::NoSuchNote)
+        })
     }
 
     /// Every version of one note, oldest first, with bodies.
     pub fn note_history(&self, id: &PatientId, note: &NoteId) -> Result<Vec<Note>, Error> {
-        self.require(Duty::Clinical)?;
-        let st = self.find_patient(id)?;
-        Ok(self
-            .note_versions(&st, note, false)?
-            .into_iter()
-            .map(to_note)
-            .collect())
+        self.logged("note history", Some(id), Some(note), || {
+            self.require(Duty::Clinical)?;
+            let st = self.find_patient(id)?;
+            Ok(self
+                .note_versions(&st, note, false)?
+                .into_iter()
+                .map(to_note)
+                .collect())
+        })
     }
 
     pub(crate) fn chains(&self) -> MutexGuard<'_, HashMap<Blind, VerifiedChain>> {
@@ -785,6 +830,16 @@ impl<S: Store> Vault<S> {
     /// Notes whose current body contains `text`, ignoring case; all patients, or one.
     /// Decrypts every note it scans (fine for a clinic's volume; see docs/architecture.md).
     pub fn search(&self, text: &str, patient: Option<&PatientId>) -> Result<Vec<SearchHit>, Error> {
+        self.logged("search", patient, None, || {
+            self.search_unlogged(text, patient)
+        })
+    }
+
+    fn search_unlogged(
+        &self,
+        text: &str,
+        patient: Option<&PatientId>,
+    ) -> Result<Vec<SearchHit>, Error> {
         self.require(Duty::Clinical)?;
         let mut states = match patient {
             Some(id) => vec![self.find_patient(id)?],
@@ -814,25 +869,47 @@ impl<S: Store> Vault<S> {
 
     /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
     pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
-        self.require(Duty::Clinical)?;
-        let mut txn = Txn::new(self);
-        txn.create_patient(patient, Timestamp::now())?;
-        txn.commit()
+        let id = patient.id.clone();
+        let result = self.require(Duty::Clinical).and_then(|()| {
+            let mut txn = Txn::new(self);
+            txn.log = Some(("patient add", Some(patient.id.as_str().to_string()), None));
+            txn.create_patient(patient, Timestamp::now())?;
+            txn.commit()
+        });
+        self.log_failure("patient add", Some(&id), result)
     }
 
     /// Stores a note for an existing patient; returns its new id once it is durable.
     pub fn add_note(&self, id: &PatientId, note: NewNote) -> Result<NoteId, Error> {
-        self.require(Duty::Clinical)?;
-        let mut txn = Txn::new(self);
-        let blind = txn.existing_patient(id)?;
-        let note_id = txn.add_note(blind, note)?;
-        txn.commit()?;
-        Ok(note_id)
+        let result = self.require(Duty::Clinical).and_then(|()| {
+            let mut txn = Txn::new(self);
+            let blind = txn.existing_patient(id)?;
+            let note_id = txn.add_note(blind, note)?;
+            txn.log = Some((
+                "note add",
+                Some(id.as_str().to_string()),
+                Some(note_id.to_string()),
+            ));
+            txn.commit()?;
+            Ok(note_id)
+        });
+        self.log_failure("note add", Some(id), result)
     }
 
     /// Appends a new version of a note (earlier versions stay readable); returns its version.
     /// `author: None` keeps the previous version's author; the kind is kept.
     pub fn amend_note(
+        &self,
+        id: &PatientId,
+        note: &NoteId,
+        body: NoteBody,
+        author: Option<String>,
+    ) -> Result<u32, Error> {
+        let result = self.amend_unlogged(id, note, body, author);
+        self.log_failure("note amend", Some(id), result)
+    }
+
+    fn amend_unlogged(
         &self,
         id: &PatientId,
         note: &NoteId,
@@ -859,6 +936,11 @@ impl<S: Store> Vault<S> {
             kind: latest.meta.kind.clone(),
         };
         txn.add_version(blind, note.0, version, meta, body.as_bytes())?;
+        txn.log = Some((
+            "note amend",
+            Some(id.as_str().to_string()),
+            Some(note.to_string()),
+        ));
         txn.commit()?;
         Ok(version)
     }
@@ -920,6 +1002,45 @@ impl<S: Store> Vault<S> {
     /// every problem found (it does not stop at the first). `progress` is called with
     /// (patients checked, patients in the registry).
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, Error> {
+        self.verify_against(None, progress)
+    }
+
+    /// [`Vault::verify`], and also that the access log still contains `checkpoint` (taken
+    /// earlier with [`Vault::log_checkpoint`] and kept off the server): no rollback behind it.
+    pub fn verify_against(
+        &self,
+        checkpoint: Option<&crate::log::Checkpoint>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, Error> {
+        // Verify shows no patient data, so it logs itself after the fact; a log too damaged to
+        // append to is already among the problems it reports.
+        let mut report = self.verify_unlogged(checkpoint, progress)?;
+        let outcome = if report.is_ok() {
+            "ok"
+        } else {
+            "integrity failure"
+        };
+        let event = crate::log::Event {
+            action: "verify",
+            patient: None,
+            note: None,
+            outcome: outcome.into(),
+        };
+        match self.log_event(&event) {
+            Ok(()) => {}
+            // Already reported (a damaged or rolled-back log cannot take the entry).
+            Err(_) if !report.is_ok() => {}
+            Err(Error::Integrity(e)) => report.problems.push(e),
+            Err(e) => return Err(e),
+        }
+        Ok(report)
+    }
+
+    fn verify_unlogged(
+        &self,
+        checkpoint: Option<&crate::log::Checkpoint>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport {
             // The keyring and the vault keys were authenticated by `unlock`.
             records_checked: 2,
@@ -941,6 +1062,7 @@ impl<S: Store> Vault<S> {
             Err(e) => return Err(e),
         }
         report.records_checked += 1;
+        report.records_checked += self.verify_log(checkpoint, &mut report.problems)?;
         // Job records (an unfinished rotation or import) must open too.
         for key in [META_JOB, META_IMPORT_JOB, META_REVOKE_JOB] {
             if let Some(stored) = self.store.get(space::META, key)? {
@@ -1341,6 +1463,9 @@ impl<S: Store> Import<'_, S> {
     /// (deleted by the last batch).
     fn write(&mut self, last: bool) -> Result<(), Error> {
         let mut next_stored = None;
+        if self.pending_notes > 0 || last {
+            self.txn.log = Some(("import", None, None));
+        }
         if let Some(job) = &self.job {
             let v = self.txn.vault;
             self.txn
@@ -1414,6 +1539,8 @@ struct Txn<'v, S: Store> {
     registry_dirty: bool,
     /// Wrapped keys of the patients this transaction registers, for the key store.
     new_keys: Vec<(Blind, u32, Vec<u8>)>,
+    /// The access-log entry committed with the writes: action, patient, note.
+    log: Option<(&'static str, Option<String>, Option<String>)>,
 }
 
 impl<'v, S: Store> Txn<'v, S> {
@@ -1425,6 +1552,7 @@ impl<'v, S: Store> Txn<'v, S> {
             registry: None,
             registry_dirty: false,
             new_keys: Vec::new(),
+            log: None,
         }
     }
 
@@ -1609,6 +1737,18 @@ impl<'v, S: Store> Txn<'v, S> {
                 }
             }
             v.append_keys(new_keys)?;
+        }
+        // The access-log entry goes in the same atomic batch: no write without its entry.
+        if let Some((action, patient, note)) = self.log.take() {
+            v.stage_log(
+                &mut batch,
+                &crate::log::Event {
+                    action,
+                    patient: patient.as_deref(),
+                    note,
+                    outcome: "ok".into(),
+                },
+            )?;
         }
         v.store.commit(batch)?;
         v.store.flush()?;

@@ -10,7 +10,7 @@ use carnet_core::{
 use carnet_storage::{Batch, DocName, FaultyStore, MemStore, Space, Store};
 
 const PASS: &str = "correct horse battery staple";
-const SPACES: [&str; 4] = ["meta", "patients", "manifests", "notes"];
+const SPACES: [&str; 5] = ["meta", "patients", "manifests", "notes", "log"];
 
 fn kdf() -> KdfParams {
     KdfParams::new(8, 1, 1).unwrap()
@@ -167,7 +167,8 @@ fn import_batches_and_creates_patients() {
     assert_eq!(total, 2500);
     let r = v.verify(&mut |_, _| {}).unwrap();
     assert!(r.is_ok(), "{:?}", r.problems);
-    assert_eq!(r.records_checked, 4 + 7 * 3 + 2500);
+    // + the log: its head, and patient add, 3 import batches, patient list
+    assert_eq!(r.records_checked, 4 + 7 * 3 + 2500 + (1 + 5));
 }
 
 #[test]
@@ -176,7 +177,8 @@ fn a_clean_vault_verifies() {
     let r = v.verify(&mut |_, _| {}).unwrap();
     assert!(r.is_ok(), "{:?}", r.problems);
     // keyring + vault keys + registry + users + 2 x (patient, key, manifest) + 4 note versions
-    assert_eq!(r.records_checked, 4 + 6 + 4);
+    // + the access log's head and its 6 entries (2 patient add, 3 note add, 1 note amend)
+    assert_eq!(r.records_checked, 4 + 6 + 4 + (1 + 6));
 }
 
 /// Every read that could return one of the vault's notes.
@@ -199,23 +201,40 @@ fn reads_refuse_or_match(
     refused
 }
 
+/// A copy of every record and document of `from`.
+fn clone_mem(from: &MemStore) -> MemStore {
+    let to = MemStore::new();
+    let mut b = Batch::new();
+    for (sp, k, v) in all_records(from) {
+        b.put(sp, k, v);
+    }
+    to.commit(b).unwrap();
+    for d in ["root", "keys"] {
+        to.replace_doc(
+            DocName::new(d),
+            &from.read_doc(DocName::new(d)).unwrap().unwrap(),
+        )
+        .unwrap();
+    }
+    to
+}
+
 #[test]
 fn every_flipped_swapped_or_deleted_record_is_detected() {
     let store = Arc::new(MemStore::new());
     let (v, notes) = populated(store.clone());
     let originals: Vec<Vec<u8>> = notes.iter().map(|(p, n)| body_of(&v, p, n)).collect();
+    drop(v);
     let records = all_records(&store);
-    assert_eq!(records.len(), 2 + 4 + 4);
-    let put = |sp: Space, k: &[u8], val: Option<Vec<u8>>| {
-        let mut b = Batch::new();
-        match val {
-            Some(val) => b.put(sp, k.to_vec(), val),
-            None => b.delete(sp, k.to_vec()),
-        }
-        store.commit(b).unwrap();
-    };
-    let check = |what: &str| {
-        let problems = match Vault::unlock(store.clone(), "admin", &pass(PASS)) {
+    // meta: registry, users, log head; 2 patients and manifests; 4 note versions; the log's 9
+    // entries (6 writes, then the 3 reads above)
+    assert_eq!(records.len(), 3 + 4 + 4 + 9);
+    // Each case starts from a fresh copy of the intact vault: the checks themselves append to
+    // the access log, so restoring one record afterwards would roll the log back.
+    let case = |what: &str, mutate: &dyn Fn(&MemStore)| {
+        let s = Arc::new(clone_mem(&store));
+        mutate(&s);
+        let problems = match Vault::unlock(s.clone(), "admin", &pass(PASS)) {
             Ok(v2) => {
                 let r = v2.verify(&mut |_, _| {}).unwrap();
                 reads_refuse_or_match(&v2, &notes, &originals);
@@ -226,38 +245,49 @@ fn every_flipped_swapped_or_deleted_record_is_detected() {
         };
         assert!(problems > 0, "{what} was not detected");
     };
+    let put = |s: &MemStore, sp: Space, k: &[u8], val: Option<Vec<u8>>| {
+        let mut b = Batch::new();
+        match val {
+            Some(val) => b.put(sp, k.to_vec(), val),
+            None => b.delete(sp, k.to_vec()),
+        }
+        s.commit(b).unwrap();
+    };
     for (i, (sp, k, val)) in records.iter().enumerate() {
         for pos in [0, 5, 20, val.len() / 2, val.len() - 1] {
             let mut bad = val.clone();
             bad[pos] ^= 0x01;
-            put(*sp, k, Some(bad));
-            check(&format!("flip of byte {pos} of {}#{i}", sp.name()));
+            case(&format!("flip of byte {pos} of {}#{i}", sp.name()), &|s| {
+                put(s, *sp, k, Some(bad.clone()))
+            });
         }
-        put(*sp, k, None);
-        check(&format!("delete of {}#{i}", sp.name()));
+        case(&format!("delete of {}#{i}", sp.name()), &|s| {
+            put(s, *sp, k, None)
+        });
         for (j, (sp2, _, val2)) in records.iter().enumerate() {
             if j != i && sp2 == sp {
-                put(*sp, k, Some(val2.clone()));
-                check(&format!("swap of {}#{i} with #{j}", sp.name()));
+                case(&format!("swap of {}#{i} with #{j}", sp.name()), &|s| {
+                    put(s, *sp, k, Some(val2.clone()))
+                });
             }
         }
-        put(*sp, k, Some(val.clone()));
     }
     // The key store document, byte by byte (a sample of positions in every entry).
     let keys = store.read_doc(DocName::new("keys")).unwrap().unwrap();
     for pos in (0..keys.len()).step_by(7) {
         let mut bad = keys.clone();
         bad[pos] ^= 0x01;
-        store.replace_doc(DocName::new("keys"), &bad).unwrap();
-        check(&format!("flip of byte {pos} of the key store"));
+        case(&format!("flip of byte {pos} of the key store"), &|s| {
+            s.replace_doc(DocName::new("keys"), &bad).unwrap()
+        });
     }
-    store
-        .replace_doc(DocName::new("keys"), &keys[..keys.len() - 50])
-        .unwrap();
-    check("truncation of the key store");
-    store.replace_doc(DocName::new("keys"), &keys).unwrap();
+    case("truncation of the key store", &|s| {
+        s.replace_doc(DocName::new("keys"), &keys[..keys.len() - 50])
+            .unwrap()
+    });
+    let v = Vault::unlock(store.clone(), "admin", &pass(PASS)).unwrap();
     let r = v.verify(&mut |_, _| {}).unwrap();
-    assert!(r.is_ok(), "restored vault verifies: {:?}", r.problems);
+    assert!(r.is_ok(), "the intact vault verifies: {:?}", r.problems);
 }
 
 #[test]

@@ -1,0 +1,62 @@
+//! `carnet audit` and `carnet audit checkpoint`
+
+use carnet_core::AuditFilter;
+use serde_json::{json, Value};
+
+use super::patient_id;
+use crate::args::{AuditArgs, AuditCommand, Global};
+use crate::context;
+use crate::error::CliError;
+use crate::render::{self, or_dash};
+
+pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
+    if let Some(AuditCommand::Checkpoint) = a.command {
+        let vault = context::unlock(g)?;
+        let c = vault.log_checkpoint()?;
+        return render::print(&format!("{}\n", c.to_line()));
+    }
+    let filter = AuditFilter {
+        patient: a.patient.as_deref().map(patient_id).transpose()?,
+        user: a.by,
+        since: match a.since.as_deref() {
+            Some(s) => Some(render::parse_rfc3339(s).ok_or_else(|| {
+                CliError::usage("--since must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")
+            })?),
+            None => None,
+        },
+    };
+    let vault = context::unlock(g)?;
+    let entries = vault.audit(&filter)?;
+    if g.json {
+        return render::print_json(&Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "seq": e.seq,
+                        "at": render::rfc3339(e.at),
+                        "user": e.user,
+                        "action": e.action,
+                        "patient_id": e.patient_id,
+                        "note_id": e.note_id,
+                        "outcome": e.outcome,
+                    })
+                })
+                .collect(),
+        ));
+    }
+    let mut out = String::new();
+    for e in &entries {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            e.seq,
+            render::rfc3339(e.at),
+            e.user,
+            e.action,
+            or_dash(e.patient_id.as_deref()),
+            or_dash(e.note_id.as_deref()),
+            e.outcome
+        ));
+    }
+    render::print(&out)
+}
