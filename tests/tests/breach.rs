@@ -121,6 +121,27 @@ fn no_canary_reaches_the_disk_or_an_error_message() {
     canaries.extend(imp);
     canaries.push("1921-03-14".into());
 
+    // A user with a canary name, whose reads land in the access log with the patient's id.
+    let user = c("UserName");
+    let user_pass = v.tmp.path().join("user.pass");
+    std::fs::write(&user_pass, "the canary user's passphrase\n").unwrap();
+    v.run(&[
+        "user",
+        "add",
+        &user,
+        "--role",
+        "clinician",
+        "--new-passphrase-file",
+        user_pass.to_str().unwrap(),
+    ])
+    .expect(0);
+    let mut as_user = v.cmd(&["--user", &user, "note", "show", &pid, &nid]);
+    as_user.env("CARNET_PASSPHRASE_FILE", &user_pass);
+    carnet_tests::run_cmd(as_user, None).expect(0);
+    v.run(&["audit", "--patient", &pid]).expect(0);
+    std::fs::remove_file(&user_pass).unwrap();
+    canaries.push(user);
+
     // Reads, searches and failures must not leave anything behind or leak into errors.
     v.run(&["note", "list", &pid]).expect(0);
     v.run(&["search", "canary"]).expect(0);
