@@ -68,6 +68,9 @@ fn every_command_checks_the_role() {
             7,
         ),
         (vec!["user", "list"], 7, 0),
+        (vec!["audit"], 7, 0),
+        (vec!["audit", "checkpoint"], 7, 0),
+        (vec!["key", "rotate-recovery"], 7, 7),
         (vec!["user", "remove", "aud"], 7, 7),
     ];
     for (args, clin, aud) in &table {
