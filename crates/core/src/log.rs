@@ -319,13 +319,13 @@ impl<S: Store> Vault<S> {
             let binding = [&expected.to_be_bytes()[..], &chain[..]].concat();
             let opened = Sealed::parse(&v)
                 .map_err(|e| parse_error(&location, e))
-                .and_then(|s| self.log_key(s.key_version).cloned_key())
+                .and_then(|sealed| self.log_key(sealed.key_version))
                 .and_then(|key| {
                     open_frame::<LogEntryV1>(
                         &location,
                         &v,
                         Kind::LogEntry,
-                        &key,
+                        key,
                         self.vault_id(),
                         &binding,
                     )
@@ -427,17 +427,6 @@ impl<S: Store> Vault<S> {
             }
         }
         Ok(entries.len() as u64 + 1)
-    }
-}
-
-/// A small helper: a borrowed key made owned for a closure chain.
-trait ClonedKey {
-    fn cloned_key(self) -> Result<crate::secret::SecretKey, Error>;
-}
-
-impl ClonedKey for Result<&crate::secret::SecretKey, Error> {
-    fn cloned_key(self) -> Result<crate::secret::SecretKey, Error> {
-        self.map(|k| crate::secret::SecretKey::from_bytes(*k.expose()))
     }
 }
 
