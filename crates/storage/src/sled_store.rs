@@ -200,7 +200,8 @@ fn fsync_store_files(
 
 /// Opens sled. We hold the vault's lock, so a failure of sled's own file lock can only come
 /// from a `SledStore` of this process that was just dropped: sled's background flusher
-/// releases the file a moment after the drop. Wait for it, briefly.
+/// releases the file a moment after the drop (up to its flush interval, longer under load).
+/// Wait for it: up to 10 s.
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let mut attempts = 0;
     loop {
@@ -210,7 +211,7 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             .open()
         {
             Err(sled::Error::Io(e))
-                if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+                if attempts < 500 && e.to_string().contains("could not acquire lock") =>
             {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
