@@ -98,6 +98,15 @@ pub enum Command {
     /// command on the same, unchanged file resumes after them: no note is imported twice.
     #[command(after_help = "Example:\n  carnet import notes.jsonl")]
     Import(ImportArgs),
+    /// One patient's whole record, every note version, as JSON on stdout
+    ///
+    /// For the patient's right of access, or a move to another system. The output is plaintext:
+    /// send it only where it may go. Requires the clinician (or admin) role; logged.
+    #[command(after_help = "Example:\n  carnet export FR-0042 > FR-0042.json")]
+    Export {
+        /// The patient's identifier
+        id: String,
+    },
     /// Find notes whose current text contains TEXT (ignoring case)
     ///
     /// Decrypts and scans every note (or one patient's). Prints one line per hit: patient id,

@@ -472,3 +472,36 @@ fn the_demo_runs_and_finds_no_plaintext() {
     assert_eq!(r["plaintext_found"], 0);
     assert!(r["files_scanned"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn export_gives_every_version_of_every_note_and_is_logged() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "p", "--name", "Ana"]).expect(0);
+    let n1 = v.add_note("p", "one", &["--author", "Dr A"]);
+    let n2 = v.add_note("p", "two", &[]);
+    v.run_stdin(&["note", "amend", "p", &n1], b"one, amended")
+        .expect(0);
+    let e = v.run(&["export", "p"]).expect(0).json();
+    assert_eq!(e["format"], "carnet-export-v1");
+    assert_eq!(e["id"], "p");
+    assert_eq!(e["name"], "Ana");
+    let notes = e["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0]["id"], n1.as_str());
+    assert_eq!(notes[1]["id"], n2.as_str());
+    let versions = notes[0]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0]["body"], "one");
+    assert_eq!(versions[1]["body"], "one, amended");
+    assert_eq!(versions[0]["author"], "Dr A");
+    v.run(&["export", "nobody"]).expect(4);
+    let log = v
+        .run(&["audit", "--patient", "p", "--json"])
+        .expect(0)
+        .json();
+    assert!(log
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "export" && e["outcome"] == "ok"));
+}

@@ -56,6 +56,7 @@ fn every_command_checks_the_role() {
         (vec!["note", "history", "p1", &n], 0, 7),
         (vec!["import", imp], 0, 7),
         (vec!["search", "note"], 0, 7),
+        (vec!["export", "p1"], 0, 7),
         (vec!["verify"], 0, 0),
         (vec!["key", "status"], 7, 7),
         (vec!["key", "rotate-master"], 7, 7),

@@ -135,6 +135,7 @@ struct Scan {
 #[derive(Clone, Copy)]
 enum Bodies {
     None,
+    All,
     Current,
     Of([u8; 16]),
 }
@@ -639,6 +640,7 @@ impl<S: Store> Vault<S> {
         for (i, (k, v)) in raw.iter().enumerate() {
             let keep = match bodies {
                 Bodies::None => false,
+                Bodies::All => true,
                 // Keys sort by (note id, version): the last of a note's run is its current version.
                 Bodies::Current => raw
                     .get(i + 1)
@@ -763,6 +765,30 @@ impl<S: Store> Vault<S> {
                 .into_iter()
                 .map(to_note)
                 .collect())
+        })
+    }
+
+    /// A patient's whole record: the patient and every version of every note (in the order the
+    /// notes were added, versions oldest first), for the patient's right of access or a move to
+    /// another system. Logged as `export`.
+    pub fn export(&self, id: &PatientId) -> Result<(Patient, Vec<Vec<Note>>), Error> {
+        self.logged("export", Some(id), None, || {
+            self.require(Duty::Clinical)?;
+            let st = self.find_patient(id)?;
+            let patient = Self::to_patient(&st)?;
+            let all = self.notes_of(&st, Bodies::All)?;
+            let order: Vec<NoteId> = current_versions_meta(&all);
+            let mut by_note: HashMap<[u8; 16], Vec<Decoded>> = HashMap::new();
+            for d in all {
+                by_note.entry(d.note).or_default().push(d);
+            }
+            let mut notes = Vec::with_capacity(order.len());
+            for n in order {
+                let mut versions = by_note.remove(&n.0).unwrap_or_default();
+                versions.sort_by_key(|d| d.version);
+                notes.push(versions.into_iter().map(to_note).collect());
+            }
+            Ok((patient, notes))
         })
     }
 
@@ -1306,6 +1332,18 @@ fn to_note(d: Decoded) -> Note {
         bytes: d.bytes,
         body: d.body,
     }
+}
+
+/// The ids of the notes, ordered by when each note was first added.
+fn current_versions_meta(decoded: &[Decoded]) -> Vec<NoteId> {
+    let mut first: HashMap<[u8; 16], u64> = HashMap::new();
+    for d in decoded {
+        let s = first.entry(d.note).or_insert(d.meta.seq);
+        *s = (*s).min(d.meta.seq);
+    }
+    let mut ids: Vec<([u8; 16], u64)> = first.into_iter().collect();
+    ids.sort_by_key(|(_, s)| *s);
+    ids.into_iter().map(|(n, _)| NoteId(n)).collect()
 }
 
 /// The latest version of each note, ordered by when the note was first added.
