@@ -8,6 +8,7 @@ mod args;
 mod cmd;
 mod context;
 mod error;
+mod harden;
 mod progress;
 mod render;
 
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
             "carnet: internal error (a bug in carnet); the vault keeps every acknowledged write"
         );
     }));
+    harden::no_core_dumps();
     // clap exits 2 on usage errors and 0 for --help and --version.
     let cli = args::Cli::parse_from(audit_user_filter(std::env::args_os().collect()));
     match std::panic::catch_unwind(|| cmd::run(cli)) {
