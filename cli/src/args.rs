@@ -130,6 +130,15 @@ pub enum Command {
         after_help = "Examples:\n  carnet audit --patient FR-0042 --json\n  carnet audit --user dr.leroy --since 2026-11-01T00:00:00Z\n  carnet audit checkpoint > /media/usb/carnet-checkpoint.txt"
     )]
     Audit(AuditArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Example:\n  carnet completions bash > /etc/bash_completion.d/carnet")]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), generated from these definitions
+    #[command(after_help = "Example:\n  carnet man > /usr/local/share/man/man1/carnet.1")]
+    Man,
     /// Build a demo vault with synthetic patients, read it back, verify it, and show that its
     /// files hold no plaintext
     #[command(after_help = "Example:\n  carnet demo --dir /tmp/carnet-demo")]

@@ -505,3 +505,20 @@ fn export_gives_every_version_of_every_note_and_is_logged() {
         .iter()
         .any(|e| e["action"] == "export" && e["outcome"] == "ok"));
 }
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let v = TestVault::new();
+    let bash = v.run(&["completions", "bash"]).expect(0).stdout_str();
+    assert!(
+        bash.contains("carnet") && bash.contains("rotate-master"),
+        "bash completion"
+    );
+    let man = v.run(&["man"]).expect(0).stdout_str();
+    assert!(
+        man.contains(".TH carnet") || man.contains(".TH CARNET"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    v.run(&["completions", "cobol"]).expect(2);
+}

@@ -32,6 +32,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(a) => verify::run(g, a),
         Command::Audit(a) => audit::run(g, a),
         Command::Demo(a) => demo::run(g, a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "carnet", &mut out);
+            crate::render::print_bytes(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .map_err(|e| CliError::failure(format!("cannot render the manual: {e}")))?;
+            crate::render::print_bytes(&out)
+        }
     }
 }
 
