@@ -130,6 +130,27 @@ pub enum Command {
         after_help = "Examples:\n  carnet audit --patient FR-0042 --json\n  carnet audit --user dr.leroy --since 2026-11-01T00:00:00Z\n  carnet audit checkpoint > /media/usb/carnet-checkpoint.txt"
     )]
     Audit(AuditArgs),
+    /// Write a self-verifying archive of the whole vault (ciphertext only) to FILE
+    ///
+    /// Needs no passphrase: the archive holds exactly the stored bytes, so a nightly job can
+    /// make it. Every part carries a checksum, so a damaged archive is refused before anything is
+    /// restored. The archive does not depend on the storage engine. FILE must not exist.
+    #[command(after_help = "Example:\n  carnet backup /media/backup/carnet-$(date +%F).carnet")]
+    Backup {
+        /// The archive to create
+        file: PathBuf,
+    },
+    /// Restore an archive into --vault DIR, which must be absent or empty
+    ///
+    /// The whole archive is checked first; nothing is written if any part is damaged. Then run
+    /// `carnet verify`. Restoring an old backup brings back patients erased since.
+    #[command(
+        after_help = "Example:\n  carnet --vault /srv/carnet-restored restore /media/backup/carnet-2026-11-29.carnet"
+    )]
+    Restore {
+        /// The archive to restore
+        file: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Example:\n  carnet completions bash > /etc/bash_completion.d/carnet")]
     Completions {

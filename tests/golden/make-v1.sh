@@ -32,5 +32,6 @@ for pn in "G-001 $n1" "G-001 $n2" "G-002 $n3"; do
   "$bin" note history "$1" "$2" --json > "$out/expected/history-$1-$2.json"
 done
 "$bin" verify --json > "$out/expected/verify.json"
+"$bin" -q backup "$out/backup.carnet" > /dev/null
 rm -f "$out/vault/carnet.lock"
 du -sh "$out"

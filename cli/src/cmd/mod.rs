@@ -1,6 +1,7 @@
 //! One module per command; each parses nothing (clap did), calls carnet-core, and renders.
 
 mod audit;
+mod backup;
 mod demo;
 mod import;
 mod init;
@@ -32,6 +33,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(a) => verify::run(g, a),
         Command::Audit(a) => audit::run(g, a),
         Command::Demo(a) => demo::run(g, a),
+        Command::Backup { file } => backup::backup(g, &file),
+        Command::Restore { file } => backup::restore(g, &file),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();

@@ -74,6 +74,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod backup;
 mod crypto;
 mod envelope;
 mod error;
@@ -89,6 +90,7 @@ mod secret;
 mod users;
 mod vault;
 
+pub use backup::{restore_backup, write_backup, BackupSummary};
 pub use error::{Error, IntegrityError};
 pub use frame::{padded_len, MAX_BODY_BYTES};
 pub use keyring::KdfParams;

@@ -1,0 +1,127 @@
+//! `carnet backup FILE` and `carnet restore FILE`: no passphrase needed, ciphertext only.
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use carnet_core::{restore_backup, write_backup, KEYRING_DOC};
+use carnet_storage::SledStore;
+
+use crate::args::Global;
+use crate::context;
+use crate::error::CliError;
+use crate::render;
+
+pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
+    let dir = context::vault_dir(g)?;
+    if !SledStore::has_doc(&dir, KEYRING_DOC) {
+        return Err(CliError::failure(format!("no vault at {}", dir.display())));
+    }
+    // The store's lock keeps every writer out while the archive is made: it is consistent.
+    let store = SledStore::open(&dir)?;
+    let tmp = file.with_extension("carnet-partial");
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| CliError::failure(format!("cannot create {}: {e}", tmp.display())))?;
+    let mut w = BufWriter::new(f);
+    let result = write_backup(&store, &mut w)
+        .map_err(CliError::from)
+        .and_then(|s| {
+            let f = w.into_inner().map_err(|e| {
+                CliError::failure(format!("cannot write {}: {}", tmp.display(), e.error()))
+            })?;
+            f.sync_all()
+                .map_err(|e| CliError::failure(format!("cannot write {}: {e}", tmp.display())))?;
+            Ok(s)
+        });
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if file.exists() {
+        let _ = fs::remove_file(&tmp);
+        return Err(
+            CliError::failure(format!("{} already exists", file.display()))
+                .hint("choose a new file name"),
+        );
+    }
+    fs::rename(&tmp, file)
+        .map_err(|e| CliError::failure(format!("cannot create {}: {e}", file.display())))?;
+    if g.json {
+        return render::print_json(&serde_json::json!({
+            "records": summary.records, "documents": summary.documents, "bytes": summary.bytes,
+        }));
+    }
+    render::print(&format!(
+        "Backed up {} records and {} key documents ({} bytes, ciphertext only) to {}.\n",
+        summary.records,
+        summary.documents,
+        summary.bytes,
+        file.display()
+    ))
+}
+
+pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
+    let dir = context::vault_dir(g)?;
+    if dir.exists()
+        && fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(CliError::failure(format!("{} is not empty", dir.display()))
+            .hint("restore into a new or empty directory; nothing was changed"));
+    }
+    let input = fs::File::open(file)
+        .map_err(|e| CliError::failure(format!("cannot open {}: {e}", file.display())))?;
+    // Restore beside the target, then rename it into place: a failed restore leaves nothing.
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = dir.with_file_name(format!(".{name}.restoring"));
+    let _ = fs::remove_dir_all(&staging);
+    let result = (|| {
+        let store = SledStore::create(&staging)?;
+        let s = restore_backup(BufReader::new(input), &store)?;
+        drop(store);
+        let _ = fs::remove_file(staging.join("carnet.lock"));
+        Ok::<_, CliError>(s)
+    })();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if dir.exists() {
+        fs::remove_dir(&dir)
+            .map_err(|e| CliError::failure(format!("cannot replace {}: {e}", dir.display())))?;
+    }
+    fs::rename(&staging, &dir)
+        .map_err(|e| CliError::failure(format!("cannot create {}: {e}", dir.display())))?;
+    if let Some(parent) = dir.parent() {
+        let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    if g.json {
+        return render::print_json(&serde_json::json!({
+            "records": summary.records, "documents": summary.documents,
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Restored {} records and {} key documents into {}. Run `carnet verify` to check them.",
+        summary.records,
+        summary.documents,
+        dir.display()
+    )
+    .map_err(render::stdout_error)
+}
