@@ -9,12 +9,12 @@ use serde_json::json;
 const LOG: Space = Space::new("log");
 
 fn entries(dir: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let s = SledStore::open(dir).unwrap();
+    let s = SledStore::open(dir).unwrap_or_else(|e| panic!("opening the store: {e:?}"));
     s.scan_prefix(LOG, &[]).map(|r| r.unwrap()).collect()
 }
 
 fn put(dir: &std::path::Path, k: &[u8], v: Option<&[u8]>) {
-    let s = SledStore::open(dir).unwrap();
+    let s = SledStore::open(dir).unwrap_or_else(|e| panic!("opening the store: {e:?}"));
     let mut b = Batch::new();
     match v {
         Some(v) => b.put(LOG, k.to_vec(), v.to_vec()),

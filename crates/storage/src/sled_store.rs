@@ -116,7 +116,20 @@ impl SledStore {
                     e,
                 )
             })?;
-        match lock.try_lock() {
+        // A lock can also look taken for a moment when a process that just released it had
+        // forked (a child inherits the lock until it execs): try for up to a second before
+        // calling the vault in use.
+        let mut attempts = 0;
+        let locked = loop {
+            match lock.try_lock() {
+                Err(fs::TryLockError::WouldBlock) if attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked),
             Err(fs::TryLockError::Error(e)) => {
