@@ -25,6 +25,15 @@ fn state(v: &TestVault, n: &str) -> String {
     list + &history
 }
 
+/// One case: what, arguments, passphrase file (if not the right one), exit code, message.
+type Case<'a> = (
+    &'a str,
+    Vec<&'a str>,
+    Option<&'a std::path::Path>,
+    i32,
+    &'a str,
+);
+
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (v, n) = vault();
@@ -38,7 +47,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let bad_json = v.tmp.path().join("bad.jsonl");
     std::fs::write(&bad_json, "{\"patient_id\":\"p1\",\"body\":\"ok\"}\n{not json}\n{\"patient_id\":\"p1\"}\n{\"patient_id\":1,\"body\":\"x\"}\n{\"patient_id\":\"p1\",\"body\":\"x\",\"birth_date\":\"2001-02-30\"}\n{\"patient_id\":\"p1\",\"body\":\"trunc").unwrap();
     let long_id = "x".repeat(257);
-    let cases: Vec<(&str, Vec<&str>, Option<&std::path::Path>, i32, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "wrong passphrase",
             vec!["note", "show", "p1", &n],
@@ -169,11 +178,7 @@ fn broken_or_foreign_vault_directories_get_clear_errors() {
     let root = v.dir.join("root");
     let good = std::fs::read(&root).unwrap();
     for (what, bytes, codes) in [
-        (
-            "a foreign keyring",
-            b"SQLite format 3\0".to_vec(),
-            &[1][..],
-        ),
+        ("a foreign keyring", b"SQLite format 3\0".to_vec(), &[1][..]),
         (
             "a truncated keyring",
             good[..good.len() / 2].to_vec(),
