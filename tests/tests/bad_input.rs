@@ -225,9 +225,9 @@ fn broken_or_foreign_vault_directories_get_clear_errors() {
 #[test]
 fn a_read_only_vault_directory_is_refused_clearly() {
     let (v, _) = vault();
-    let mut perms = std::fs::metadata(&v.dir).unwrap().permissions();
-    perms.set_readonly(true);
-    std::fs::set_permissions(&v.dir, perms.clone()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let original = std::fs::metadata(&v.dir).unwrap().permissions();
+    std::fs::set_permissions(&v.dir, std::fs::Permissions::from_mode(0o555)).unwrap();
     let probe = v.dir.join("probe");
     if std::fs::write(&probe, b"x").is_ok() {
         // Running as root: permissions do not apply, so there is nothing to test here.
@@ -238,6 +238,5 @@ fn a_read_only_vault_directory_is_refused_clearly() {
         assert_eq!(r.code, 1, "{}", r.stderr);
         assert!(r.stderr.contains("writable"), "{}", r.stderr);
     }
-    perms.set_readonly(false);
-    std::fs::set_permissions(&v.dir, perms).unwrap();
+    std::fs::set_permissions(&v.dir, original).unwrap();
 }
