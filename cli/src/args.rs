@@ -96,6 +96,8 @@ pub enum Command {
     /// command exits 1. Notes are then written in atomic batches of up to 1,000. If the import
     /// is interrupted (power cut, kill), the batches written stay, whole, and running the same
     /// command on the same, unchanged file resumes after them: no note is imported twice.
+    /// Importing a file that was already imported completely does nothing (say so with --again
+    /// to import it once more).
     #[command(after_help = "Example:\n  carnet import notes.jsonl")]
     Import(ImportArgs),
     /// One patient's whole record, every note version, as JSON on stdout
@@ -388,6 +390,9 @@ pub enum NoteCommand {
 pub struct ImportArgs {
     /// The JSON Lines file
     pub file: PathBuf,
+    /// Import the file even if this exact file was already imported completely
+    #[arg(long)]
+    pub again: bool,
 }
 
 #[derive(Args, Debug)]

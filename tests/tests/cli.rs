@@ -522,3 +522,30 @@ fn completions_and_man_page_are_generated() {
     );
     v.run(&["completions", "cobol"]).expect(2);
 }
+
+#[test]
+fn importing_the_same_file_twice_adds_nothing_unless_asked() {
+    let v = TestVault::init();
+    let f = v.tmp.path().join("n.jsonl");
+    std::fs::write(
+        &f,
+        "{\"patient_id\":\"p\",\"body\":\"one\"}\n{\"patient_id\":\"p\",\"body\":\"two\"}\n",
+    )
+    .unwrap();
+    let file = f.to_str().unwrap();
+    let r = v.run(&["import", file, "--json"]).expect(0).json();
+    assert_eq!(r["notes_imported"], 2);
+    let r = v.run(&["import", file, "--json"]).expect(0);
+    assert_eq!(r.json()["notes_imported"], 0);
+    assert!(r.stderr.contains("already imported"), "{}", r.stderr);
+    assert_eq!(
+        v.run(&["import", "--again", file, "--json"])
+            .expect(0)
+            .json()["notes_imported"],
+        2
+    );
+    assert_eq!(
+        v.run(&["patient", "show", "p", "--json"]).expect(0).json()["notes"],
+        4
+    );
+}

@@ -178,7 +178,20 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
     // Pass 2: import in atomic batches, resuming an interrupted import of the same file.
     let vault = context::unlock(g)?;
     let started = Instant::now();
-    let mut import = vault.import_resumable(source)?;
+    let mut import = vault.import_resumable(source, a.again)?;
+    if import.already_complete() {
+        if !g.quiet {
+            eprintln!(
+                "carnet: this file was already imported completely ({} notes); nothing to do (use --again to import it once more)",
+                import.already_imported()
+            );
+        }
+        return if g.json {
+            render::print_json(&serde_json::json!({"patients_created": 0, "notes_imported": 0}))
+        } else {
+            render::print("Nothing imported: this file was already imported.\n")
+        };
+    }
     let skip = import.already_imported();
     if let Some(n) = import.abandoned() {
         if !g.quiet {

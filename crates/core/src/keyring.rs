@@ -529,18 +529,6 @@ impl Keyring {
         Ok(())
     }
 
-    /// Replaces `user`'s slot with `slot`.
-    pub(crate) fn replace_slot(&mut self, user: &str, slot: Slot) -> Result<(), Error> {
-        let tag = name_tag(&self.vault_id, user);
-        let s = self
-            .slots
-            .iter_mut()
-            .find(|s| s.name_tag == tag)
-            .ok_or(Error::UnknownUser)?;
-        *s = slot;
-        Ok(())
-    }
-
     /// Serializes the keyring, with a fresh MAC under `master` (the current epoch's).
     pub(crate) fn encode(&mut self, master: &SecretKey) -> Vec<u8> {
         let mut body = self.encode_body();

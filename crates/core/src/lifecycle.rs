@@ -9,7 +9,7 @@ use carnet_storage::{Batch, SpacedEntry, Store, StoreError};
 use crate::crypto::{self, LABEL_WRAP_PATIENT_KEY, LABEL_WRAP_VAULT_KEYS};
 use crate::envelope::{self, Kind, Sealed};
 use crate::frame;
-use crate::keyring::{KdfParams, Slot, SlotSecret};
+use crate::keyring::{KdfParams, SlotSecret};
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::records::{
     parse_note_key, patient_key_key, registry_link, space, Blind, JobV1, PatientV1, RegistryV1,
@@ -245,23 +245,8 @@ impl<S: Store> Vault<S> {
             .slot(&self.user)
             .ok_or(Error::UnknownUser)?
             .kdf();
-        let vault_id = *self.vault_id();
-        let mut slot = Slot::create(
-            &vault_id,
-            &self.user,
-            SlotSecret::Passphrase(new, kdf),
-            self.keyring.epoch,
-            &self.master,
-        )?;
-        if let Some((e, m)) = &self.pending {
-            slot.add_seal(&vault_id, *e, m)?;
-        }
-        let mut keyring = self.keyring.clone();
-        keyring.replace_slot(&self.user, slot)?;
-        self.store
-            .replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
-        self.keyring = keyring;
-        Ok(())
+        let user = self.user.clone();
+        self.put_slot(&user, SlotSecret::Passphrase(new, kdf))
     }
 
     // ----- patient keys -----
@@ -316,15 +301,15 @@ impl<S: Store> Vault<S> {
         if self.revocation_pending()? {
             return Ok(());
         }
-        let max = self
-            .patient_versions()?
-            .iter()
-            .flat_map(|(_, c, vs)| vs.iter().copied().chain([*c]))
-            .max()
-            .unwrap_or(0);
+        let target = next_version(&self.patient_versions()?);
+        self.stage_job(b, META_REVOKE_JOB, JOB_REVOKE, target)
+    }
+
+    /// Adds to `b` a new job record of `kind` under `key`, bringing patients to `target`.
+    fn stage_job(&self, b: &mut Batch, key: &[u8], kind: u8, target: u32) -> Result<(), Error> {
         let job = JobV1 {
-            kind: JOB_REVOKE,
-            target: max + 1,
+            kind,
+            target,
             source: [0; 32],
             done: 0,
         };
@@ -333,11 +318,11 @@ impl<S: Store> Vault<S> {
             REGISTRY_KEY_VERSION,
             &self.registry_key,
             self.vault_id(),
-            META_REVOKE_JOB,
+            key,
             &frame::encode(&job, &[])?,
         )?;
-        b.require(space::META, META_REVOKE_JOB, None);
-        b.put(space::META, META_REVOKE_JOB, sealed);
+        b.require(space::META, key.to_vec(), None);
+        b.put(space::META, key.to_vec(), sealed);
         Ok(())
     }
 
@@ -522,31 +507,17 @@ impl<S: Store> Vault<S> {
                         j
                     }
                     None => {
-                        let max = all
-                            .iter()
-                            .flat_map(|(_, c, vs)| vs.iter().copied().chain([*c]))
-                            .max()
-                            .unwrap_or(0);
-                        let job = JobV1 {
-                            kind: JOB_ROTATE_ALL_PATIENTS,
-                            target: max + 1,
-                            source: [0; 32],
-                            done: 0,
-                        };
-                        let sealed = envelope::seal(
-                            Kind::Job,
-                            REGISTRY_KEY_VERSION,
-                            &self.registry_key,
-                            self.vault_id(),
-                            META_JOB,
-                            &frame::encode(&job, &[])?,
-                        )?;
+                        let target = next_version(&all);
                         let mut b = Batch::new();
-                        b.require(space::META, META_JOB, None);
-                        b.put(space::META, META_JOB, sealed);
+                        self.stage_job(&mut b, META_JOB, JOB_ROTATE_ALL_PATIENTS, target)?;
                         self.store.commit(b)?;
                         self.store.flush()?;
-                        job
+                        JobV1 {
+                            kind: JOB_ROTATE_ALL_PATIENTS,
+                            target,
+                            source: [0; 32],
+                            done: 0,
+                        }
                     }
                 };
                 let total = all.len() as u64;
@@ -904,6 +875,15 @@ impl<S: Store> Vault<S> {
         self.store.replace_all(&mut all)?;
         Ok(())
     }
+}
+
+/// One above every patient key version in use or in the key store.
+fn next_version(all: &[(Blind, u32, Vec<u32>)]) -> u32 {
+    all.iter()
+        .flat_map(|(_, c, vs)| vs.iter().copied().chain([*c]))
+        .max()
+        .unwrap_or(0)
+        + 1
 }
 
 /// Opens a sealed key under `old` and seals it again under `new` for epoch `epoch`.

@@ -230,14 +230,14 @@ impl<S: Store> Vault<S> {
             .slot(&self.user)
             .ok_or(Error::UnknownUser)?
             .kdf();
+        self.put_slot(name, SlotSecret::Passphrase(passphrase, kdf))
+    }
+
+    /// Writes a new slot named `name` opened by `secret`, replacing any slot of that name: the
+    /// master of the current epoch (and of a pending one) sealed to it, the keyring replaced.
+    pub(crate) fn put_slot(&mut self, name: &str, secret: SlotSecret<'_>) -> Result<(), Error> {
         let vault_id = *self.vault_id();
-        let mut slot = Slot::create(
-            &vault_id,
-            name,
-            SlotSecret::Passphrase(passphrase, kdf),
-            self.keyring.epoch,
-            &self.master,
-        )?;
+        let mut slot = Slot::create(&vault_id, name, secret, self.keyring.epoch, &self.master)?;
         if let Some((e, m)) = &self.pending {
             slot.add_seal(&vault_id, *e, m)?;
         }
@@ -260,22 +260,7 @@ impl<S: Store> Vault<S> {
     fn rotate_recovery_key_unlogged(&mut self) -> Result<RecoveryKey, Error> {
         self.require(Duty::Administration)?;
         let key = RecoveryKey::random()?;
-        let vault_id = *self.vault_id();
-        let mut slot = Slot::create(
-            &vault_id,
-            RECOVERY_SLOT,
-            SlotSecret::Recovery(&key),
-            self.keyring.epoch,
-            &self.master,
-        )?;
-        if let Some((e, m)) = &self.pending {
-            slot.add_seal(&vault_id, *e, m)?;
-        }
-        let mut keyring = self.keyring.clone();
-        keyring.add_slot(slot);
-        self.store
-            .replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
-        self.keyring = keyring;
+        self.put_slot(RECOVERY_SLOT, SlotSecret::Recovery(&key))?;
         Ok(key)
     }
 

@@ -990,7 +990,12 @@ impl<S: Store> Vault<S> {
     /// returned [`Import`] says (in [`Import::already_imported`]) how many leading records the
     /// caller must skip. Only one resumable import is tracked: starting one from another source
     /// abandons the record of an unfinished one ([`Import::abandoned`]).
-    pub fn import_resumable(&self, source: [u8; 32]) -> Result<Import<'_, S>, Error> {
+    ///
+    /// The last import's record stays when it completes: importing the same, unchanged file
+    /// again then does nothing ([`Import::already_complete`]) unless `again` asks to import it
+    /// once more, so re-running an import whose acknowledgment was lost adds no duplicate. An
+    /// interrupted import of the same file is always resumed, with or without `again`.
+    pub fn import_resumable(&self, source: [u8; 32], again: bool) -> Result<Import<'_, S>, Error> {
         self.require(Duty::Clinical)?;
         let mut import = self.import();
         let mut job = ImportJob {
@@ -998,6 +1003,7 @@ impl<S: Store> Vault<S> {
             base: 0,
             stored: None,
             abandoned: None,
+            complete: false,
         };
         if let Some(stored) = self.store.get(space::META, META_IMPORT_JOB)? {
             let (j, _) = open_frame::<JobV1>(
@@ -1011,9 +1017,14 @@ impl<S: Store> Vault<S> {
             if j.kind != JOB_IMPORT {
                 return Err(integrity("import job", "of an unknown kind"));
             }
-            if j.source == source {
+            let complete = j.target == IMPORT_COMPLETE;
+            if j.source == source && !complete {
+                // An interrupted import of this file: always resumed, never restarted.
                 job.base = j.done;
-            } else {
+            } else if j.source == source && !again {
+                job.base = j.done;
+                job.complete = true;
+            } else if !complete {
                 job.abandoned = Some(j.done);
             }
             job.stored = Some(stored);
@@ -1456,7 +1467,12 @@ struct ImportJob {
     stored: Option<Vec<u8>>,
     /// Records imported by an unfinished import of another source, whose record this replaces.
     abandoned: Option<u64>,
+    /// This source was already imported completely.
+    complete: bool,
 }
+
+/// `JobV1::target` of an import job: 0 while under way, this once complete.
+const IMPORT_COMPLETE: u32 = 1;
 
 impl<S: Store> std::fmt::Debug for Import<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1509,12 +1525,10 @@ impl<S: Store> Import<'_, S> {
             self.txn
                 .batch
                 .require(space::META, META_IMPORT_JOB, job.stored.clone());
-            if last {
-                self.txn.batch.delete(space::META, META_IMPORT_JOB);
-            } else {
+            {
                 let record = JobV1 {
                     kind: JOB_IMPORT,
-                    target: 0,
+                    target: if last { IMPORT_COMPLETE } else { 0 },
                     source: job.source,
                     done: job.base + self.staged.notes_imported,
                 };
@@ -1551,6 +1565,12 @@ impl<S: Store> Import<'_, S> {
     /// runs imported. The caller skips them.
     pub fn already_imported(&self) -> u64 {
         self.job.as_ref().map_or(0, |j| j.base)
+    }
+
+    /// For a resumable import: whether this source was already imported completely (then add
+    /// nothing; see [`Vault::import_resumable`]).
+    pub fn already_complete(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.complete)
     }
 
     /// For a resumable import: if an unfinished import of another source was tracked, how
