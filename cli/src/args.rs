@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error, 3 authentication failed, 4 no such
 /// patient or note, 5 integrity failure, 6 vault in use, 7 not permitted.
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(
     name = "carnet",
     version,
@@ -30,7 +30,7 @@ pub struct Cli {
 }
 
 /// Options accepted before or after any subcommand.
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct Global {
     /// The vault directory [default: $XDG_DATA_HOME/carnet, else ~/.local/share/carnet]
     #[arg(long, global = true, env = "CARNET_VAULT", value_name = "DIR")]
@@ -63,7 +63,7 @@ pub struct Global {
     pub quiet: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Create a new vault, protected by a passphrase (at least 12 characters)
     ///
@@ -168,7 +168,7 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct InitArgs {
     /// Argon2id memory in MiB (8 to 1024)
     #[arg(long, value_name = "N", default_value_t = 64)]
@@ -187,7 +187,7 @@ pub struct InitArgs {
     pub recovery_key_out: Option<PathBuf>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum PatientCommand {
     /// Register a patient (ID: any text of 1 to 256 bytes)
     #[command(
@@ -229,7 +229,7 @@ pub enum PatientCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum UserCommand {
     /// Add a user with their own passphrase (administrators)
     ///
@@ -262,7 +262,7 @@ pub enum UserCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum KeyCommand {
     /// Show key versions, KDF settings, and any rotation left unfinished
     #[command(after_help = "Example:\n  carnet key status --json")]
@@ -321,7 +321,7 @@ pub enum KeyCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum NoteCommand {
     /// Store a note; prints its id once it is safely on disk
     ///
@@ -386,7 +386,7 @@ pub enum NoteCommand {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct ImportArgs {
     /// The JSON Lines file
     pub file: PathBuf,
@@ -395,7 +395,7 @@ pub struct ImportArgs {
     pub again: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct SearchArgs {
     /// The text to look for
     pub text: String,
@@ -404,14 +404,14 @@ pub struct SearchArgs {
     pub patient: Option<String>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct VerifyArgs {
     /// Also check that the access log still contains this checkpoint (from `audit checkpoint`)
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct AuditArgs {
     #[command(subcommand)]
     pub command: Option<AuditCommand>,
@@ -427,13 +427,13 @@ pub struct AuditArgs {
     pub since: Option<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum AuditCommand {
     /// Print the head of the access log (one line), to keep off the server
     Checkpoint,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 pub struct DemoArgs {
     /// Where to build the demo vault (must be absent or empty) [default: a new temporary directory]
     #[arg(long, value_name = "DIR")]

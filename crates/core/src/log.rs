@@ -65,8 +65,8 @@ impl fmt::Debug for LogEntry {
     }
 }
 
-/// Which entries `audit` returns.
-#[derive(Debug, Default)]
+/// Which entries `audit` returns. Its `Debug` output shows no value (they are personal data).
+#[derive(Default)]
 pub struct AuditFilter {
     /// Only entries about this patient.
     pub patient: Option<PatientId>,
@@ -74,6 +74,12 @@ pub struct AuditFilter {
     pub user: Option<String>,
     /// Only entries at or after this time.
     pub since: Option<Timestamp>,
+}
+
+impl fmt::Debug for AuditFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditFilter(<redacted>)")
+    }
 }
 
 /// The head of the log at one moment: keep it off the server, and `verify` later proves the

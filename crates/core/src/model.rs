@@ -163,8 +163,7 @@ pub(crate) fn check_field(what: &str, v: &Option<String>) -> Result<(), Error> {
     }
 }
 
-/// A patient to register.
-#[derive(Debug)]
+/// A patient to register. Its `Debug` output shows no field (they are secrets).
 pub struct NewPatient {
     /// The identifier.
     pub id: PatientId,
@@ -234,8 +233,7 @@ impl fmt::Debug for NoteBody {
     }
 }
 
-/// A note to store (or a new version of one).
-#[derive(Debug)]
+/// A note to store (or a new version of one). Its `Debug` output shows only the body's size.
 pub struct NewNote {
     /// The text (any bytes, at most 16 MiB).
     pub body: NoteBody,
@@ -245,6 +243,20 @@ pub struct NewNote {
     pub kind: Option<String>,
     /// When it was written; `None`: now. Imports carry the original date.
     pub created_at: Option<Timestamp>,
+}
+
+impl fmt::Debug for NewPatient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewPatient(<redacted>)")
+    }
+}
+
+impl fmt::Debug for NewNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewNote")
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NewNote {
@@ -340,6 +352,16 @@ mod tests {
             format!("{:?}", PatientId::new("secret").unwrap()),
             "PatientId(<redacted>)"
         );
+    }
+
+    #[test]
+    fn inputs_print_no_secret() {
+        let mut p = NewPatient::new(PatientId::new("secret-id").unwrap());
+        p.name = Some("Secret Name".into());
+        let mut n = NewNote::new(NoteBody::new(b"secret body".to_vec()).unwrap());
+        n.author = Some("Secret Author".into());
+        let shown = format!("{p:?} {n:?}");
+        assert!(!shown.contains("ecret"), "{shown}");
     }
 
     #[test]

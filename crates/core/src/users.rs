@@ -66,13 +66,21 @@ impl Role {
     }
 }
 
-/// A user of the vault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A user of the vault. Its `Debug` output shows the role only (names are personal data).
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     /// The user's name (what `--user` takes).
     pub name: String,
     /// What the user may do.
     pub role: Role,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What work a permission check is for.
