@@ -1376,27 +1376,54 @@ fn current_versions(decoded: Vec<Decoded>) -> Vec<Note> {
     notes.into_iter().map(to_note).collect()
 }
 
+/// The byte range in `text` of the first match of `needle` (already lower-cased), comparing
+/// `text` lower-cased char by char as it is scanned, without copying it. Most positions fail on
+/// their first char, so this is close to a plain substring search.
+fn find_ignoring_case(text: &str, needle: &str) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return Some((0, 0));
+    }
+    let first = needle.chars().next()?;
+    for (i, c) in text.char_indices() {
+        // Quick reject: the first char must lower-case to something starting with `first`.
+        if c != first && c.to_lowercase().next() != Some(first) {
+            continue;
+        }
+        let mut want = needle.chars();
+        let mut end = i;
+        let mut matched = true;
+        'scan: for (j, c) in text[i..].char_indices() {
+            for l in c.to_lowercase() {
+                match want.next() {
+                    Some(w) if w == l => {}
+                    Some(_) => {
+                        matched = false;
+                        break 'scan;
+                    }
+                    // The needle ended inside this char's lower-casing: no match here.
+                    None => {
+                        matched = false;
+                        break 'scan;
+                    }
+                }
+            }
+            end = i + j + c.len_utf8();
+            if want.clone().next().is_none() {
+                break;
+            }
+        }
+        if matched && want.next().is_none() {
+            return Some((i, end));
+        }
+    }
+    None
+}
+
 /// A snippet of `body` around the first case-insensitive match of `needle` (already
 /// lower-cased), or `None` when there is no match.
 fn find_snippet(body: &[u8], needle: &str) -> Option<String> {
     let text = String::from_utf8_lossy(body);
-    // Lower-case char by char, remembering where each lowered byte came from.
-    let mut lower = String::with_capacity(text.len());
-    let mut origin = Vec::with_capacity(text.len());
-    for (i, c) in text.char_indices() {
-        for l in c.to_lowercase() {
-            let before = lower.len();
-            lower.push(l);
-            origin.extend(std::iter::repeat_n(i, lower.len() - before));
-        }
-    }
-    let at = if needle.is_empty() {
-        0
-    } else {
-        lower.find(needle)?
-    };
-    let start_orig = origin.get(at).copied().unwrap_or(0);
-    let end_orig = origin.get(at + needle.len()).copied().unwrap_or(text.len());
+    let (start_orig, end_orig) = find_ignoring_case(&text, needle)?;
     let begin = text[..start_orig]
         .char_indices()
         .rev()
@@ -1839,5 +1866,18 @@ mod tests {
         let s = find_snippet(long.as_bytes(), "needle").unwrap();
         assert!(s.contains("NEEDLE") && s.chars().count() < 80, "{s}");
         assert!(find_snippet("İstanbul".as_bytes(), "stanbul").is_some());
+        assert!(find_snippet("L'ÉCOLE est fermée".as_bytes(), "école").is_some());
+        assert!(find_snippet("abc".as_bytes(), "abcd").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matching_agrees_with_lowercasing_the_whole_text(
+            text in "[a-cA-CéÉ ]{0,40}",
+            needle in "[a-cé]{1,4}",
+        ) {
+            let expected = text.to_lowercase().contains(&needle);
+            proptest::prop_assert_eq!(super::find_ignoring_case(&text, &needle).is_some(), expected);
+        }
     }
 }
