@@ -79,6 +79,9 @@ mod crypto;
 mod envelope;
 mod error;
 mod frame;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod keyring;
 mod keystore;
 mod lifecycle;

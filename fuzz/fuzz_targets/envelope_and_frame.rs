@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| carnet_core::fuzzing::envelope_and_frame(data));
