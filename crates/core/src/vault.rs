@@ -605,15 +605,16 @@ impl<S: Store> Vault<S> {
             other = self.patient_keys(&blind, sealed.key_version)?;
             &other.note
         };
-        let (meta, plain) = open_frame::<NoteMetaV1>(
-            &location,
-            stored,
-            Kind::Note,
-            note_key,
-            self.vault_id(),
-            key,
-        )?;
-        let (_, body) = frame::decode::<NoteMetaV1>(&plain)
+        // Opened and decoded once: the metadata and the body come from the same frame.
+        let plain = sealed
+            .open(Kind::Note, note_key, self.vault_id(), key)
+            .ok_or_else(|| {
+                integrity(
+                    &location,
+                    "failed authentication (altered, moved or foreign)",
+                )
+            })?;
+        let (meta, body) = frame::decode::<NoteMetaV1>(&plain)
             .ok_or_else(|| integrity(&location, "authenticated but malformed payload"))?;
         Ok(Decoded {
             note,
