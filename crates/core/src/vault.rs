@@ -1514,6 +1514,7 @@ impl<S: Store> Import<'_, S> {
     /// Adds one note, creating its patient first if the identifier is new (then with the
     /// given name and birth date; for a known patient they are ignored).
     pub fn add(&mut self, patient: NewPatient, note: NewNote) -> Result<NoteId, Error> {
+        self.txn.vault.require(Duty::Clinical)?;
         let blind = self.txn.vault.blind(&patient.id);
         if !self.txn.patients.contains_key(&blind) {
             match self.txn.existing_patient(&patient.id) {

@@ -115,6 +115,10 @@ fn roles_are_enforced() {
         audrey.add_patient(NewPatient::new(pid("p3"))),
         Err(Error::NotPermitted(_))
     ));
+    assert!(matches!(
+        audrey.import().add(NewPatient::new(pid("p3")), note("x")),
+        Err(Error::NotPermitted(_))
+    ));
     assert_eq!(audrey.users().unwrap().len(), 3);
     assert!(audrey.verify(&mut |_, _| {}).unwrap().is_ok());
 
