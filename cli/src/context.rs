@@ -113,7 +113,7 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, CliError> {
             return Err(short_passphrase());
         }
         let again = prompt("Repeat the passphrase: ")?;
-        if !passphrases_match(&p, &again) {
+        if !p.ct_eq(&again) {
             return Err(CliError::usage("the two passphrases differ"));
         }
         p
@@ -122,10 +122,6 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, CliError> {
         return Err(short_passphrase());
     }
     Ok(p)
-}
-
-fn passphrases_match(a: &Passphrase, b: &Passphrase) -> bool {
-    a.ct_eq(b)
 }
 
 fn short_passphrase() -> CliError {

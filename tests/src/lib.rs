@@ -7,6 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+/// `carnet init` with the smallest KDF settings, for fast tests.
+pub const INIT: [&str; 7] = [
+    "init",
+    "--kdf-memory-mib",
+    "8",
+    "--kdf-iterations",
+    "1",
+    "--kdf-parallelism",
+    "1",
+];
+
 /// The passphrase of test vaults.
 pub const PASS: &str = "correct horse battery staple";
 
@@ -79,16 +90,7 @@ impl TestVault {
     /// An initialized vault (small KDF parameters, for speed).
     pub fn init() -> Self {
         let v = Self::new();
-        v.run(&[
-            "init",
-            "--kdf-memory-mib",
-            "8",
-            "--kdf-iterations",
-            "1",
-            "--kdf-parallelism",
-            "1",
-        ])
-        .expect(0);
+        v.run(&INIT).expect(0);
         v
     }
 

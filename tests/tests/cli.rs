@@ -3,22 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use carnet_storage::SledStore;
-use carnet_tests::{TestVault, PASS};
+use carnet_tests::{TestVault, INIT, PASS};
 use serde_json::json;
 
 #[test]
 fn init_creates_once_and_refuses_a_second_time() {
     let v = TestVault::init();
     let before = v.files();
-    let r = v.run(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--kdf-parallelism",
-        "1",
-    ]);
+    let r = v.run(&INIT);
     let r = r.expect(1);
     assert!(r.stderr.contains("already holds a vault"), "{}", r.stderr);
     assert_eq!(before.len(), v.files().len(), "nothing was added");
@@ -27,17 +19,7 @@ fn init_creates_once_and_refuses_a_second_time() {
 #[test]
 fn init_warns_below_the_default_kdf_and_refuses_out_of_range_parameters() {
     let v = TestVault::new();
-    let r = v
-        .run(&[
-            "init",
-            "--kdf-memory-mib",
-            "8",
-            "--kdf-iterations",
-            "1",
-            "--kdf-parallelism",
-            "1",
-        ])
-        .expect(0);
+    let r = v.run(&INIT).expect(0);
     assert!(r.stderr.contains("warning"), "{}", r.stderr);
     let v = TestVault::new();
     let r = v.run(&["init", "--kdf-memory-mib", "4"]).expect(2);

@@ -2,7 +2,7 @@
 //! add/list/remove, and that a removed user's passphrase opens nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use carnet_tests::TestVault;
+use carnet_tests::{TestVault, INIT};
 use serde_json::json;
 
 /// A vault with an admin, a clinician `clin` and an auditor `aud`, one patient with one note.
@@ -151,17 +151,13 @@ fn users_are_added_listed_and_removed() {
 fn recovery_drill_lose_every_passphrase_recover_set_a_new_one() {
     let v = carnet_tests::TestVault::new();
     let key_file = v.tmp.path().join("recovery.txt");
-    v.run(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--kdf-parallelism",
-        "1",
-        "--recovery-key-out",
-        key_file.to_str().unwrap(),
-    ])
+    v.run(
+        &[
+            &INIT[..],
+            &["--recovery-key-out", key_file.to_str().unwrap()],
+        ]
+        .concat(),
+    )
     .expect(0);
     let text = std::fs::read_to_string(&key_file).unwrap();
     assert_eq!(

@@ -137,6 +137,14 @@ pub(crate) fn reason(e: &Error) -> String {
     }
 }
 
+/// `ok`, or the short reason of a failure.
+fn outcome<T>(result: &Result<T, Error>) -> String {
+    match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => reason(e),
+    }
+}
+
 /// An event to log.
 pub(crate) struct Event<'a> {
     pub(crate) action: &'a str,
@@ -241,17 +249,7 @@ impl<S: Store> Vault<S> {
         op: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
         let result = op();
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => reason(e),
-        };
-        self.log_event(&Event {
-            action,
-            patient: patient.map(PatientId::as_str),
-            note: note.map(NoteId::to_string),
-            outcome,
-        })?;
-        result
+        self.log_outcome(action, patient, note, result)
     }
 
     /// Logs the outcome of an operation that already ran (key and user operations, which show
@@ -262,15 +260,22 @@ impl<S: Store> Vault<S> {
         patient: Option<&PatientId>,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => reason(e),
-        };
+        self.log_outcome(action, patient, None, result)
+    }
+
+    /// Appends the entry for `result` durably, then returns `result` (or the logging error).
+    fn log_outcome<T>(
+        &self,
+        action: &str,
+        patient: Option<&PatientId>,
+        note: Option<&NoteId>,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
         self.log_event(&Event {
             action,
             patient: patient.map(PatientId::as_str),
-            note: None,
-            outcome,
+            note: note.map(NoteId::to_string),
+            outcome: outcome(&result),
         })?;
         result
     }

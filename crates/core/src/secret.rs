@@ -24,15 +24,9 @@ impl SecretKey {
     pub(crate) fn expose(&self) -> &[u8; 32] {
         &self.0
     }
-
-    /// Constant-time equality (used where a derived key is checked against a stored copy).
-    #[allow(dead_code)]
-    pub(crate) fn ct_eq(&self, other: &SecretKey) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
 }
 
-/// A passphrase. Zeroized on drop; no `Debug` output; compared only by the KDF.
+/// A passphrase. Zeroized on drop; no `Debug` output; compared only in constant time.
 ///
 /// Build one with [`Passphrase::new`] from the text a user typed (without its line ending).
 pub struct Passphrase(Zeroizing<String>);
