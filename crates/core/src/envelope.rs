@@ -128,6 +128,24 @@ impl<'a> Sealed<'a> {
         let aad = aad(self.header, vault_id, binding);
         crypto::open(key, &self.nonce, &aad, self.ciphertext)
     }
+
+    /// [`Sealed::open`], with the one integrity error every failure becomes, naming `location`.
+    pub(crate) fn open_at(
+        &self,
+        location: &str,
+        kind: Kind,
+        key: &SecretKey,
+        vault_id: &[u8; 16],
+        binding: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.open(kind, key, vault_id, binding).ok_or_else(|| {
+            crate::IntegrityError::new(
+                location,
+                "failed authentication (altered, moved or foreign)",
+            )
+            .into()
+        })
+    }
 }
 
 /// The associated data: label || header[0..9] || vault id || kind-specific binding.

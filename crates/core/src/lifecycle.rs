@@ -598,14 +598,7 @@ impl<S: Store> Vault<S> {
                 e.insert(self.patient_keys(&blind, sealed.key_version)?);
             }
             let old = &keys[&sealed.key_version];
-            let plain = sealed
-                .open(Kind::Note, &old.note, self.vault_id(), &k)
-                .ok_or_else(|| {
-                    integrity(
-                        &location,
-                        "failed authentication (altered, moved or foreign)",
-                    )
-                })?;
+            let plain = sealed.open_at(&location, Kind::Note, &old.note, self.vault_id(), &k)?;
             let resealed = envelope::seal(
                 Kind::Note,
                 target,
@@ -902,11 +895,6 @@ fn rewrap(
         "patient key"
     };
     let s = Sealed::parse(sealed).map_err(|e| parse_error(location, e))?;
-    let plain = s.open(kind, old, vault_id, binding).ok_or_else(|| {
-        integrity(
-            location,
-            "failed authentication (altered, moved or foreign)",
-        )
-    })?;
+    let plain = s.open_at(location, kind, old, vault_id, binding)?;
     envelope::seal(kind, epoch, new, vault_id, binding, &plain)
 }

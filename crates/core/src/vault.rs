@@ -165,12 +165,7 @@ pub(crate) fn open_frame<M: serde::de::DeserializeOwned>(
     binding: &[u8],
 ) -> Result<(M, zeroize::Zeroizing<Vec<u8>>), Error> {
     let sealed = Sealed::parse(bytes).map_err(|e| parse_error(location, e))?;
-    let plain = sealed.open(kind, key, vault_id, binding).ok_or_else(|| {
-        integrity(
-            location,
-            "failed authentication (altered, moved or foreign)",
-        )
-    })?;
+    let plain = sealed.open_at(location, kind, key, vault_id, binding)?;
     let (meta, _) = frame::decode::<M>(&plain)
         .ok_or_else(|| integrity(location, "authenticated but malformed payload"))?;
     Ok((meta, plain))
@@ -462,19 +457,13 @@ impl<S: Store> Vault<S> {
         if sealed.key_version != self.key_store().epoch {
             return Err(integrity(location, "not wrapped under the current epoch"));
         }
-        let plain = sealed
-            .open(
-                Kind::PatientKey,
-                &self.wrap_patient,
-                self.vault_id(),
-                &patient_key_key(blind, version),
-            )
-            .ok_or_else(|| {
-                integrity(
-                    location,
-                    "failed authentication (altered, moved or foreign)",
-                )
-            })?;
+        let plain = sealed.open_at(
+            location,
+            Kind::PatientKey,
+            &self.wrap_patient,
+            self.vault_id(),
+            &patient_key_key(blind, version),
+        )?;
         let raw: [u8; 32] = plain[..]
             .try_into()
             .map_err(|_| integrity(location, "authenticated but malformed payload"))?;
@@ -606,14 +595,7 @@ impl<S: Store> Vault<S> {
             &other.note
         };
         // Opened and decoded once: the metadata and the body come from the same frame.
-        let plain = sealed
-            .open(Kind::Note, note_key, self.vault_id(), key)
-            .ok_or_else(|| {
-                integrity(
-                    &location,
-                    "failed authentication (altered, moved or foreign)",
-                )
-            })?;
+        let plain = sealed.open_at(&location, Kind::Note, note_key, self.vault_id(), key)?;
         let (meta, body) = frame::decode::<NoteMetaV1>(&plain)
             .ok_or_else(|| integrity(&location, "authenticated but malformed payload"))?;
         Ok(Decoded {
