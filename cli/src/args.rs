@@ -73,16 +73,28 @@ pub enum Command {
     #[command(after_help = "Example:\n  carnet --vault /srv/carnet init")]
     Init(InitArgs),
     /// Register, list and show patients
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  carnet patient add FR-0042 --name \"Camille Martin\" --birth-date 1984-02-29\n  carnet patient list --json"
+    )]
     Patient(PatientCommand),
     /// Add, list, show and amend notes
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  carnet note add FR-0042 --file consult.txt\n  carnet note list FR-0042"
+    )]
     Note(NoteCommand),
     /// Key status, rotation and passphrase change
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  carnet key status\n  carnet key rotate-master"
+    )]
     Key(KeyCommand),
     /// Add, list and remove users (each with an own passphrase and a role)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  carnet user add dr.leroy --role clinician\n  carnet user list"
+    )]
     User(UserCommand),
     /// Bulk-import notes from a JSON Lines file
     ///
@@ -430,6 +442,13 @@ pub struct AuditArgs {
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Print the head of the access log (one line), to keep off the server
+    ///
+    /// Keep the line somewhere the server cannot reach (paper, a USB key, an e-mail to
+    /// yourself); `carnet verify --checkpoint FILE` later proves that the vault still contains
+    /// every entry up to it. With --json: {"checkpoint": LINE, "entries": N, "head": HEX}.
+    #[command(
+        after_help = "Examples:\n  carnet audit checkpoint > /media/usb/carnet-checkpoint.txt\n  carnet verify --checkpoint /media/usb/carnet-checkpoint.txt"
+    )]
     Checkpoint,
 }
 

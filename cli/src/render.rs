@@ -18,12 +18,7 @@ pub fn rfc3339(t: Timestamp) -> String {
         .unwrap_or_else(|| format!("@{}ms", t.unix_millis()))
 }
 
-/// Parses an RFC 3339 timestamp.
-pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
-    let d = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    let ms = d.unix_timestamp_nanos() / 1_000_000;
-    Some(Timestamp::from_unix_millis(i64::try_from(ms).ok()?))
-}
+pub use carnet_cli::timestamp::parse_rfc3339;
 
 pub fn patient_json(p: &Patient) -> Value {
     json!({

@@ -13,6 +13,14 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
     if let Some(AuditCommand::Checkpoint) = a.command {
         let vault = context::unlock(g)?;
         let c = vault.log_checkpoint()?;
+        if g.json {
+            let head: String = c.head.iter().map(|b| format!("{b:02x}")).collect();
+            return render::print_json(&json!({
+                "checkpoint": c.to_line(),
+                "entries": c.count,
+                "head": head,
+            }));
+        }
         return render::print(&format!("{}\n", c.to_line()));
     }
     let filter = AuditFilter {

@@ -5,8 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::Instant;
 
-use carnet_core::{BirthDate, NewNote, NewPatient, NoteBody, PatientId};
-use serde::Deserialize;
+use carnet_cli::import_line::parse;
 use sha2::{Digest, Sha256};
 
 use crate::args::{Global, ImportArgs};
@@ -19,19 +18,6 @@ use crate::render;
 const MAX_LINE_BYTES: u64 = 128 * 1024 * 1024;
 /// Rejected lines reported before the rest are only counted.
 const MAX_REPORTED: usize = 20;
-
-/// One line of the import file (../shared/contract/cli.md, `import`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    patient_id: String,
-    name: Option<String>,
-    birth_date: Option<String>,
-    author: Option<String>,
-    kind: Option<String>,
-    created_at: Option<String>,
-    body: String,
-}
 
 /// One line's bytes, or why it was rejected before parsing.
 type RawLine = Result<Vec<u8>, String>;
@@ -83,68 +69,6 @@ impl Lines {
             return Ok(Some((self.number, Ok(buf))));
         }
     }
-}
-
-/// Removes quoted input from serde's messages, so that no note text reaches the terminal.
-fn redact(msg: &str) -> String {
-    let mut out = String::new();
-    let mut in_quote = false;
-    for c in msg.chars() {
-        if c == '"' {
-            if !in_quote {
-                out.push_str("\"…\"");
-            }
-            in_quote = !in_quote;
-        } else if !in_quote {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Parses and validates one line into the patient and note it describes.
-fn parse(bytes: &[u8]) -> Result<(NewPatient, NewNote), String> {
-    let line: Line = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Eof => {
-            "the JSON object is incomplete (truncated line?)".to_string()
-        }
-        serde_json::error::Category::Syntax => {
-            format!("malformed JSON ({})", redact(&e.to_string()))
-        }
-        _ => redact(&e.to_string()),
-    })?;
-    let mut patient = NewPatient::new(PatientId::new(line.patient_id).map_err(|e| e.to_string())?);
-    patient.name = line.name;
-    patient.birth_date = line
-        .birth_date
-        .as_deref()
-        .map(BirthDate::parse)
-        .transpose()
-        .map_err(|e| format!("birth_date: {e}"))?;
-    let mut note = NewNote::new(NoteBody::new(line.body.into_bytes()).map_err(|e| e.to_string())?);
-    for (what, v) in [
-        ("name", &patient.name),
-        ("author", &line.author),
-        ("kind", &line.kind),
-    ] {
-        if v.as_ref()
-            .is_some_and(|s| s.len() > carnet_core::MAX_FIELD_BYTES)
-        {
-            return Err(format!(
-                "{what} is longer than {} bytes",
-                carnet_core::MAX_FIELD_BYTES
-            ));
-        }
-    }
-    note.author = line.author;
-    note.kind = line.kind;
-    note.created_at = match line.created_at.as_deref() {
-        Some(s) => Some(render::parse_rfc3339(s).ok_or_else(|| {
-            "created_at is not an RFC 3339 timestamp (e.g. 2026-11-29T08:30:00Z)".to_string()
-        })?),
-        None => None,
-    };
-    Ok((patient, note))
 }
 
 pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
@@ -242,42 +166,5 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
             summary.patients_created,
             started.elapsed().as_secs_f64()
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_never_echo_quoted_input() {
-        let err = parse(br#"{"patient_id": "p", "body": "x", "bodyy": "SECRET"}"#)
-            .err()
-            .unwrap();
-        assert!(!err.contains("SECRET"), "{err}");
-        let err = parse(br#"{"patient_id": "p", "body": 5}"#).err().unwrap();
-        assert!(err.contains("body") || err.contains("string"), "{err}");
-        let err = parse(br#"{"patient_id": "p", "body": "SECRET"#)
-            .err()
-            .unwrap();
-        assert!(
-            !err.contains("SECRET") && err.contains("incomplete"),
-            "{err}"
-        );
-        assert_eq!(
-            redact(r#"unknown field "a", expected "b""#),
-            r#"unknown field "…", expected "…""#
-        );
-    }
-
-    #[test]
-    fn dates_are_checked() {
-        assert!(parse(br#"{"patient_id":"p","body":"x","birth_date":"1984-02-30"}"#).is_err());
-        assert!(parse(br#"{"patient_id":"p","body":"x","created_at":"yesterday"}"#).is_err());
-        assert!(parse(
-            br#"{"patient_id":"p","body":"x","created_at":"2026-01-02T03:04:05+01:00"}"#
-        )
-        .is_ok());
-        assert!(parse(br#"{"patient_id":"","body":"x"}"#).is_err());
     }
 }

@@ -79,7 +79,7 @@ mod crypto;
 mod envelope;
 mod error;
 mod frame;
-#[cfg(fuzzing)]
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod keyring;

@@ -22,7 +22,7 @@ use crate::vault::{integrity, open_frame, parse_error};
 use crate::{Error, IntegrityError, NoteId, PatientId, Timestamp, Vault};
 
 #[derive(Serialize, Deserialize)]
-struct LogEntryV1 {
+pub(crate) struct LogEntryV1 {
     at: i64,
     user: String,
     action: String,
