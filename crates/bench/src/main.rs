@@ -1,27 +1,33 @@
-//! `carnet-bench`: whole workloads, Carnet side by side with a plaintext sled baseline doing the
-//! same logical work with the same key layout, batching and durability (one flush per batch),
-//! in the same run on the same data. Prints a table of medians (min–max) and ratios.
+//! `carnet-bench`: whole workloads, Carnet side by side with its peers doing the same logical
+//! work on the same data, with the same batching and durability (one flush per batch of 1,000
+//! notes and at the end), in the same run. Prints a Markdown table of medians (min–max), each
+//! peer's speed relative to Carnet, and the peak RSS of each workload.
+//!
+//! Peers: plaintext sled with Carnet's key layout (the floor Carnet's cryptography adds to),
+//! and with `--features sqlcipher`, SQLCipher 4 with its default settings and plain SQLite
+//! (the same bundled library without a key), both in WAL mode with `synchronous=FULL`.
 //!
 //! ```text
-//! cargo run --release -p carnet-bench -- --quick     # under two minutes on 2 cores
-//! cargo run --release -p carnet-bench                 # the full sizes of docs/performance.md
+//! cargo run --release -p carnet-bench -- --quick              # under two minutes on 2 cores
+//! cargo run --release -p carnet-bench                          # the sizes of issue 5
+//! cargo run --release -p carnet-bench -- --full                # and 1,000,000 notes of 512 B
+//! cargo run --release -p carnet-bench --features sqlcipher -- --quick
 //! ```
 //!
-//! SQLCipher and plain SQLite peers, and peak-RSS measurement per workload, are not here yet
-//! (docs/performance.md, "Not measured yet").
+//! docs/performance.md explains the workloads, how to read the table and where the time goes.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: failures abort the run
 
+mod peers;
+
 use std::time::{Duration, Instant};
 
-use carnet_core::{KdfParams, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, Vault};
-use carnet_storage::{Batch, SledStore, Space, Store};
+use peers::{Carnet, Peer, PlainSled};
 
-const PASS: &str = "benchmark passphrase, not secret";
-const BATCH: usize = 1000;
+/// A small deterministic generator, so every run and every peer gets the same data.
+#[derive(Clone)]
+pub struct Lcg(u64);
 
-/// A small deterministic generator, so every run uses the same data.
-struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
         self.0 = self
@@ -30,324 +36,390 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
 
-/// Note bodies whose sizes vary around `mean` (±25 %), as real notes do.
-fn bodies(n: usize, mean: usize, rng: &mut Lcg) -> Vec<Vec<u8>> {
-    const WORDS: &[&str] = &[
-        "patient",
-        "reports",
-        "cough",
-        "fever",
-        "blood",
-        "pressure",
-        "follow-up",
-        "allergy",
-        "penicillin",
-        "prescribed",
-        "review",
-        "symptoms",
-        "weeks",
-        "stable",
-        "referral",
-    ];
-    (0..n)
-        .map(|_| {
-            let len = mean * 3 / 4 + rng.below(mean as u64 / 2 + 1) as usize;
+const WORDS: &[&str] = &[
+    "patient",
+    "reports",
+    "cough",
+    "fever",
+    "blood",
+    "pressure",
+    "follow-up",
+    "allergy",
+    "penicillin",
+    "prescribed",
+    "review",
+    "symptoms",
+    "weeks",
+    "stable",
+    "referral",
+];
+
+/// What to import: `notes` notes spread round-robin over `patients` patients, bodies of
+/// `mean` bytes ±25 % (as real notes vary), generated on the fly so that the harness itself
+/// holds no data set in memory (the peak RSS is the peer's).
+#[derive(Clone, Copy)]
+pub struct Spec {
+    pub patients: usize,
+    pub notes: usize,
+    pub mean: usize,
+}
+
+impl Spec {
+    /// Every (patient index, body) in import order.
+    pub fn data(&self) -> impl Iterator<Item = (usize, Vec<u8>)> + '_ {
+        let mut rng = Lcg(2026);
+        (0..self.notes).map(move |i| {
+            let len = self.mean * 3 / 4 + rng.below(self.mean as u64 / 2 + 1) as usize;
             let mut b = Vec::with_capacity(len + 16);
             while b.len() < len {
                 b.extend_from_slice(WORDS[rng.below(WORDS.len() as u64) as usize].as_bytes());
                 b.push(b' ');
             }
             b.truncate(len);
-            b
+            (i % self.patients, b)
         })
-        .collect()
-}
-
-fn kdf() -> KdfParams {
-    KdfParams::new(8, 1, 1).unwrap()
-}
-
-/// The plaintext baseline: the same spaces, keys and batching as Carnet, no cryptography.
-struct Plain {
-    store: SledStore,
-}
-
-const P_PATIENTS: Space = Space::new("patients");
-const P_MANIFESTS: Space = Space::new("manifests");
-const P_NOTES: Space = Space::new("notes");
-
-impl Plain {
-    /// Imports, and returns a sample of 1,000 note keys (for the random reads).
-    fn import(&self, patients: usize, notes: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let mut sample = Vec::new();
-        let mut batch = Batch::new();
-        let mut counts = vec![0u64; patients];
-        for (i, body) in notes.iter().enumerate() {
-            let p = i % patients;
-            let pid = format!("P{p:06}").into_bytes();
-            if counts[p] == 0 {
-                batch.put(P_PATIENTS, pid.clone(), b"name and birth date".to_vec());
-            }
-            counts[p] += 1;
-            let mut key = pid.clone();
-            key.extend_from_slice(&(i as u128).to_be_bytes());
-            key.extend_from_slice(&1u32.to_be_bytes());
-            if i % (notes.len() / 1000).max(1) == 0 {
-                sample.push(key.clone());
-            }
-            batch.put(P_NOTES, key, body.clone());
-            batch.put(P_MANIFESTS, pid, counts[p].to_be_bytes().to_vec());
-            if (i + 1) % BATCH == 0 {
-                self.store.commit(std::mem::take(&mut batch)).unwrap();
-                self.store.flush().unwrap();
-            }
-        }
-        self.store.commit(batch).unwrap();
-        self.store.flush().unwrap();
-        sample
     }
 
-    /// One note: its patient's record and manifest, then the note itself.
-    fn read_note(&self, key: &[u8]) -> usize {
-        let pid = &key[..7];
-        self.store.get(P_PATIENTS, pid).unwrap().unwrap();
-        self.store.get(P_MANIFESTS, pid).unwrap().unwrap();
-        self.store.get(P_NOTES, key).unwrap().unwrap().len()
-    }
-
-    fn read_patient(&self, p: usize) -> usize {
-        let pid = format!("P{p:06}").into_bytes();
-        self.store.get(P_PATIENTS, &pid).unwrap().unwrap();
-        self.store.get(P_MANIFESTS, &pid).unwrap().unwrap();
-        self.store
-            .scan_prefix(P_NOTES, &pid)
-            .map(|r| r.unwrap().1.len())
-            .sum()
-    }
-
-    fn search(&self, word: &[u8]) -> usize {
-        self.store
-            .scan_prefix(P_NOTES, &[])
-            .filter(|r| {
-                r.as_ref()
-                    .unwrap()
-                    .1
-                    .windows(word.len())
-                    .any(|w| w.eq_ignore_ascii_case(word))
-            })
-            .count()
-    }
-
-    fn scan_all(&self) -> usize {
-        self.store
-            .scan_prefix(P_NOTES, &[])
-            .map(|r| r.unwrap().1.len())
-            .sum()
-    }
-
-    /// What a master-key rotation costs without cryptography: one record per patient, one batch.
-    fn rewrite_patients(&self, patients: usize) {
-        let mut batch = Batch::new();
-        for p in 0..patients {
-            batch.put(P_PATIENTS, format!("P{p:06}").into_bytes(), vec![7u8; 81]);
-        }
-        self.store.commit(batch).unwrap();
-        self.store.flush().unwrap();
+    pub fn bytes(&self) -> usize {
+        self.data().map(|(_, b)| b.len()).sum()
     }
 }
 
-struct Row {
-    name: String,
-    carnet: Vec<Duration>,
-    plain: Vec<Duration>,
+/// The patient identifier of index `p`, the same for every peer.
+pub fn patient_id(p: usize) -> String {
+    format!("FR-{p:07}")
 }
 
-fn median(v: &[Duration]) -> Duration {
-    let mut s = v.to_vec();
-    s.sort();
-    s[s.len() / 2]
+/// Matches `word` in `body` ignoring ASCII case: the search every peer runs on the bodies it
+/// reads (Carnet's own search folds full Unicode case, which costs more, not less).
+pub fn contains_word(body: &[u8], word: &[u8]) -> bool {
+    body.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
-fn fmt(v: &[Duration]) -> String {
-    let mut s = v.to_vec();
-    s.sort();
-    format!(
-        "{:>9.1} ms ({:.1}–{:.1})",
-        median(&s).as_secs_f64() * 1e3,
-        s[0].as_secs_f64() * 1e3,
-        s[s.len() - 1].as_secs_f64() * 1e3
+/// One measurement: time and peak RSS.
+#[derive(Clone, Copy)]
+struct Sample {
+    time: Duration,
+    rss_kib: Option<u64>,
+}
+
+/// Resets the kernel's peak-RSS mark of this process to its current RSS (Linux).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn measure<T>(f: impl FnOnce() -> T) -> (Sample, T) {
+    reset_peak_rss();
+    let t = Instant::now();
+    let r = f();
+    let time = t.elapsed();
+    (
+        Sample {
+            time,
+            rss_kib: peak_rss_kib(),
+        },
+        r,
     )
 }
 
-fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
-    let t = Instant::now();
-    let r = f();
-    (t.elapsed(), r)
+/// One row of the table: a workload, and each peer's samples (in `peer_names` order).
+struct Row {
+    name: String,
+    samples: Vec<Vec<Sample>>,
+}
+
+struct Table {
+    peer_names: Vec<&'static str>,
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn record(&mut self, workload: &str, peer: usize, s: Sample) {
+        let i = match self.rows.iter().position(|r| r.name == workload) {
+            Some(i) => i,
+            None => {
+                self.rows.push(Row {
+                    name: workload.to_string(),
+                    samples: vec![Vec::new(); self.peer_names.len()],
+                });
+                self.rows.len() - 1
+            }
+        };
+        self.rows[i].samples[peer].push(s);
+    }
+
+    fn print(&self) {
+        let mut head = "| workload |".to_string();
+        let mut rule = "| --- |".to_string();
+        for (i, p) in self.peer_names.iter().enumerate() {
+            head.push_str(&format!(" {p}: median (min–max) |"));
+            rule.push_str(" --- |");
+            if i > 0 {
+                head.push_str(&format!(" Carnet speed vs {p} |"));
+                rule.push_str(" --- |");
+            }
+        }
+        head.push_str(" peak RSS MiB (");
+        head.push_str(&self.peer_names.join(" / "));
+        head.push_str(") |");
+        rule.push_str(" --- |");
+        println!("\n{head}\n{rule}");
+        for r in &self.rows {
+            let mut line = format!("| {} |", r.name);
+            let carnet = median(&r.samples[0]);
+            for (i, s) in r.samples.iter().enumerate() {
+                if s.is_empty() {
+                    line.push_str(" — |");
+                    if i > 0 {
+                        line.push_str(" — |");
+                    }
+                    continue;
+                }
+                line.push_str(&format!(" {} |", fmt(s)));
+                if i > 0 {
+                    match carnet {
+                        Some(c) => line.push_str(&format!(
+                            " {:.2}x |",
+                            median(s).unwrap().as_secs_f64() / c.as_secs_f64()
+                        )),
+                        None => line.push_str(" — |"),
+                    }
+                }
+            }
+            let rss: Vec<String> = r
+                .samples
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|x| x.rss_kib)
+                        .max()
+                        .map_or("—".into(), |k| format!("{}", k / 1024))
+                })
+                .collect();
+            line.push_str(&format!(" {} |", rss.join(" / ")));
+            println!("{line}");
+        }
+    }
+}
+
+fn median(v: &[Sample]) -> Option<Duration> {
+    let mut s: Vec<Duration> = v.iter().map(|x| x.time).collect();
+    s.sort();
+    s.get(s.len() / 2).copied()
+}
+
+fn fmt(v: &[Sample]) -> String {
+    let mut s: Vec<Duration> = v.iter().map(|x| x.time).collect();
+    s.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    if s.len() == 1 {
+        return format!("{:.1} ms", ms(s[0]));
+    }
+    format!(
+        "{:.1} ms ({:.1}–{:.1})",
+        ms(s[s.len() / 2]),
+        ms(s[0]),
+        ms(s[s.len() - 1])
+    )
+}
+
+type MakePeer = fn(&std::path::Path) -> Box<dyn Peer>;
+
+fn peers() -> Vec<(&'static str, MakePeer)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, MakePeer)> = vec![
+        ("Carnet", |d| Box::new(Carnet::create(d))),
+        ("plaintext sled", |d| Box::new(PlainSled::create(d))),
+    ];
+    #[cfg(feature = "sqlcipher")]
+    {
+        v.push(("SQLCipher 4", |d| Box::new(peers::Sqlite::create(d, true))));
+        v.push(("SQLite", |d| Box::new(peers::Sqlite::create(d, false))));
+    }
+    v
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let full = args.iter().any(|a| a == "--full");
     let runs = if quick { 3 } else { 5 };
-    let (patients, notes_n, mean) = if quick {
-        (200, 20_000, 2048)
+    let main_spec = if quick {
+        Spec {
+            patients: 200,
+            notes: 20_000,
+            mean: 2048,
+        }
     } else {
-        (1000, 100_000, 2048)
+        Spec {
+            patients: 1000,
+            notes: 100_000,
+            mean: 2048,
+        }
     };
-    let mut rng = Lcg(2026);
-    let data = bodies(notes_n, mean, &mut rng);
-    let bytes: usize = data.iter().map(Vec::len).sum();
+    // `--profile WORKLOAD`: import once, then repeat one workload (for perf/callgrind).
+    if let Some(w) = args
+        .iter()
+        .position(|a| a == "--profile")
+        .and_then(|i| args.get(i + 1))
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer = Carnet::create(dir.path());
+        peer.import(&main_spec);
+        for _ in 0..20 {
+            match w.as_str() {
+                "verify" => assert!(peer.verify()),
+                "search" => assert!(peer.search(b"penicillin") > 0),
+                "read" => assert!(peer.read_patient(7) > 0),
+                "random" => peer.random_reads(100),
+                other => panic!("unknown workload {other}"),
+            }
+        }
+        return;
+    }
+    let peers = peers();
+    let mut table = Table {
+        peer_names: peers.iter().map(|p| p.0).collect(),
+        rows: Vec::new(),
+    };
     println!(
-        "carnet-bench{}: {notes_n} notes ({:.1} MB, mean {mean} B ±25 %) for {patients} patients; {runs} runs each",
+        "carnet-bench{}{}: import {} notes ({:.1} MB, mean {} B ±25 %) for {} patients; {runs} runs; peers: {}",
         if quick { " --quick" } else { "" },
-        bytes as f64 / 1e6
+        if full { " --full" } else { "" },
+        main_spec.notes,
+        main_spec.bytes() as f64 / 1e6,
+        main_spec.mean,
+        main_spec.patients,
+        table.peer_names.join(", ")
     );
-    let mut rows: Vec<Row> = Vec::new();
-    let mut row = |name: &str| {
-        rows.push(Row {
-            name: name.to_string(),
-            carnet: Vec::new(),
-            plain: Vec::new(),
-        });
-        rows.len() - 1
-    };
-    let (r_import, r_read, r_random, r_search, r_verify) = (
-        row("import (one flush per 1,000 notes)"),
-        row("read every note of 50 patients"),
-        row("1,000 random single-note reads"),
-        row("search one word, all notes"),
-        row("verify / scan everything"),
-    );
-    let r_rotate = row(&format!("rotate-master, {patients} patients"));
-    let mut ids: Vec<(PatientId, NoteId)> = Vec::new();
-    for run in 0..runs {
-        // Carnet.
-        ids.clear();
-        let dir = tempfile::tempdir().unwrap();
-        let mut vault = Vault::create(
-            SledStore::create(&dir.path().join("v")).unwrap(),
-            "admin",
-            &Passphrase::new(PASS.into()),
-            kdf(),
-        )
-        .unwrap();
-        let (t, _) = time(|| {
-            let mut imp = vault.import();
-            for (i, body) in data.iter().enumerate() {
-                let pid = PatientId::new(format!("P{:06}", i % patients)).unwrap();
-                let id = imp
-                    .add(
-                        NewPatient::new(pid.clone()),
-                        NewNote::new(NoteBody::new(body.clone()).unwrap()),
-                    )
-                    .unwrap();
-                if i % (notes_n / 1000) == 0 {
-                    ids.push((pid, id));
-                }
-            }
-            imp.finish().unwrap();
-        });
-        rows[r_import].carnet.push(t);
-        let (t, _) = time(|| {
-            for p in 0..50 {
-                let pid = PatientId::new(format!("P{:06}", p * patients / 50)).unwrap();
-                for n in vault.notes(&pid).unwrap() {
-                    vault.note(&pid, &n.id).unwrap();
-                }
-            }
-        });
-        rows[r_read].carnet.push(t);
-        let (t, _) = time(|| {
-            for k in 0..1000 {
-                let (pid, id) = &ids[(k * 7919) % ids.len()];
-                vault.note(pid, id).unwrap();
-            }
-        });
-        rows[r_random].carnet.push(t);
-        let (t, hits) = time(|| vault.search("penicillin", None).unwrap().len());
-        assert!(hits > 0);
-        rows[r_search].carnet.push(t);
-        let (t, r) = time(|| vault.verify(&mut |_, _| {}).unwrap());
-        assert!(r.is_ok());
-        rows[r_verify].carnet.push(t);
-        let (t, _) = time(|| vault.rotate_master(&mut |_, _| {}).unwrap());
-        rows[r_rotate].carnet.push(t);
-        drop(vault);
 
-        // Plaintext sled, same layout.
-        let dir = tempfile::tempdir().unwrap();
-        let plain = Plain {
-            store: SledStore::create(&dir.path().join("v")).unwrap(),
-        };
-        let (t, sample) = time(|| plain.import(patients, &data));
-        rows[r_import].plain.push(t);
-        rows[r_read].plain.push(
-            time(|| {
+    // The main workloads, `runs` times, each run on a fresh store per peer.
+    for run in 0..runs {
+        for (pi, (_, make)) in peers.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut peer = make(dir.path());
+            let (s, _) = measure(|| peer.import(&main_spec));
+            table.record(
+                &format!(
+                    "import {} notes of {} B (batches of 1,000)",
+                    main_spec.notes, main_spec.mean
+                ),
+                pi,
+                s,
+            );
+            let (s, n) = measure(|| {
                 (0..50)
-                    .map(|p| plain.read_patient(p * patients / 50))
+                    .map(|k| peer.read_patient(k * main_spec.patients / 50))
                     .sum::<usize>()
-            })
-            .0,
-        );
-        rows[r_random].plain.push(
-            time(|| {
-                for k in 0..1000 {
-                    plain.read_note(&sample[(k * 7919) % sample.len()]);
-                }
-            })
-            .0,
-        );
-        rows[r_search]
-            .plain
-            .push(time(|| plain.search(b"penicillin")).0);
-        rows[r_verify].plain.push(time(|| plain.scan_all()).0);
-        rows[r_rotate]
-            .plain
-            .push(time(|| plain.rewrite_patients(patients)).0);
-        eprintln!("run {} of {runs} done", run + 1);
+            });
+            assert_eq!(n, 50 * main_spec.notes / main_spec.patients);
+            table.record("open 50 patients, read all their notes", pi, s);
+            let (s, _) = measure(|| peer.random_reads(1000));
+            table.record("1,000 random single-note reads", pi, s);
+            let (s, hits) = measure(|| peer.search(b"penicillin"));
+            assert!(hits > 0);
+            table.record("search one word over all notes", pi, s);
+            let (s, ok) = measure(|| peer.verify());
+            assert!(ok);
+            table.record("verify (read and check everything)", pi, s);
+        }
+        eprintln!("main workloads: run {} of {runs} done", run + 1);
     }
-    let (t_unlock, _) = {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("v");
-        drop(
-            Vault::create(
-                SledStore::create(&p).unwrap(),
-                "admin",
-                &Passphrase::new(PASS.into()),
-                KdfParams::default(),
-            )
-            .unwrap(),
-        );
-        let store = SledStore::open(&p).unwrap();
-        time(|| Vault::unlock(store, "admin", &Passphrase::new(PASS.into())).unwrap())
+
+    // Master-key rotation at growing sizes, one note of 512 B per patient, then at 10 and 100
+    // notes per patient (what a rotation must not depend on). Each rotation runs `runs` times
+    // on the same data.
+    let scales: Vec<(usize, usize)> = if quick {
+        vec![(1_000, 1), (10_000, 1), (1_000, 10), (1_000, 100)]
+    } else {
+        vec![
+            (1_000, 1),
+            (10_000, 1),
+            (100_000, 1),
+            (10_000, 10),
+            (10_000, 100),
+        ]
     };
-    println!(
-        "\n| workload | Carnet: median (min–max) | plaintext sled | Carnet / plaintext speed |"
-    );
-    println!("| --- | --- | --- | --- |");
-    for r in &rows {
-        let ratio = median(&r.plain).as_secs_f64() / median(&r.carnet).as_secs_f64();
-        println!(
-            "| {} | {} | {} | {:.2}x |",
-            r.name,
-            fmt(&r.carnet),
-            fmt(&r.plain),
-            ratio
-        );
+    for (patients, per) in scales {
+        let spec = Spec {
+            patients,
+            notes: patients * per,
+            mean: 512,
+        };
+        for (pi, (_, make)) in peers.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut peer = make(dir.path());
+            peer.import(&spec);
+            for _ in 0..runs {
+                if let (s, true) = measure(|| peer.rotate_master(patients)) {
+                    table.record(
+                        &format!("rotate-master: {patients} patients × {per} note(s) of 512 B"),
+                        pi,
+                        s,
+                    );
+                }
+            }
+        }
+        eprintln!("rotate-master at {patients} × {per} done");
     }
-    println!(
-        "| unlock, Argon2id 64 MiB / t=3 / p=4 | {:>9.1} ms | — | — |",
-        t_unlock.as_secs_f64() * 1e3
-    );
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM")) {
-        println!(
-            "\npeak RSS of the whole run: {}",
-            hwm.trim_start_matches("VmHWM:").trim()
-        );
+
+    // rotate-patient: one patient with 1,000 notes.
+    let spec = Spec {
+        patients: 1,
+        notes: 1000,
+        mean: 2048,
+    };
+    for (pi, (_, make)) in peers.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer = make(dir.path());
+        peer.import(&spec);
+        for _ in 0..runs {
+            if let (s, true) = measure(|| peer.rotate_patient(0)) {
+                table.record("rotate-patient: one patient with 1,000 notes", pi, s);
+            }
+        }
     }
+
+    if full {
+        let spec = Spec {
+            patients: 10_000,
+            notes: 1_000_000,
+            mean: 512,
+        };
+        for (pi, (_, make)) in peers.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut peer = make(dir.path());
+            let (s, _) = measure(|| peer.import(&spec));
+            table.record("--full: import 1,000,000 notes of 512 B", pi, s);
+            let (s, ok) = measure(|| peer.verify());
+            assert!(ok);
+            table.record("--full: verify 1,000,000 notes", pi, s);
+            eprintln!("--full: {} done", table.peer_names[pi]);
+        }
+    }
+
+    // Unlock with the default KDF (Argon2id, 64 MiB, t=3, p=4).
+    for _ in 0..runs {
+        let (s, _) = measure(Carnet::unlock_default_kdf);
+        table.record("unlock (Argon2id 64 MiB, t=3, p=4)", 0, s);
+    }
+
+    table.print();
+    println!(
+        "\nSpeed columns: the peer's time divided by Carnet's (above 1: Carnet is faster). \
+         Peak RSS: the process's high-water mark during the workload (reset before it), \
+         including what earlier workloads left allocated."
+    );
 }

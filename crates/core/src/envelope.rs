@@ -132,7 +132,7 @@ impl<'a> Sealed<'a> {
     /// [`Sealed::open`], with the one integrity error every failure becomes, naming `location`.
     pub(crate) fn open_at(
         &self,
-        location: &str,
+        location: impl std::fmt::Display,
         kind: Kind,
         key: &SecretKey,
         vault_id: &[u8; 16],
@@ -140,7 +140,7 @@ impl<'a> Sealed<'a> {
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         self.open(kind, key, vault_id, binding).ok_or_else(|| {
             crate::IntegrityError::new(
-                location,
+                location.to_string(),
                 "failed authentication (altered, moved or foreign)",
             )
             .into()

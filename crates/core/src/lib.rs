@@ -87,6 +87,7 @@ mod keystore;
 mod lifecycle;
 mod log;
 mod model;
+mod par;
 mod records;
 mod recovery;
 mod secret;

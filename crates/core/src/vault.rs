@@ -583,8 +583,14 @@ impl<S: Store> Vault<S> {
                     "malformed storage key",
                 )
             })?;
-        let location = format!("note {}/{}/v{version}", blind.short(), NoteId(note));
-        let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
+        // Named only when something is wrong: formatting it for every note costs more than
+        // its decryption's bookkeeping.
+        let location = NoteLocation {
+            blind: &blind,
+            note,
+            version,
+        };
+        let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location.to_string(), e))?;
         // Between the steps of a patient-key rotation, notes may be sealed under the next (or
         // the previous) key version; any version still in the key store opens them.
         let other;
@@ -596,8 +602,9 @@ impl<S: Store> Vault<S> {
         };
         // Opened and decoded once: the metadata and the body come from the same frame.
         let plain = sealed.open_at(&location, Kind::Note, note_key, self.vault_id(), key)?;
-        let (meta, body) = frame::decode::<NoteMetaV1>(&plain)
-            .ok_or_else(|| integrity(&location, "authenticated but malformed payload"))?;
+        let (meta, body) = frame::decode::<NoteMetaV1>(&plain).ok_or_else(|| {
+            integrity(location.to_string(), "authenticated but malformed payload")
+        })?;
         Ok(Decoded {
             note,
             version,
@@ -618,6 +625,17 @@ impl<S: Store> Vault<S> {
             .store
             .scan_prefix(space::NOTES, &st.blind.0)
             .collect::<Result<_, _>>()?;
+        self.check_notes(st, &raw, bodies)
+    }
+
+    /// [`Vault::scan_notes`] over entries already read: every stored version of one patient's
+    /// notes (storage key, stored bytes), in storage order.
+    fn check_notes(
+        &self,
+        st: &PatientState,
+        raw: &[(Vec<u8>, Vec<u8>)],
+        bodies: Bodies,
+    ) -> Result<Scan, Error> {
         let mut out = Vec::with_capacity(raw.len());
         let mut problems = Vec::new();
         for (i, (k, v)) in raw.iter().enumerate() {
@@ -723,6 +741,17 @@ impl<S: Store> Vault<S> {
             self.require(Duty::Clinical)?;
             let st = self.find_patient(id)?;
             Ok(current_versions(self.notes_of(&st, Bodies::None)?))
+        })
+    }
+
+    /// The current version of each of the patient's notes, with their bodies, in the order the
+    /// notes were added: opening a patient's chart in one read (and one access-log entry,
+    /// `note read`), instead of a [`Vault::note`] per note.
+    pub fn read_notes(&self, id: &PatientId) -> Result<Vec<Note>, Error> {
+        self.logged("note read", Some(id), None, || {
+            self.require(Duty::Clinical)?;
+            let st = self.find_patient(id)?;
+            Ok(current_versions(self.notes_of(&st, Bodies::Current)?))
         })
     }
 
@@ -856,10 +885,10 @@ impl<S: Store> Vault<S> {
         };
         states.sort_by_key(|s| s.info.seq);
         let needle = text.to_lowercase();
-        let mut hits = Vec::new();
-        for st in &states {
-            let notes = current_versions(self.notes_of(st, Bodies::Current)?);
-            for n in notes {
+        // Patients are searched on every core; hits keep the patients' order.
+        let per_patient = crate::par::map_parallel(states.iter().map(Ok), |st| {
+            let mut hits = Vec::new();
+            for n in current_versions(self.notes_of(st, Bodies::Current)?) {
                 let Some(body) = &n.body else { continue };
                 if let Some(snippet) = find_snippet(body.as_bytes(), &needle) {
                     hits.push(SearchHit {
@@ -870,6 +899,11 @@ impl<S: Store> Vault<S> {
                     });
                 }
             }
+            Ok::<_, Error>(hits)
+        })?;
+        let mut hits = Vec::new();
+        for h in per_patient {
+            hits.extend(h?);
         }
         Ok(hits)
     }
@@ -1161,31 +1195,49 @@ impl<S: Store> Vault<S> {
             }
         }
 
-        // Notes, patient by patient, then orphans.
+        // Notes: one pass over the store, one patient's run of notes at a time (storage keys
+        // start with the patient's blind), decrypted on every core; runs of no registered
+        // patient are orphans. Patients with no stored note at all are checked after.
         let mut done = 0u64;
-        let mut blinds: Vec<&Blind> = patients.keys().collect();
-        blinds.sort();
-        for blind in blinds {
-            let st = &patients[blind];
-            let scan = self.scan_notes(st, Bodies::None)?;
-            report.records_checked += scan.stored;
-            report.problems.extend(scan.problems);
+        let mut with_notes = HashSet::new();
+        let runs = NoteRuns::new(self.store.scan_prefix(space::NOTES, &[]));
+        let checked = crate::par::map_parallel(runs, |(owner, raw)| {
+            let stored = raw.len() as u64;
+            match owner.and_then(|b| patients.get(&b)) {
+                Some(st) => self
+                    .check_notes(st, &raw, Bodies::None)
+                    .map(|scan| (owner, scan.stored, scan.problems)),
+                None => {
+                    let short = owner.map_or_else(|| "?".into(), |b| b.short());
+                    let orphan = IntegrityError::new(
+                        format!("note under {short}"),
+                        "belongs to no registered patient (orphan)",
+                    );
+                    Ok((None, stored, vec![orphan; raw.len()]))
+                }
+            }
+        })?;
+        for result in checked {
+            let (owner, stored, problems) = result?;
+            report.records_checked += stored;
+            report.problems.extend(problems);
+            if let Some(b) = owner {
+                with_notes.insert(b);
+                done += 1;
+                progress(done, total);
+            }
+        }
+        let mut empty: Vec<&Blind> = patients
+            .keys()
+            .filter(|b| !with_notes.contains(*b))
+            .collect();
+        empty.sort();
+        for blind in empty {
+            report
+                .problems
+                .extend(check_chain(&patients[blind], &[], 0));
             done += 1;
             progress(done, total);
-        }
-        for r in self.store.scan_prefix(space::NOTES, &[]) {
-            let (k, _) = r?;
-            let owner = k.get(..32).and_then(Blind::from_slice);
-            if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
-                report.records_checked += 1;
-                report.problems.push(IntegrityError::new(
-                    format!(
-                        "note under {}",
-                        owner.map_or_else(|| "?".into(), |b| b.short())
-                    ),
-                    "belongs to no registered patient (orphan)",
-                ));
-            }
         }
         Ok(report)
     }
@@ -1220,6 +1272,64 @@ pub(crate) fn seal_registry(
         &[],
         &frame::encode(reg, &[])?,
     )
+}
+
+/// Where a note version is stored, as integrity errors name it.
+struct NoteLocation<'a> {
+    blind: &'a Blind,
+    note: [u8; 16],
+    version: u32,
+}
+
+impl std::fmt::Display for NoteLocation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "note {}/{}/v{}",
+            self.blind.short(),
+            NoteId(self.note),
+            self.version
+        )
+    }
+}
+
+/// Groups a scan of the notes space into runs of one patient each: (the blind the storage
+/// keys start with, or `None` for malformed keys; the run's entries).
+struct NoteRuns<I: Iterator> {
+    entries: std::iter::Peekable<I>,
+}
+
+type RawEntry = (Vec<u8>, Vec<u8>);
+
+impl<I: Iterator<Item = Result<RawEntry, carnet_storage::StoreError>>> NoteRuns<I> {
+    fn new(entries: I) -> Self {
+        NoteRuns {
+            entries: entries.peekable(),
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<RawEntry, carnet_storage::StoreError>>> Iterator for NoteRuns<I> {
+    type Item = Result<(Option<Blind>, Vec<RawEntry>), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let first = match self.entries.next()? {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let owner = first.0.get(..32).and_then(Blind::from_slice);
+        let mut run = vec![first];
+        while let Some(Ok((k, _))) = self.entries.peek() {
+            if k.get(..32).and_then(Blind::from_slice) != owner {
+                break;
+            }
+            // Invariant: `peek` just returned `Some(Ok(_))`.
+            if let Some(Ok(e)) = self.entries.next() {
+                run.push(e);
+            }
+        }
+        Some(Ok((owner, run)))
+    }
 }
 
 /// Checks the registry's count and chain against the patients found.

@@ -378,3 +378,34 @@ fn oversized_bodies_are_refused_before_anything_is_written() {
         .unwrap();
     assert_eq!(v.note(&pid("p"), &id).unwrap().bytes, 16 * 1024 * 1024);
 }
+
+#[test]
+fn read_notes_opens_a_chart_in_one_logged_read() {
+    let (v, notes) = populated(Arc::new(MemStore::new()));
+    let chart = v.read_notes(&pid("alice")).unwrap();
+    let got: Vec<(NoteId, u32, Vec<u8>)> = chart
+        .iter()
+        .map(|n| {
+            (
+                n.id,
+                n.version,
+                n.body.as_ref().unwrap().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (notes[0].1, 2, b"a1 amended".to_vec()),
+            (notes[1].1, 1, b"a2".to_vec()),
+        ],
+        "current versions with bodies, in the order the notes were added"
+    );
+    assert!(matches!(
+        v.read_notes(&pid("nobody")),
+        Err(carnet_core::Error::NoSuchPatient)
+    ));
+    let log = v.audit(&Default::default()).unwrap();
+    let reads: Vec<_> = log.iter().filter(|e| e.action == "note read").collect();
+    assert_eq!(reads.len(), 2, "one entry per call, the failed one too");
+}
