@@ -251,24 +251,179 @@ fn peers() -> Vec<(&'static str, MakePeer)> {
     v
 }
 
+/// Sizes of the run.
+struct Sizes {
+    quick: bool,
+    full: bool,
+    runs: usize,
+    main: Spec,
+    scales: Vec<(usize, usize)>,
+}
+
+impl Sizes {
+    fn from_args(args: &[String]) -> Sizes {
+        let quick = args.iter().any(|a| a == "--quick");
+        let full = args.iter().any(|a| a == "--full");
+        Sizes {
+            quick,
+            full,
+            runs: if quick { 3 } else { 5 },
+            main: if quick {
+                Spec {
+                    patients: 200,
+                    notes: 20_000,
+                    mean: 2048,
+                }
+            } else {
+                Spec {
+                    patients: 1000,
+                    notes: 100_000,
+                    mean: 2048,
+                }
+            },
+            // Master-key rotation at growing sizes, one note of 512 B per patient, then at 10
+            // and 100 notes per patient (what a rotation must not depend on).
+            scales: if quick {
+                vec![(1_000, 1), (10_000, 1), (1_000, 10), (1_000, 100)]
+            } else {
+                vec![
+                    (1_000, 1),
+                    (10_000, 1),
+                    (100_000, 1),
+                    (10_000, 10),
+                    (10_000, 100),
+                ]
+            },
+        }
+    }
+}
+
+/// Prints one measurement for the parent process.
+fn report(workload: &str, s: Sample) {
+    println!(
+        "R\t{workload}\t{}\t{}",
+        s.time.as_nanos(),
+        s.rss_kib.unwrap_or(0)
+    );
+}
+
+/// Runs one scenario for one peer, in a process of its own (so that each peer's peak RSS is
+/// its own), printing each measurement.
+fn child(peer: usize, scenario: &str, sizes: &Sizes) {
+    let make = peers()[peer].1;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = make(dir.path());
+    let runs = sizes.runs;
+    match scenario.split(':').collect::<Vec<_>>()[..] {
+        ["main"] => {
+            let spec = sizes.main;
+            let (s, _) = measure(|| p.import(&spec));
+            report(
+                &format!(
+                    "import {} notes of {} B (batches of 1,000)",
+                    spec.notes, spec.mean
+                ),
+                s,
+            );
+            let (s, n) = measure(|| {
+                (0..50)
+                    .map(|k| p.read_patient(k * spec.patients / 50))
+                    .sum::<usize>()
+            });
+            assert_eq!(n, 50 * spec.notes / spec.patients);
+            report("open 50 patients, read all their notes", s);
+            let (s, _) = measure(|| p.random_reads(1000));
+            report("1,000 random single-note reads", s);
+            let (s, hits) = measure(|| p.search(b"penicillin"));
+            assert!(hits > 0);
+            report("search one word over all notes", s);
+            let (s, ok) = measure(|| p.verify());
+            assert!(ok);
+            report("verify (read and check everything)", s);
+        }
+        ["rotate", patients, per] => {
+            let (patients, per): (usize, usize) = (patients.parse().unwrap(), per.parse().unwrap());
+            p.import(&Spec {
+                patients,
+                notes: patients * per,
+                mean: 512,
+            });
+            for _ in 0..runs {
+                if let (s, true) = measure(|| p.rotate_master(patients)) {
+                    report(
+                        &format!("rotate-master: {patients} patients × {per} note(s) of 512 B"),
+                        s,
+                    );
+                }
+            }
+        }
+        ["rotate-patient"] => {
+            p.import(&Spec {
+                patients: 1,
+                notes: 1000,
+                mean: 2048,
+            });
+            for _ in 0..runs {
+                if let (s, true) = measure(|| p.rotate_patient(0)) {
+                    report("rotate-patient: one patient with 1,000 notes", s);
+                }
+            }
+        }
+        ["full"] => {
+            let spec = Spec {
+                patients: 10_000,
+                notes: 1_000_000,
+                mean: 512,
+            };
+            let (s, _) = measure(|| p.import(&spec));
+            report("--full: import 1,000,000 notes of 512 B", s);
+            let (s, ok) = measure(|| p.verify());
+            assert!(ok);
+            report("--full: verify 1,000,000 notes", s);
+        }
+        ["unlock"] => {
+            drop(p);
+            for _ in 0..runs {
+                let (s, _) = measure(Carnet::unlock_default_kdf);
+                report("unlock (Argon2id 64 MiB, t=3, p=4)", s);
+            }
+        }
+        _ => panic!("unknown scenario {scenario}"),
+    }
+}
+
+/// Runs `scenario` for `peer` in a child process and records what it reports.
+fn spawn(table: &mut Table, peer: usize, scenario: &str, args: &[String]) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(args.iter().filter(|a| *a == "--quick" || *a == "--full"))
+        .args(["--child", &peer.to_string(), scenario])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{scenario} for peer {peer} failed");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let ["R", name, nanos, rss] = f[..] {
+            let rss: u64 = rss.parse().unwrap();
+            table.record(
+                name,
+                peer,
+                Sample {
+                    time: Duration::from_nanos(nanos.parse().unwrap()),
+                    rss_kib: (rss > 0).then_some(rss),
+                },
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let full = args.iter().any(|a| a == "--full");
-    let runs = if quick { 3 } else { 5 };
-    let main_spec = if quick {
-        Spec {
-            patients: 200,
-            notes: 20_000,
-            mean: 2048,
-        }
-    } else {
-        Spec {
-            patients: 1000,
-            notes: 100_000,
-            mean: 2048,
-        }
-    };
+    let sizes = Sizes::from_args(&args);
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(args[i + 1].parse().unwrap(), &args[i + 2], &sizes);
+        return;
+    }
     // `--profile WORKLOAD`: import once, then repeat one workload (for perf/callgrind).
     if let Some(w) = args
         .iter()
@@ -277,7 +432,7 @@ fn main() {
     {
         let dir = tempfile::tempdir().unwrap();
         let mut peer = Carnet::create(dir.path());
-        peer.import(&main_spec);
+        peer.import(&sizes.main);
         for _ in 0..20 {
             match w.as_str() {
                 "verify" => assert!(peer.verify()),
@@ -289,137 +444,49 @@ fn main() {
         }
         return;
     }
-    let peers = peers();
+    let peer_names: Vec<&'static str> = peers().iter().map(|p| p.0).collect();
     let mut table = Table {
-        peer_names: peers.iter().map(|p| p.0).collect(),
+        peer_names: peer_names.clone(),
         rows: Vec::new(),
     };
+    let m = sizes.main;
     println!(
-        "carnet-bench{}{}: import {} notes ({:.1} MB, mean {} B ±25 %) for {} patients; {runs} runs; peers: {}",
-        if quick { " --quick" } else { "" },
-        if full { " --full" } else { "" },
-        main_spec.notes,
-        main_spec.bytes() as f64 / 1e6,
-        main_spec.mean,
-        main_spec.patients,
-        table.peer_names.join(", ")
+        "carnet-bench{}{}: import {} notes ({:.1} MB, mean {} B ±25 %) for {} patients; {} runs; peers: {}",
+        if sizes.quick { " --quick" } else { "" },
+        if sizes.full { " --full" } else { "" },
+        m.notes,
+        m.bytes() as f64 / 1e6,
+        m.mean,
+        m.patients,
+        sizes.runs,
+        peer_names.join(", ")
     );
-
-    // The main workloads, `runs` times, each run on a fresh store per peer.
-    for run in 0..runs {
-        for (pi, (_, make)) in peers.iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let mut peer = make(dir.path());
-            let (s, _) = measure(|| peer.import(&main_spec));
-            table.record(
-                &format!(
-                    "import {} notes of {} B (batches of 1,000)",
-                    main_spec.notes, main_spec.mean
-                ),
-                pi,
-                s,
-            );
-            let (s, n) = measure(|| {
-                (0..50)
-                    .map(|k| peer.read_patient(k * main_spec.patients / 50))
-                    .sum::<usize>()
-            });
-            assert_eq!(n, 50 * main_spec.notes / main_spec.patients);
-            table.record("open 50 patients, read all their notes", pi, s);
-            let (s, _) = measure(|| peer.random_reads(1000));
-            table.record("1,000 random single-note reads", pi, s);
-            let (s, hits) = measure(|| peer.search(b"penicillin"));
-            assert!(hits > 0);
-            table.record("search one word over all notes", pi, s);
-            let (s, ok) = measure(|| peer.verify());
-            assert!(ok);
-            table.record("verify (read and check everything)", pi, s);
+    for run in 0..sizes.runs {
+        for peer in 0..peer_names.len() {
+            spawn(&mut table, peer, "main", &args);
         }
-        eprintln!("main workloads: run {} of {runs} done", run + 1);
+        eprintln!("main workloads: run {} of {} done", run + 1, sizes.runs);
     }
-
-    // Master-key rotation at growing sizes, one note of 512 B per patient, then at 10 and 100
-    // notes per patient (what a rotation must not depend on). Each rotation runs `runs` times
-    // on the same data.
-    let scales: Vec<(usize, usize)> = if quick {
-        vec![(1_000, 1), (10_000, 1), (1_000, 10), (1_000, 100)]
-    } else {
-        vec![
-            (1_000, 1),
-            (10_000, 1),
-            (100_000, 1),
-            (10_000, 10),
-            (10_000, 100),
-        ]
-    };
-    for (patients, per) in scales {
-        let spec = Spec {
-            patients,
-            notes: patients * per,
-            mean: 512,
-        };
-        for (pi, (_, make)) in peers.iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let mut peer = make(dir.path());
-            peer.import(&spec);
-            for _ in 0..runs {
-                if let (s, true) = measure(|| peer.rotate_master(patients)) {
-                    table.record(
-                        &format!("rotate-master: {patients} patients × {per} note(s) of 512 B"),
-                        pi,
-                        s,
-                    );
-                }
-            }
+    for (patients, per) in &sizes.scales {
+        for peer in 0..peer_names.len() {
+            spawn(&mut table, peer, &format!("rotate:{patients}:{per}"), &args);
         }
         eprintln!("rotate-master at {patients} × {per} done");
     }
-
-    // rotate-patient: one patient with 1,000 notes.
-    let spec = Spec {
-        patients: 1,
-        notes: 1000,
-        mean: 2048,
-    };
-    for (pi, (_, make)) in peers.iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut peer = make(dir.path());
-        peer.import(&spec);
-        for _ in 0..runs {
-            if let (s, true) = measure(|| peer.rotate_patient(0)) {
-                table.record("rotate-patient: one patient with 1,000 notes", pi, s);
-            }
+    for peer in 0..peer_names.len() {
+        spawn(&mut table, peer, "rotate-patient", &args);
+    }
+    if sizes.full {
+        for (peer, name) in peer_names.iter().enumerate() {
+            spawn(&mut table, peer, "full", &args);
+            eprintln!("--full: {name} done");
         }
     }
-
-    if full {
-        let spec = Spec {
-            patients: 10_000,
-            notes: 1_000_000,
-            mean: 512,
-        };
-        for (pi, (_, make)) in peers.iter().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let mut peer = make(dir.path());
-            let (s, _) = measure(|| peer.import(&spec));
-            table.record("--full: import 1,000,000 notes of 512 B", pi, s);
-            let (s, ok) = measure(|| peer.verify());
-            assert!(ok);
-            table.record("--full: verify 1,000,000 notes", pi, s);
-            eprintln!("--full: {} done", table.peer_names[pi]);
-        }
-    }
-
-    // Unlock with the default KDF (Argon2id, 64 MiB, t=3, p=4).
-    for _ in 0..runs {
-        let (s, _) = measure(Carnet::unlock_default_kdf);
-        table.record("unlock (Argon2id 64 MiB, t=3, p=4)", 0, s);
-    }
-
+    spawn(&mut table, 0, "unlock", &args);
     table.print();
     println!(
         "\nSpeed columns: the peer's time divided by Carnet's (above 1: Carnet is faster). \
-         Peak RSS: the process's high-water mark during the workload (reset before it), \
-         including what earlier workloads left allocated."
+         Peak RSS: the high-water mark of a process that runs one peer's scenario (reset \
+         before each workload, so later rows include what the import left cached)."
     );
 }

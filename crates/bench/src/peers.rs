@@ -346,7 +346,7 @@ impl Peer for Sqlite {
             .prepare_cached("SELECT body FROM notes WHERE patient = ?1")
             .unwrap();
         let rows = st.query_map([&pid], |r| r.get::<_, Vec<u8>>(0)).unwrap();
-        rows.map(|r| r.unwrap()).count()
+        rows.filter(|r| !r.as_ref().unwrap().is_empty()).count()
     }
 
     fn random_reads(&self, n: usize) {
