@@ -129,29 +129,43 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
     }
     let bar = Progress::new(g, "importing", total);
     let mut lines = Lines::open(&a.file)?;
-    let mut done = 0u64;
-    while let Some((n, line)) = lines.next_line()? {
-        if done < skip {
-            done += 1;
+    // Lines already imported by an interrupted run are skipped; the rest are parsed as they
+    // are read, and sealed and written on both cores (`Import::add_all`).
+    let mut skipped = 0u64;
+    let mut changed: Option<CliError> = None;
+    let items = std::iter::from_fn(|| loop {
+        let (n, line) = match lines.next_line() {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(e) => {
+                changed = Some(e);
+                return Some(Err(carnet_core::Error::InvalidArgument(
+                    "the import file could not be read".into(),
+                )));
+            }
+        };
+        if skipped < skip {
+            skipped += 1;
             continue;
         }
-        let (patient, note) = line.and_then(|b| parse(&b)).map_err(|why| {
-            CliError::failure(format!("line {n} changed during the import: {why}"))
-        })?;
-        import.add(patient, note).map_err(|e| {
-            let committed = import.committed().notes_imported;
-            let e = CliError::from(e);
-            CliError {
-                message: format!(
-                    "line {n}: {} ({committed} notes were imported before it)",
-                    e.message
-                ),
-                ..e
-            }
-        })?;
-        done += 1;
-        bar.set(done, total);
+        return Some(line.and_then(|b| parse(&b)).map_err(|why| {
+            carnet_core::Error::InvalidArgument(format!(
+                "line {n} changed during the import: {why}"
+            ))
+        }));
+    });
+    let result = import.add_all(items, &mut |c| bar.set(skip + c.notes_imported, total));
+    if let Some(e) = changed {
+        return Err(e);
     }
+    result.map_err(|e| {
+        let committed = import.committed().notes_imported;
+        let e = CliError::from(e);
+        CliError {
+            message: format!("{} ({committed} notes were imported before it)", e.message),
+            ..e
+        }
+    })?;
     let summary = import.finish()?;
     bar.finish();
     if g.json {

@@ -39,7 +39,7 @@ fn small_kdf() -> KdfParams {
 
 pub struct Carnet {
     vault: Vault<SledStore>,
-    /// A sample of (patient, note) for the random reads: one in every `notes / 1000`.
+    /// A sample of (patient, note) for the random reads (see `open`).
     sample: Vec<(PatientId, NoteId)>,
 }
 
@@ -56,6 +56,28 @@ impl Carnet {
             vault,
             sample: Vec::new(),
         }
+    }
+
+    /// Opens the vault `create` made in `dir` (the same small KDF), and picks the sample of
+    /// 1,000 notes spread over the patients for the random reads (listing notes: not timed).
+    pub fn open(dir: &Path, spec: &Spec) -> Self {
+        let vault = Vault::unlock(
+            SledStore::open(&dir.join("v")).unwrap(),
+            "admin",
+            &Passphrase::new(PASS.into()),
+        )
+        .unwrap();
+        let mut sample = Vec::new();
+        let per = 1000usize.div_ceil(spec.patients);
+        for p in 0..spec.patients.min(1000) {
+            let pid = PatientId::new(patient_id(p)).unwrap();
+            let notes = vault.notes(&pid).unwrap();
+            let step = (notes.len() / per).max(1);
+            for n in notes.iter().step_by(step).take(per) {
+                sample.push((pid.clone(), n.id));
+            }
+        }
+        Carnet { vault, sample }
     }
 
     pub fn unlock_default_kdf() {
@@ -77,20 +99,28 @@ impl Carnet {
 
 impl Peer for Carnet {
     fn import(&mut self, spec: &Spec) {
-        let every = (spec.notes / 1000).max(1);
         let mut imp = self.vault.import();
-        for (i, (p, body)) in spec.data().enumerate() {
-            let pid = PatientId::new(patient_id(p)).unwrap();
-            let id = imp
-                .add(
-                    NewPatient::new(pid.clone()),
+        if std::env::var_os("CARNET_BENCH_SEQUENTIAL").is_some() {
+            for (p, body) in spec.data() {
+                imp.add(
+                    NewPatient::new(PatientId::new(patient_id(p)).unwrap()),
                     NewNote::new(NoteBody::new(body).unwrap()),
                 )
                 .unwrap();
-            if i % every == 0 {
-                self.sample.push((pid, id));
             }
+            imp.finish().unwrap();
+            return;
         }
+        imp.add_all(
+            spec.data().map(|(p, body)| {
+                Ok((
+                    NewPatient::new(PatientId::new(patient_id(p)).unwrap()),
+                    NewNote::new(NoteBody::new(body).unwrap()),
+                ))
+            }),
+            &mut |_| {},
+        )
+        .unwrap();
         imp.finish().unwrap();
     }
 
@@ -148,6 +178,18 @@ impl PlainSled {
         PlainSled {
             store: SledStore::create(&dir.join("v")).unwrap(),
             sample: Vec::new(),
+        }
+    }
+
+    /// Opens the store `create` made in `dir`, recomputing the import's sample.
+    pub fn open(dir: &Path, spec: &Spec) -> Self {
+        let every = (spec.notes / 1000).max(1);
+        PlainSled {
+            store: SledStore::open(&dir.join("v")).unwrap(),
+            sample: (0..spec.notes)
+                .step_by(every)
+                .map(|i| Self::note_key(patient_id(i % spec.patients).as_bytes(), i))
+                .collect(),
         }
     }
 
@@ -284,6 +326,25 @@ impl Sqlite {
             conn,
             encrypted,
             sample: Vec::new(),
+        }
+    }
+
+    /// Opens the database `create` made in `dir`; rows were numbered in import order.
+    pub fn open(dir: &Path, encrypted: bool, spec: &Spec) -> Self {
+        let conn = rusqlite::Connection::open(dir.join("notes.db")).unwrap();
+        if encrypted {
+            conn.pragma_update(None, "key", PASS).unwrap();
+        }
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        let every = (spec.notes / 1000).max(1);
+        Sqlite {
+            conn,
+            encrypted,
+            sample: (0..spec.notes)
+                .step_by(every)
+                .map(|i| i as i64 + 1)
+                .collect(),
         }
     }
 }

@@ -1606,6 +1606,71 @@ impl<S: Store> Import<'_, S> {
     /// Adds one note, creating its patient first if the identifier is new (then with the
     /// given name and birth date; for a known patient they are ignored).
     pub fn add(&mut self, patient: NewPatient, note: NewNote) -> Result<NoteId, Error> {
+        let (id, full) = self.stage(patient, note)?;
+        if full {
+            self.flush()?;
+        }
+        Ok(id)
+    }
+
+    /// Adds every (patient, note) that `items` yields, as [`Import::add`] would, on both cores:
+    /// this thread seals each batch while another writes and flushes the one before (at most
+    /// one batch waits between them, so memory stays bounded). Stops at the first error, from
+    /// `items` or from the vault; the batches written before it stay, whole (see
+    /// [`Import::committed`]). `progress` gets the totals after each durable batch. Call
+    /// [`Import::finish`] after.
+    pub fn add_all(
+        &mut self,
+        items: impl IntoIterator<Item = Result<(NewPatient, NewNote), Error>>,
+        progress: &mut dyn FnMut(ImportSummary),
+    ) -> Result<(), Error> {
+        let vault = self.txn.vault;
+        let (to_writer, batches) = std::sync::mpsc::sync_channel::<(Prepared, ImportSummary)>(1);
+        let (to_producer, written) = std::sync::mpsc::channel::<ImportSummary>();
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<(), Error> {
+                for (prepared, staged) in batches {
+                    apply(vault, prepared)?;
+                    // The producer may have stopped listening after an error of its own.
+                    let _ = to_producer.send(staged);
+                }
+                Ok(())
+            });
+            let produce = || -> Result<(), Error> {
+                for item in items {
+                    let (patient, note) = item?;
+                    let (_, full) = self.stage(patient, note)?;
+                    if full {
+                        if let Some(batch) = self.prepare_write(false)? {
+                            if to_writer.send(batch).is_err() {
+                                // The writer stopped on an error: it is reported below.
+                                break;
+                            }
+                        }
+                    }
+                    while let Ok(c) = written.try_recv() {
+                        self.committed = c;
+                        progress(c);
+                    }
+                }
+                Ok(())
+            };
+            let produced = produce();
+            drop(to_writer);
+            let wrote = match writer.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            for c in written.try_iter() {
+                self.committed = c;
+                progress(c);
+            }
+            wrote.and(produced)
+        })
+    }
+
+    /// Stages one note; true when the batch is full.
+    fn stage(&mut self, patient: NewPatient, note: NewNote) -> Result<(NoteId, bool), Error> {
         self.txn.vault.require(Duty::Clinical)?;
         let blind = self.txn.vault.blind(&patient.id);
         if !self.txn.patients.contains_key(&blind) {
@@ -1623,10 +1688,9 @@ impl<S: Store> Import<'_, S> {
         let id = self.txn.add_note(blind, note)?;
         self.staged.notes_imported += 1;
         self.pending_notes += 1;
-        if self.pending_notes >= IMPORT_BATCH_NOTES || self.pending_bytes >= IMPORT_BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(id)
+        let full =
+            self.pending_notes >= IMPORT_BATCH_NOTES || self.pending_bytes >= IMPORT_BATCH_BYTES;
+        Ok((id, full))
     }
 
     /// Writes the pending batch now.
@@ -1635,46 +1699,52 @@ impl<S: Store> Import<'_, S> {
     }
 
     /// Commits the pending batch, with the import's progress record when it is resumable
-    /// (deleted by the last batch).
+    /// (marked complete by the last batch).
     fn write(&mut self, last: bool) -> Result<(), Error> {
-        let mut next_stored = None;
+        if let Some((prepared, staged)) = self.prepare_write(last)? {
+            apply(self.txn.vault, prepared)?;
+            self.committed = staged;
+        } else {
+            self.committed = self.staged;
+        }
+        Ok(())
+    }
+
+    /// Seals the pending batch with the import's progress record, for [`apply`]; with the
+    /// totals it makes durable.
+    fn prepare_write(&mut self, last: bool) -> Result<Option<(Prepared, ImportSummary)>, Error> {
         if self.pending_notes > 0 || last {
             self.txn.log = Some(("import", None, None));
         }
-        if let Some(job) = &self.job {
+        if let Some(job) = &mut self.job {
             let v = self.txn.vault;
             self.txn
                 .batch
                 .require(space::META, META_IMPORT_JOB, job.stored.clone());
-            {
-                let record = JobV1 {
-                    kind: JOB_IMPORT,
-                    target: if last { IMPORT_COMPLETE } else { 0 },
-                    source: job.source,
-                    done: job.base + self.staged.notes_imported,
-                };
-                let sealed = envelope::seal(
-                    Kind::Job,
-                    REGISTRY_KEY_VERSION,
-                    &v.registry_key,
-                    v.vault_id(),
-                    META_IMPORT_JOB,
-                    &frame::encode(&record, &[])?,
-                )?;
-                self.txn
-                    .batch
-                    .put(space::META, META_IMPORT_JOB, sealed.clone());
-                next_stored = Some(sealed);
-            }
+            let record = JobV1 {
+                kind: JOB_IMPORT,
+                target: if last { IMPORT_COMPLETE } else { 0 },
+                source: job.source,
+                done: job.base + self.staged.notes_imported,
+            };
+            let sealed = envelope::seal(
+                Kind::Job,
+                REGISTRY_KEY_VERSION,
+                &v.registry_key,
+                v.vault_id(),
+                META_IMPORT_JOB,
+                &frame::encode(&record, &[])?,
+            )?;
+            self.txn
+                .batch
+                .put(space::META, META_IMPORT_JOB, sealed.clone());
+            // As for the manifests: the next batch is guarded by what this one writes.
+            job.stored = Some(sealed);
         }
-        self.txn.commit()?;
-        if let Some(job) = &mut self.job {
-            job.stored = next_stored;
-        }
-        self.committed = self.staged;
+        let prepared = self.txn.prepare()?;
         self.pending_notes = 0;
         self.pending_bytes = 0;
-        Ok(())
+        Ok(prepared.map(|p| (p, self.staged)))
     }
 
     /// What is durably stored so far, by this run.
@@ -1851,7 +1921,9 @@ impl<'v, S: Store> Txn<'v, S> {
             &key,
             &frame::encode(&meta, body)?,
         )?;
-        self.batch.require(space::NOTES, key.clone(), None);
+        // No "absent" precondition per note: the patient's manifest is guarded by
+        // compare-and-swap in the same batch, and every note version extends that manifest, so
+        // two writers of one note position cannot both commit (a lookup per note saved).
         self.batch.put(space::NOTES, key, record);
         st.manifest.next_seq += 1;
         st.manifest.head = note_link(&st.manifest.head, &note, version);
@@ -1865,6 +1937,17 @@ impl<'v, S: Store> Txn<'v, S> {
     /// Seals the changed manifests and registry, commits everything atomically (guarded by
     /// compare-and-swap on their stored values) and flushes.
     fn commit(&mut self) -> Result<(), Error> {
+        match self.prepare()? {
+            Some(p) => apply(self.vault, p),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals the changed manifests and registry into the batch and takes everything a commit
+    /// writes ([`apply`] writes it). From here on the transaction assumes that commit succeeds:
+    /// the next one is guarded by the bytes sealed now, so if it fails, drop the transaction
+    /// (a later commit could only fail its compare-and-swap, never overwrite).
+    fn prepare(&mut self) -> Result<Option<Prepared>, Error> {
         let v = self.vault;
         let mut batch = std::mem::take(&mut self.batch);
         let mut sealed_manifests = Vec::new();
@@ -1895,7 +1978,7 @@ impl<'v, S: Store> Txn<'v, S> {
             }
         }
         if batch.is_empty() && batch.preconditions.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         {
             let mut chains = v.chains();
@@ -1903,34 +1986,6 @@ impl<'v, S: Store> Txn<'v, S> {
                 chains.remove(blind);
             }
         }
-        // Poisoning is harmless: the guard protects no data, only the order of writes.
-        let _writing = v.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let new_keys = std::mem::take(&mut self.new_keys);
-        if !new_keys.is_empty() {
-            // The keys go first: a crash before the records are committed leaves unused keys,
-            // never a record without its key. Under the write lock no one else can register
-            // these patients between this check and the commit.
-            for (blind, _, _) in &new_keys {
-                if v.store.get(space::PATIENTS, &blind.0)?.is_some() {
-                    return Err(Error::PatientExists);
-                }
-            }
-            v.append_keys(new_keys)?;
-        }
-        // The access-log entry goes in the same atomic batch: no write without its entry.
-        if let Some((action, patient, note)) = self.log.take() {
-            v.stage_log(
-                &mut batch,
-                &crate::log::Event {
-                    action,
-                    patient: patient.as_deref(),
-                    note,
-                    outcome: "ok".into(),
-                },
-            )?;
-        }
-        v.store.commit(batch)?;
-        v.store.flush()?;
         for (blind, m) in sealed_manifests {
             if let Some(st) = self.patients.get_mut(&blind) {
                 st.manifest_stored = Some(m);
@@ -1941,8 +1996,57 @@ impl<'v, S: Store> Txn<'v, S> {
             *stored = r;
             self.registry_dirty = false;
         }
-        Ok(())
+        Ok(Some(Prepared {
+            batch,
+            new_keys: std::mem::take(&mut self.new_keys),
+            log: self.log.take(),
+        }))
     }
+}
+
+/// Everything one commit writes, sealed: see [`Txn::prepare`].
+struct Prepared {
+    batch: Batch,
+    new_keys: Vec<(Blind, u32, Vec<u8>)>,
+    log: Option<(&'static str, Option<String>, Option<String>)>,
+}
+
+/// Writes a prepared commit: the new patients' wrapped keys first, then the records with the
+/// access-log entry in one atomic batch, then a flush.
+fn apply<S: Store>(v: &Vault<S>, p: Prepared) -> Result<(), Error> {
+    let Prepared {
+        mut batch,
+        new_keys,
+        log,
+    } = p;
+    // Poisoning is harmless: the guard protects no data, only the order of writes.
+    let _writing = v.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+    if !new_keys.is_empty() {
+        // The keys go first: a crash before the records are committed leaves unused keys,
+        // never a record without its key. Under the write lock no one else can register
+        // these patients between this check and the commit.
+        for (blind, _, _) in &new_keys {
+            if v.store.get(space::PATIENTS, &blind.0)?.is_some() {
+                return Err(Error::PatientExists);
+            }
+        }
+        v.append_keys(new_keys)?;
+    }
+    // The access-log entry goes in the same atomic batch: no write without its entry.
+    if let Some((action, patient, note)) = log {
+        v.stage_log(
+            &mut batch,
+            &crate::log::Event {
+                action,
+                patient: patient.as_deref(),
+                note,
+                outcome: "ok".into(),
+            },
+        )?;
+    }
+    v.store.commit(batch)?;
+    v.store.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -409,3 +409,46 @@ fn read_notes_opens_a_chart_in_one_logged_read() {
     let reads: Vec<_> = log.iter().filter(|e| e.action == "note read").collect();
     assert_eq!(reads.len(), 2, "one entry per call, the failed one too");
 }
+
+#[test]
+fn add_all_writes_on_two_threads_and_stops_whole_at_an_error() {
+    let store = Arc::new(MemStore::new());
+    let v = Vault::create(Arc::clone(&store), "admin", &pass(PASS), kdf()).unwrap();
+    let item = |i: usize| -> Result<(NewPatient, NewNote), carnet_core::Error> {
+        Ok((
+            NewPatient::new(pid(&format!("P{}", i % 7))),
+            note(&format!("note {i}")),
+        ))
+    };
+    // 2,500 notes: two full batches written by the writer thread, the rest by `finish`.
+    let mut imp = v.import();
+    let mut seen = Vec::new();
+    imp.add_all((0..2500).map(item), &mut |c| seen.push(c.notes_imported))
+        .unwrap();
+    assert_eq!(seen, vec![1000, 2000], "progress after each durable batch");
+    let summary = imp.finish().unwrap();
+    assert_eq!(
+        (summary.patients_created, summary.notes_imported),
+        (7, 2500)
+    );
+    let total: u64 = v.patients().unwrap().iter().map(|p| p.notes).sum();
+    assert_eq!(total, 2500);
+    assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
+
+    // An error at item 1,500: the first batch stays, whole; nothing after it is written.
+    let mut imp = v.import();
+    let items = (0..2500).map(|i| {
+        if i == 1500 {
+            Err(carnet_core::Error::InvalidArgument("bad line".into()))
+        } else {
+            item(i)
+        }
+    });
+    let err = imp.add_all(items, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("bad line"), "{err}");
+    assert_eq!(imp.committed().notes_imported, 1000);
+    drop(imp);
+    let total: u64 = v.patients().unwrap().iter().map(|p| p.notes).sum();
+    assert_eq!(total, 3500);
+    assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
+}
