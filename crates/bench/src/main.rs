@@ -349,7 +349,7 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
                 );
             }
             "reads" => {
-                let p = open(dir, &spec);
+                let mut p = open(dir, &spec);
                 let (s, n) = measure(|| {
                     (0..50)
                         .map(|k| p.read_patient(k * spec.patients / 50))
@@ -362,6 +362,17 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
                 let (s, hits) = measure(|| p.search(b"penicillin"));
                 assert!(hits > 0);
                 report("search one word over all notes", s);
+                // The same reads with Carnet's access-log entries flushed together (at most
+                // 50 ms apart) instead of one fsync per read.
+                p.group_read_log();
+                let (s, _) = measure(|| {
+                    (0..50)
+                        .map(|k| p.read_patient(k * spec.patients / 50))
+                        .sum::<usize>()
+                });
+                report("open 50 patients (Carnet: ReadLog::Grouped 50 ms)", s);
+                let (s, _) = measure(|| p.random_reads(1000));
+                report("1,000 random reads (Carnet: ReadLog::Grouped 50 ms)", s);
             }
             "verify" => {
                 let p = open(dir, &spec);

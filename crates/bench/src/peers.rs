@@ -30,6 +30,9 @@ pub trait Peer {
     fn rotate_master(&mut self, patients: usize) -> bool;
     /// Re-encrypts one patient's notes under a new key (false: no such operation).
     fn rotate_patient(&mut self, p: usize) -> bool;
+    /// Lets reads' access-log entries share flushes (Carnet's `ReadLog::Grouped`); the peers
+    /// keep no access log, so for them this changes nothing.
+    fn group_read_log(&mut self) {}
 }
 
 /// The KDF of the benchmark vaults (unlocking is measured on its own).
@@ -150,6 +153,12 @@ impl Peer for Carnet {
     fn rotate_master(&mut self, _patients: usize) -> bool {
         self.vault.rotate_master(&mut |_, _| {}).unwrap();
         true
+    }
+
+    fn group_read_log(&mut self) {
+        self.vault.set_read_log(carnet_core::ReadLog::Grouped {
+            max_delay: std::time::Duration::from_millis(50),
+        });
     }
 
     fn rotate_patient(&mut self, p: usize) -> bool {

@@ -101,7 +101,7 @@ pub use keyring::KdfParams;
 /// The storage document that holds a vault's keyring: a store without it holds no vault.
 pub use keystore::ROOT_DOC as KEYRING_DOC;
 pub use lifecycle::{KeyStatus, MasterRotation, PatientRotation, Patients};
-pub use log::{AuditFilter, Checkpoint, LogEntry};
+pub use log::{AuditFilter, Checkpoint, LogEntry, ReadLog};
 pub use model::{
     BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, SearchHit,
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,

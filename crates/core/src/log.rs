@@ -37,6 +37,28 @@ pub(crate) struct LogHeadV1 {
     pub(crate) head: [u8; 32],
 }
 
+/// When the access-log entry of a read reaches the disk ([`Vault::set_read_log`]).
+///
+/// Either way the entry is committed to the store before the read returns, in the log's
+/// chain, and if it cannot be, the read returns nothing (fail closed). What differs is whether
+/// the read also waits for the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadLog {
+    /// Each read's entry is flushed (fsync) before the read returns: a crash never loses the
+    /// record of a read that returned data. The command line always uses this.
+    #[default]
+    Synced,
+    /// Entries are flushed together: by the next write, [`Vault::sync_log`], when the vault
+    /// is dropped, or by the first read after `max_delay` has passed since the oldest
+    /// unflushed entry. A power cut or a killed process can lose the entries of the reads in
+    /// that window (never a write, never an entry in the middle of the chain). For long-lived
+    /// processes that serve many reads; docs/threat-model.md weighs it.
+    Grouped {
+        /// The longest an entry waits for a flush while reads keep coming.
+        max_delay: std::time::Duration,
+    },
+}
+
 /// One access-log entry, decrypted.
 #[derive(Clone)]
 pub struct LogEntry {
@@ -230,17 +252,49 @@ impl<S: Store> Vault<S> {
 
     /// Appends one entry durably, in its own atomic batch.
     pub(crate) fn log_event(&self, event: &Event<'_>) -> Result<(), Error> {
+        self.append_log(event, ReadLog::Synced)
+    }
+
+    /// Appends one entry in its own atomic batch, flushed as `policy` says.
+    fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
         // Poisoning is harmless: the guard protects no data, only the order of writes.
         let _writing = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut b = Batch::new();
         self.stage_log(&mut b, event)?;
         self.store.commit(b)?;
-        self.store.flush()?;
+        // Poisoning is harmless: the value is only a time.
+        let mut unsynced = self.log_unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *unsynced.get_or_insert_with(std::time::Instant::now);
+        match policy {
+            ReadLog::Grouped { max_delay } if since.elapsed() < max_delay => {}
+            _ => {
+                self.store.flush()?;
+                *unsynced = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// How reads' access-log entries reach the disk: see [`ReadLog`]. The default is
+    /// [`ReadLog::Synced`]; writes are always durable before they return, whatever this says.
+    pub fn set_read_log(&mut self, policy: ReadLog) {
+        self.read_log = policy;
+    }
+
+    /// Flushes access-log entries that [`ReadLog::Grouped`] left in the store's buffers.
+    pub fn sync_log(&self) -> Result<(), Error> {
+        let _writing = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unsynced = self.log_unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        if unsynced.is_some() {
+            self.store.flush()?;
+            *unsynced = None;
+        }
         Ok(())
     }
 
     /// Runs a read, logs it with its outcome, and returns its result only once the entry is
-    /// durable (fail closed: if the log cannot be written, nothing is returned).
+    /// committed, and flushed unless [`ReadLog::Grouped`] defers it (fail closed: if the log
+    /// cannot be written, nothing is returned).
     pub(crate) fn logged<T>(
         &self,
         action: &str,
@@ -249,7 +303,16 @@ impl<S: Store> Vault<S> {
         op: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
         let result = op();
-        self.log_outcome(action, patient, note, result)
+        self.append_log(
+            &Event {
+                action,
+                patient: patient.map(PatientId::as_str),
+                note: note.map(NoteId::to_string),
+                outcome: outcome(&result),
+            },
+            self.read_log,
+        )?;
+        result
     }
 
     /// Logs the outcome of an operation that already ran (key and user operations, which show

@@ -70,6 +70,17 @@ pub struct Vault<S: Store> {
     /// manifest it was verified against. Lets single-note reads skip re-verifying the whole
     /// chain while the manifest is unchanged (docs/architecture.md, "Reads").
     chains: Mutex<HashMap<Blind, VerifiedChain>>,
+    /// When reads' access-log entries are flushed, and the last flush of a grouped one.
+    pub(crate) read_log: crate::log::ReadLog,
+    pub(crate) log_unsynced: Mutex<Option<std::time::Instant>>,
+}
+
+impl<S: Store> Drop for Vault<S> {
+    /// Flushes access-log entries that [`crate::ReadLog::Grouped`] left unflushed (an error
+    /// cannot be reported from here: call [`Vault::sync_log`] to see it).
+    fn drop(&mut self) {
+        let _ = self.sync_log();
+    }
 }
 
 pub(crate) struct VerifiedChain {
@@ -289,6 +300,8 @@ impl<S: Store> Vault<S> {
             log_keys: [(1, log_key)].into_iter().collect(),
             via_recovery: false,
             chains: Mutex::default(),
+            read_log: crate::log::ReadLog::default(),
+            log_unsynced: Mutex::default(),
         })
     }
 
@@ -391,6 +404,8 @@ impl<S: Store> Vault<S> {
             keys: Mutex::new(key_store),
             write_lock: Mutex::default(),
             chains: Mutex::default(),
+            read_log: crate::log::ReadLog::default(),
+            log_unsynced: Mutex::default(),
         };
         // A slot whose user is no longer listed (a revocation interrupted between its steps)
         // opens nothing.
@@ -2046,6 +2061,8 @@ fn apply<S: Store>(v: &Vault<S>, p: Prepared) -> Result<(), Error> {
     }
     v.store.commit(batch)?;
     v.store.flush()?;
+    // The flush made any grouped access-log entries durable too.
+    *v.log_unsynced.lock().unwrap_or_else(|p| p.into_inner()) = None;
     Ok(())
 }
 

@@ -452,3 +452,53 @@ fn add_all_writes_on_two_threads_and_stops_whole_at_an_error() {
     assert_eq!(total, 3500);
     assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
 }
+
+#[test]
+fn grouped_read_log_commits_every_entry_and_flushes_less() {
+    let mem = Arc::new(MemStore::new());
+    let counting = Arc::new(FaultyStore::new(mem.clone(), u64::MAX));
+    let mut v = Vault::create(Arc::clone(&counting), "admin", &pass(PASS), kdf()).unwrap();
+    v.add_patient(NewPatient::new(pid("p"))).unwrap();
+    let n = v.add_note(&pid("p"), note("body")).unwrap();
+
+    let before = counting.writes();
+    for _ in 0..10 {
+        v.note(&pid("p"), &n).unwrap();
+    }
+    assert_eq!(
+        counting.writes() - before,
+        20,
+        "synced: a commit and a flush per read"
+    );
+
+    v.set_read_log(carnet_core::ReadLog::Grouped {
+        max_delay: std::time::Duration::from_secs(3600),
+    });
+    let before = counting.writes();
+    for _ in 0..10 {
+        v.note(&pid("p"), &n).unwrap();
+    }
+    let grouped = counting.writes() - before;
+    assert!(
+        grouped <= 11,
+        "grouped: one commit per read, at most one flush ({grouped})"
+    );
+    v.sync_log().unwrap();
+    let reads = v
+        .audit(&Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "note show")
+        .count();
+    assert_eq!(reads, 20, "every read has its entry, in the chain");
+    assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
+    drop(v);
+
+    // Still fail closed: when the entry cannot be committed, the read returns nothing.
+    let faulty = Arc::new(FaultyStore::new(mem.clone(), 1));
+    let mut v = Vault::unlock(Arc::clone(&faulty), "admin", &pass(PASS)).unwrap();
+    v.set_read_log(carnet_core::ReadLog::Grouped {
+        max_delay: std::time::Duration::from_secs(3600),
+    });
+    assert!(v.note(&pid("p"), &n).is_err());
+}
