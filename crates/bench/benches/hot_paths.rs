@@ -66,6 +66,33 @@ fn notes(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // The per-write cost of a patient's manifest must not grow with the patient's notes.
+    for existing in [10usize, 10_000] {
+        let big = vault();
+        big.add_patient(NewPatient::new(id.clone())).unwrap();
+        let mut imp = big.import();
+        imp.add_all(
+            (0..existing).map(|_| {
+                Ok((
+                    NewPatient::new(id.clone()),
+                    NewNote::new(NoteBody::new(body(512)).unwrap()),
+                ))
+            }),
+            &mut |_| {},
+        )
+        .unwrap();
+        imp.finish().unwrap();
+        g.bench_with_input(
+            BenchmarkId::new("add_note 2 KiB, patient already has", existing),
+            &existing,
+            |b, _| {
+                b.iter(|| {
+                    big.add_note(&id, NewNote::new(NoteBody::new(body(2048)).unwrap()))
+                        .unwrap()
+                })
+            },
+        );
+    }
     let reader = vault();
     reader.add_patient(NewPatient::new(id.clone())).unwrap();
     let mut ids = Vec::new();

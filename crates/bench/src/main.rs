@@ -11,6 +11,7 @@
 //! cargo run --release -p carnet-bench -- --quick              # under two minutes on 2 cores
 //! cargo run --release -p carnet-bench                          # the sizes of issue 5
 //! cargo run --release -p carnet-bench -- --full                # and 1,000,000 notes of 512 B
+//! cargo run --release -p carnet-bench -- --full-only           # only those
 //! cargo run --release -p carnet-bench --features sqlcipher -- --quick
 //! ```
 //!
@@ -477,14 +478,17 @@ fn main() {
         .and_then(|i| args.get(i + 1))
     {
         let dir = tempfile::tempdir().unwrap();
-        let mut peer = Carnet::create(dir.path());
-        peer.import(&sizes.main);
+        Carnet::create(dir.path()).import(&sizes.main);
+        let mut peer = Carnet::open(dir.path(), &sizes.main);
+        if w == "random-grouped" {
+            peer.group_read_log();
+        }
         for _ in 0..20 {
             match w.as_str() {
                 "verify" => assert!(peer.verify()),
                 "search" => assert!(peer.search(b"penicillin") > 0),
                 "read" => assert!(peer.read_patient(7) > 0),
-                "random" => peer.random_reads(100),
+                "random" | "random-grouped" => peer.random_reads(100),
                 other => panic!("unknown workload {other}"),
             }
         }
@@ -507,7 +511,9 @@ fn main() {
         sizes.runs,
         peer_names.join(", ")
     );
-    for run in 0..sizes.runs {
+    // `--full-only`: just the 1,000,000-note scenario.
+    let only_full = args.iter().any(|a| a == "--full-only");
+    for run in 0..if only_full { 0 } else { sizes.runs } {
         for peer in 0..peer_names.len() {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path().to_str().unwrap();
@@ -517,22 +523,24 @@ fn main() {
         }
         eprintln!("main workloads: run {} of {} done", run + 1, sizes.runs);
     }
-    for (patients, per) in &sizes.scales {
+    for (patients, per) in sizes.scales.iter().filter(|_| !only_full) {
         for peer in 0..peer_names.len() {
             spawn(&mut table, peer, &format!("rotate:{patients}:{per}"), &args);
         }
         eprintln!("rotate-master at {patients} × {per} done");
     }
-    for peer in 0..peer_names.len() {
+    for peer in (0..peer_names.len()).filter(|_| !only_full) {
         spawn(&mut table, peer, "rotate-patient", &args);
     }
-    if sizes.full {
+    if sizes.full || only_full {
         for (peer, name) in peer_names.iter().enumerate() {
             spawn(&mut table, peer, "full", &args);
             eprintln!("--full: {name} done");
         }
     }
-    spawn(&mut table, 0, "unlock", &args);
+    if !only_full {
+        spawn(&mut table, 0, "unlock", &args);
+    }
     table.print();
     println!(
         "\nSpeed columns: the peer's time divided by Carnet's (above 1: Carnet is faster). \
