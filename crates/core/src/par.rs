@@ -6,6 +6,16 @@ use std::sync::Mutex;
 
 use crate::Error;
 
+thread_local! {
+    /// Set on the worker threads of [`map_parallel`]: work they do is not split again.
+    static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is a worker of [`map_parallel`] (its caller already uses every core).
+pub(crate) fn in_worker() -> bool {
+    IN_WORKER.with(|w| w.get())
+}
+
 /// Applies `work` to every item on worker threads (one per core, at most 8) while this thread
 /// produces the items; returns the results in the items' order. At most two items per worker
 /// are in flight, so memory does not grow with the input. Stops at the first error the items
@@ -24,15 +34,18 @@ pub(crate) fn map_parallel<T: Send, R: Send>(
         let (to_collector, results) = channel::<(usize, R)>();
         for _ in 0..workers {
             let (from_producer, to_collector, work) = (&from_producer, to_collector.clone(), &work);
-            s.spawn(move || loop {
-                // Poisoning cannot leave the receiver inconsistent: it is only read.
-                let next = from_producer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .recv();
-                let Ok((i, item)) = next else { break };
-                if to_collector.send((i, work(item))).is_err() {
-                    break;
+            s.spawn(move || {
+                IN_WORKER.with(|w| w.set(true));
+                loop {
+                    // Poisoning cannot leave the receiver inconsistent: it is only read.
+                    let next = from_producer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .recv();
+                    let Ok((i, item)) = next else { break };
+                    if to_collector.send((i, work(item))).is_err() {
+                        break;
+                    }
                 }
             });
         }

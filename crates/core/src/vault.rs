@@ -142,6 +142,9 @@ struct Scan {
     stored: u64,
 }
 
+/// From this many note versions on, one patient's notes are decrypted on every core.
+const PARALLEL_NOTES: usize = 64;
+
 /// Which bodies a scan of a patient's notes keeps.
 #[derive(Clone, Copy)]
 enum Bodies {
@@ -651,9 +654,8 @@ impl<S: Store> Vault<S> {
         raw: &[(Vec<u8>, Vec<u8>)],
         bodies: Bodies,
     ) -> Result<Scan, Error> {
-        let mut out = Vec::with_capacity(raw.len());
-        let mut problems = Vec::new();
-        for (i, (k, v)) in raw.iter().enumerate() {
+        let open = |i: usize| {
+            let (k, v) = &raw[i];
             let keep = match bodies {
                 Bodies::None => false,
                 Bodies::All => true,
@@ -663,7 +665,26 @@ impl<S: Store> Vault<S> {
                     .is_none_or(|(next, _)| next.get(32..48) != k.get(32..48)),
                 Bodies::Of(n) => k.get(32..48) == Some(&n[..]),
             };
-            match self.open_note(st, k, v, keep) {
+            self.open_note(st, k, v, keep)
+        };
+        // A large chart read on its own (not inside verify's or search's workers, which
+        // already use every core) is decrypted on every core too, in chunks.
+        let opened: Vec<Result<Decoded, Error>> =
+            if raw.len() >= PARALLEL_NOTES && !crate::par::in_worker() {
+                let chunks = (0..raw.len())
+                    .step_by(PARALLEL_NOTES / 2)
+                    .map(|start| Ok(start..(start + PARALLEL_NOTES / 2).min(raw.len())));
+                crate::par::map_parallel(chunks, |range| range.map(open).collect::<Vec<_>>())?
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            } else {
+                (0..raw.len()).map(open).collect()
+            };
+        let mut out = Vec::with_capacity(raw.len());
+        let mut problems = Vec::new();
+        for r in opened {
+            match r {
                 Ok(d) => out.push(d),
                 Err(Error::Integrity(e)) => problems.push(e),
                 Err(e) => return Err(e),

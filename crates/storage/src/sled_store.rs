@@ -40,6 +40,8 @@ pub struct SledStore {
     write_lock: Mutex<()>,
     /// Blob files already fsynced (sled never rewrites a blob file in place).
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    /// The entries of the store directory as of its last fsync.
+    synced_names: Mutex<HashSet<std::ffi::OsString>>,
     /// Held for the store's lifetime: the OS releases it when the process ends, even on `kill -9`.
     _lock: File,
 }
@@ -146,12 +148,17 @@ impl SledStore {
             db: std::sync::RwLock::new(db),
             write_lock: Mutex::new(()),
             synced_blobs: Mutex::new(HashSet::new()),
+            synced_names: Mutex::new(HashSet::new()),
             _lock: lock,
         })
     }
 
     fn fsync_files(&self) -> Result<(), StoreError> {
-        fsync_store_files(&self.dir.join(STORE_DIR), &self.synced_blobs)
+        fsync_store_files(
+            &self.dir.join(STORE_DIR),
+            &self.synced_blobs,
+            &self.synced_names,
+        )
     }
 }
 
@@ -185,30 +192,47 @@ fn recover_replacement(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Makes what sled flushed durable: fsync of `db` (sled itself only calls
+/// `sync_file_range`), of every blob file not synced before, and of a directory only when its
+/// entries changed since it was last synced (a new blob, a new sled file): one fsync per flush
+/// in the common case instead of three.
 fn fsync_store_files(
     store: &Path,
     synced_blobs: &Mutex<HashSet<std::ffi::OsString>>,
+    synced_names: &Mutex<HashSet<std::ffi::OsString>>,
 ) -> Result<(), StoreError> {
-    {
-        fsync_file(&store.join("db"))?;
-        let blobs = store.join("blobs");
-        if blobs.is_dir() {
-            // Poisoning cannot leave the set inconsistent: at worst a blob is fsynced twice.
-            let mut synced = synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
-            let entries = fs::read_dir(&blobs)
-                .map_err(|e| StoreError::io(format!("cannot read {}", blobs.display()), e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| StoreError::io("cannot list blobs", e))?;
-                let name = entry.file_name();
-                if !synced.contains(&name) {
-                    fsync_file(&entry.path())?;
-                    synced.insert(name);
-                }
+    fsync_file(&store.join("db"))?;
+    let blobs = store.join("blobs");
+    if blobs.is_dir() {
+        // Poisoning cannot leave the set inconsistent: at worst a blob is fsynced twice.
+        let mut synced = synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = Vec::new();
+        for entry in list(&blobs)? {
+            if !synced.contains(&entry) {
+                fsync_file(&blobs.join(&entry))?;
+                new.push(entry);
             }
-            sync_dir(&blobs)?;
         }
-        sync_dir(store)
+        if !new.is_empty() {
+            sync_dir(&blobs)?;
+            synced.extend(new);
+        }
     }
+    let names: HashSet<std::ffi::OsString> = list(store)?.into_iter().collect();
+    // Poisoning cannot leave the set inconsistent: at worst the directory is fsynced again.
+    let mut synced = synced_names.lock().unwrap_or_else(|p| p.into_inner());
+    if !names.is_subset(&synced) {
+        sync_dir(store)?;
+        *synced = names;
+    }
+    Ok(())
+}
+
+/// The names of a directory's entries.
+fn list(dir: &Path) -> Result<Vec<std::ffi::OsString>, StoreError> {
+    fs::read_dir(dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(|e| StoreError::io(format!("cannot read {}", dir.display()), e))
 }
 
 /// Opens sled. We hold the vault's lock, so a failure of sled's own file lock can only come
@@ -368,7 +392,11 @@ impl Store for SledStore {
             }
             new_db.apply_batch(batch).map_err(map_sled)?;
             new_db.flush().map_err(map_sled)?;
-            fsync_store_files(&new_path, &Mutex::new(HashSet::new()))?;
+            fsync_store_files(
+                &new_path,
+                &Mutex::new(HashSet::new()),
+                &Mutex::new(HashSet::new()),
+            )?;
         }
         sync_dir(&self.dir)?;
         // 2. Swap, while no reader or writer of this store runs. A crash between the two
@@ -387,8 +415,12 @@ impl Store for SledStore {
         fs::remove_dir_all(&old)
             .map_err(|e| StoreError::io(format!("cannot remove {}", old.display()), e))?;
         sync_dir(&self.dir)?;
-        // Blob names restart in the new store.
+        // Blob and file names restart in the new store.
         self.synced_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.synced_names
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
