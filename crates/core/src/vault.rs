@@ -1514,8 +1514,14 @@ fn find_ignoring_case(text: &str, needle: &str) -> Option<(usize, usize)> {
     }
     let first = needle.chars().next()?;
     for (i, c) in text.char_indices() {
-        // Quick reject: the first char must lower-case to something starting with `first`.
-        if c != first && c.to_lowercase().next() != Some(first) {
+        // Quick reject: the first char must lower-case to something starting with `first`
+        // (an ASCII char lower-cases to exactly its ASCII lower case: no table lookup).
+        let candidate = if c.is_ascii() {
+            c.to_ascii_lowercase() == first
+        } else {
+            c == first || c.to_lowercase().next() == Some(first)
+        };
+        if !candidate {
             continue;
         }
         let mut want = needle.chars();
@@ -1529,9 +1535,11 @@ fn find_ignoring_case(text: &str, needle: &str) -> Option<(usize, usize)> {
                         matched = false;
                         break 'scan;
                     }
-                    // The needle ended inside this char's lower-casing: no match here.
+                    // The needle ended inside this char's lower-casing ("i" in "İ", which
+                    // lower-cases to "i" and a combining dot): a match, as in the lower-cased
+                    // text; it covers the whole char.
                     None => {
-                        matched = false;
+                        end = i + j + c.len_utf8();
                         break 'scan;
                     }
                 }
@@ -1551,7 +1559,12 @@ fn find_ignoring_case(text: &str, needle: &str) -> Option<(usize, usize)> {
 /// A snippet of `body` around the first case-insensitive match of `needle` (already
 /// lower-cased), or `None` when there is no match.
 fn find_snippet(body: &[u8], needle: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(body);
+    // `from_utf8` validates much faster than `from_utf8_lossy` walks chunks; bodies are
+    // almost always valid UTF-8.
+    let text = match std::str::from_utf8(body) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(body),
+    };
     let (start_orig, end_orig) = find_ignoring_case(&text, needle)?;
     let begin = text[..start_orig]
         .char_indices()
@@ -2109,8 +2122,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn matching_agrees_with_lowercasing_the_whole_text(
-            text in "[a-cA-CéÉ ]{0,40}",
-            needle in "[a-cé]{1,4}",
+            // With the non-ASCII chars that lower-case to ASCII (Kelvin sign, dotted İ).
+            text in "[a-cA-CéÉkKiI\u{212A}\u{130} ]{0,40}",
+            needle in "[a-céki]{1,4}",
         ) {
             let expected = text.to_lowercase().contains(&needle);
             proptest::prop_assert_eq!(super::find_ignoring_case(&text, &needle).is_some(), expected);
