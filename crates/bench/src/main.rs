@@ -19,6 +19,12 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: failures abort the run
 
+/// jemalloc, not the system allocator (ADR 0009): glibc's malloc fragments under the import's
+/// pattern of 2 KiB records allocated on one thread and freed on another.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod peers;
 
 use std::time::{Duration, Instant};
@@ -68,6 +74,9 @@ pub struct Spec {
     pub patients: usize,
     pub notes: usize,
     pub mean: usize,
+    /// Notes in patient order (an export from another system) instead of round-robin (every
+    /// batch touching every patient: the worst case for manifests).
+    pub grouped: bool,
 }
 
 impl Spec {
@@ -82,7 +91,12 @@ impl Spec {
                 b.push(b' ');
             }
             b.truncate(len);
-            (i % self.patients, b)
+            let p = if self.grouped {
+                i * self.patients / self.notes
+            } else {
+                i % self.patients
+            };
+            (p, b)
         })
     }
 
@@ -292,12 +306,14 @@ impl Sizes {
                     patients: 200,
                     notes: 20_000,
                     mean: 2048,
+                    grouped: false,
                 }
             } else {
                 Spec {
                     patients: 1000,
                     notes: 100_000,
                     mean: 2048,
+                    grouped: false,
                 }
             },
             // Master-key rotation at growing sizes, one note of 512 B per patient, then at 10
@@ -349,6 +365,21 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
                     s,
                 );
             }
+            "import-grouped" => {
+                let mut p = make(dir);
+                let grouped = Spec {
+                    grouped: true,
+                    ..spec
+                };
+                let (s, _) = measure(|| p.import(&grouped));
+                report(
+                    &format!(
+                        "import {} notes of {} B, in patient order",
+                        spec.notes, spec.mean
+                    ),
+                    s,
+                );
+            }
             "reads" => {
                 let mut p = open(dir, &spec);
                 let (s, n) = measure(|| {
@@ -394,6 +425,7 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
                 patients,
                 notes: patients * per,
                 mean: 512,
+                grouped: false,
             });
             for _ in 0..runs {
                 if let (s, true) = measure(|| p.rotate_master(patients)) {
@@ -409,6 +441,7 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
                 patients: 1,
                 notes: 1000,
                 mean: 2048,
+                grouped: false,
             });
             for _ in 0..runs {
                 if let (s, true) = measure(|| p.rotate_patient(0)) {
@@ -421,6 +454,7 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
                 patients: 10_000,
                 notes: 1_000_000,
                 mean: 512,
+                grouped: false,
             };
             let (s, _) = measure(|| p.import(&spec));
             report("--full: import 1,000,000 notes of 512 B", s);
@@ -520,6 +554,9 @@ fn main() {
             for step in ["import", "reads", "verify"] {
                 spawn(&mut table, peer, &format!("{step}:{d}"), &args);
             }
+            let other = tempfile::tempdir().unwrap();
+            let d = other.path().to_str().unwrap();
+            spawn(&mut table, peer, &format!("import-grouped:{d}"), &args);
         }
         eprintln!("main workloads: run {} of {} done", run + 1, sizes.runs);
     }
