@@ -15,7 +15,9 @@
 //! cargo run --release -p carnet-bench --features sqlcipher -- --quick
 //! ```
 //!
-//! docs/performance.md explains the workloads, how to read the table and where the time goes.
+//! `--profile verify|search|read|random|random-grouped` imports once and repeats one workload,
+//! for `perf record` or valgrind. docs/performance.md explains the workloads, how to read the
+//! table and where the time goes.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: failures abort the run
 

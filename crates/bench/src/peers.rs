@@ -103,17 +103,6 @@ impl Carnet {
 impl Peer for Carnet {
     fn import(&mut self, spec: &Spec) {
         let mut imp = self.vault.import();
-        if std::env::var_os("CARNET_BENCH_SEQUENTIAL").is_some() {
-            for (p, body) in spec.data() {
-                imp.add(
-                    NewPatient::new(PatientId::new(patient_id(p)).unwrap()),
-                    NewNote::new(NoteBody::new(body).unwrap()),
-                )
-                .unwrap();
-            }
-            imp.finish().unwrap();
-            return;
-        }
         imp.add_all(
             spec.data().map(|(p, body)| {
                 Ok((
