@@ -1796,7 +1796,9 @@ impl<S: Store> Import<'_, S> {
         Ok(prepared.map(|p| (p, self.staged)))
     }
 
-    /// What is durably stored so far, by this run.
+    /// What is durably stored so far, by this run. After an error, the batch whose write failed
+    /// may be in the store too, whole but unacknowledged (its commit went through, its flush did
+    /// not); a resumable import's job record, in the same batch, always says exactly.
     pub fn committed(&self) -> ImportSummary {
         self.committed
     }
