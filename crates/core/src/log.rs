@@ -303,16 +303,7 @@ impl<S: Store> Vault<S> {
         op: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
         let result = op();
-        self.append_log(
-            &Event {
-                action,
-                patient: patient.map(PatientId::as_str),
-                note: note.map(NoteId::to_string),
-                outcome: outcome(&result),
-            },
-            self.read_log,
-        )?;
-        result
+        self.log_outcome(action, patient, note, result, self.read_log)
     }
 
     /// Logs the outcome of an operation that already ran (key and user operations, which show
@@ -323,23 +314,28 @@ impl<S: Store> Vault<S> {
         patient: Option<&PatientId>,
         result: Result<T, Error>,
     ) -> Result<T, Error> {
-        self.log_outcome(action, patient, None, result)
+        self.log_outcome(action, patient, None, result, ReadLog::Synced)
     }
 
-    /// Appends the entry for `result` durably, then returns `result` (or the logging error).
+    /// Appends the entry for `result`, flushed as `policy` says, then returns `result` (or the
+    /// logging error).
     fn log_outcome<T>(
         &self,
         action: &str,
         patient: Option<&PatientId>,
         note: Option<&NoteId>,
         result: Result<T, Error>,
+        policy: ReadLog,
     ) -> Result<T, Error> {
-        self.log_event(&Event {
-            action,
-            patient: patient.map(PatientId::as_str),
-            note: note.map(NoteId::to_string),
-            outcome: outcome(&result),
-        })?;
+        self.append_log(
+            &Event {
+                action,
+                patient: patient.map(PatientId::as_str),
+                note: note.map(NoteId::to_string),
+                outcome: outcome(&result),
+            },
+            policy,
+        )?;
         result
     }
 
