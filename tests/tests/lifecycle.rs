@@ -365,7 +365,7 @@ fn killed_at_random_points_rotations_and_imports_lose_nothing_and_resume() {
 /// Unlocks, verifies every record, and reads back each expected note version.
 fn check(dir: &Path, expected: &Contents, context: &str) {
     let v = Vault::unlock(
-        SledStore::open(dir).unwrap(),
+        SledStore::open(dir).unwrap_or_else(|e| panic!("{context}: open: {e:?}")),
         "admin",
         &Passphrase::new(PASS.into()),
     )
