@@ -306,13 +306,20 @@ pub struct Sqlite {
 
 #[cfg(feature = "sqlcipher")]
 impl Sqlite {
-    pub fn create(dir: &Path, encrypted: bool) -> Self {
+    /// Opens (or creates) the database in `dir`: the key first when encrypted, then WAL with
+    /// `synchronous=FULL`.
+    fn connect(dir: &Path, encrypted: bool) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open(dir.join("notes.db")).unwrap();
         if encrypted {
             conn.pragma_update(None, "key", PASS).unwrap();
         }
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn
+    }
+
+    pub fn create(dir: &Path, encrypted: bool) -> Self {
+        let conn = Self::connect(dir, encrypted);
         conn.execute_batch(
             "CREATE TABLE patients (id TEXT PRIMARY KEY, info BLOB NOT NULL);
              CREATE TABLE manifests (id TEXT PRIMARY KEY, notes INTEGER NOT NULL);
@@ -329,12 +336,7 @@ impl Sqlite {
 
     /// Opens the database `create` made in `dir`; rows were numbered in import order.
     pub fn open(dir: &Path, encrypted: bool, spec: &Spec) -> Self {
-        let conn = rusqlite::Connection::open(dir.join("notes.db")).unwrap();
-        if encrypted {
-            conn.pragma_update(None, "key", PASS).unwrap();
-        }
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        let conn = Self::connect(dir, encrypted);
         let every = (spec.notes / 1000).max(1);
         Sqlite {
             conn,

@@ -285,7 +285,7 @@ impl<S: Store> Vault<S> {
         self.load_job_at(META_JOB)
     }
 
-    fn load_job_at(&self, key: &[u8]) -> Result<Option<(JobV1, Vec<u8>)>, Error> {
+    pub(crate) fn load_job_at(&self, key: &[u8]) -> Result<Option<(JobV1, Vec<u8>)>, Error> {
         let Some(stored) = self.store.get(space::META, key)? else {
             return Ok(None);
         };

@@ -1155,20 +1155,14 @@ impl<S: Store> Vault<S> {
         report.records_checked += self.verify_log(checkpoint, &mut report.problems)?;
         // Job records (an unfinished rotation or import) must open too.
         for key in [META_JOB, META_IMPORT_JOB, META_REVOKE_JOB] {
-            if let Some(stored) = self.store.get(space::META, key)? {
-                report.records_checked += 1;
-                match open_frame::<JobV1>(
-                    "job",
-                    &stored,
-                    Kind::Job,
-                    &self.registry_key,
-                    self.vault_id(),
-                    key,
-                ) {
-                    Ok(_) => {}
-                    Err(Error::Integrity(e)) => report.problems.push(e),
-                    Err(e) => return Err(e),
+            match self.load_job_at(key) {
+                Ok(None) => {}
+                Ok(Some(_)) => report.records_checked += 1,
+                Err(Error::Integrity(e)) => {
+                    report.records_checked += 1;
+                    report.problems.push(e);
                 }
+                Err(e) => return Err(e),
             }
         }
 

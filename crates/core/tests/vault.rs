@@ -68,6 +68,14 @@ fn populated(store: Arc<MemStore>) -> (Vault<Arc<MemStore>>, Vec<(String, NoteId
     (v, notes)
 }
 
+/// A store holding a freshly created vault (for the fault-injection tests, which start each
+/// trial from one).
+fn new_vault_store() -> Arc<MemStore> {
+    let mem = Arc::new(MemStore::new());
+    Vault::create(mem.clone(), "admin", &pass(PASS), kdf()).unwrap();
+    mem
+}
+
 fn all_records(s: &MemStore) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     for name in SPACES {
@@ -336,18 +344,13 @@ fn a_failed_write_at_any_point_leaves_a_readable_consistent_vault() {
         imp.finish()?;
         Ok(())
     };
-    let base = || {
-        let mem = Arc::new(MemStore::new());
-        Vault::create(mem.clone(), "admin", &pass(PASS), kdf()).unwrap();
-        mem
-    };
-    let mem = base();
+    let mem = new_vault_store();
     let counting = Arc::new(FaultyStore::new(mem.clone(), u64::MAX));
     workload(&Vault::unlock(counting.clone(), "admin", &pass(PASS)).unwrap()).unwrap();
     let total = counting.writes();
     assert!(total >= 8, "the workload makes several writes ({total})");
     for n in 1..=total {
-        let mem = base();
+        let mem = new_vault_store();
         let faulty = Arc::new(FaultyStore::new(mem.clone(), n));
         let v = Vault::unlock(faulty, "admin", &pass(PASS)).unwrap();
         assert!(workload(&v).is_err(), "write {n} was made to fail");
@@ -525,12 +528,7 @@ fn a_failed_write_during_a_two_thread_import_leaves_whole_batches_only() {
             Err(e) => (Err(e), committed),
         }
     };
-    let base = || {
-        let mem = Arc::new(MemStore::new());
-        Vault::create(mem.clone(), "admin", &pass(PASS), kdf()).unwrap();
-        mem
-    };
-    let mem = base();
+    let mem = new_vault_store();
     let counting = Arc::new(FaultyStore::new(mem.clone(), u64::MAX));
     let (r, n) = run(&Vault::unlock(counting.clone(), "admin", &pass(PASS)).unwrap());
     r.unwrap();
@@ -538,7 +536,7 @@ fn a_failed_write_during_a_two_thread_import_leaves_whole_batches_only() {
     let total = counting.writes();
     assert!(total >= 8, "several batches, several writes ({total})");
     for fail_at in 1..=total {
-        let mem = base();
+        let mem = new_vault_store();
         let faulty = Arc::new(FaultyStore::new(mem.clone(), fail_at));
         let v = Vault::unlock(faulty, "admin", &pass(PASS)).unwrap();
         let (r, committed) = run(&v);
