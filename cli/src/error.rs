@@ -75,6 +75,9 @@ impl From<StoreError> for CliError {
                 };
                 CliError::failure(format!("{context}: {source}")).hint(hint)
             }
+            StoreError::Corrupt(_) => CliError::new(Exit::Integrity, e.to_string()).hint(
+                "nothing was changed; keep a copy of the vault directory and restore your latest backup (`carnet restore`)",
+            ),
             other => CliError::failure(other.to_string()),
         }
     }

@@ -2,10 +2,15 @@
 //! temporary directory, and look at the vault's raw files.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed unwrap is a failed test
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+
+use carnet_core::{NoteId, Passphrase, Vault};
+use carnet_storage::SledStore;
+use serde_json::json;
 
 /// `carnet init` with the smallest KDF settings, for fast tests.
 pub const INIT: [&str; 7] = [
@@ -96,7 +101,20 @@ impl TestVault {
 
     /// A `carnet` command with this vault and passphrase file, and a clean environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(carnet_bin());
+        self.cmd_via(&[], args)
+    }
+
+    /// Like [`TestVault::cmd`], but run through `wrapper` (a program and its arguments, to
+    /// which the path of `carnet` and then `args` are appended), such as a tracer.
+    pub fn cmd_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut c = match wrapper.split_first() {
+            None => Command::new(carnet_bin()),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(carnet_bin());
+                c
+            }
+        };
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tmp.path())
@@ -192,5 +210,88 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(e.path(), &target).unwrap();
         }
+    }
+}
+
+/// A vault with `patients` patients of `notes` notes each, imported in one go.
+pub fn populated(patients: usize, notes: usize) -> TestVault {
+    let v = TestVault::init();
+    let file = v.tmp.path().join("seed.jsonl");
+    let mut lines = String::new();
+    for p in 0..patients {
+        for n in 0..notes {
+            lines += &json!({"patient_id": format!("P{p:03}"), "name": format!("Name {p}"),
+                             "body": format!("patient {p} note {n}: lorem ipsum dolor sit amet")})
+            .to_string();
+            lines.push('\n');
+        }
+    }
+    std::fs::write(&file, lines).unwrap();
+    v.run(&["import", file.to_str().unwrap()]).expect(0);
+    v
+}
+
+pub type Contents = BTreeMap<(String, NoteId, u32), Vec<u8>>;
+
+/// The vault at `dir`, unlocked through the library after a clean `verify`; panics, naming
+/// `context`, on any error or integrity problem.
+pub fn open_verified(dir: &Path, pass: &str, context: &str) -> Vault<SledStore> {
+    let v = Vault::unlock(
+        SledStore::open(dir).unwrap_or_else(|e| panic!("{context}: open: {e:?}")),
+        "admin",
+        &Passphrase::new(pass.into()),
+    )
+    .unwrap_or_else(|e| panic!("{context}: unlock: {e}"));
+    let r = v
+        .verify(&mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{context}: verify: {e}"));
+    assert!(r.is_ok(), "{context}: {:?}", r.problems);
+    v
+}
+
+/// Every version of every note of a vault that verifies; panics, naming `context`, otherwise.
+pub fn read_all(dir: &Path, pass: &str, context: &str) -> Contents {
+    let v = open_verified(dir, pass, context);
+    let fail = |e: carnet_core::Error| -> ! { panic!("{context}: {e}") };
+    let mut out = BTreeMap::new();
+    for p in v.patients().unwrap_or_else(|e| fail(e)) {
+        for n in v.notes(&p.id).unwrap_or_else(|e| fail(e)) {
+            for h in v.note_history(&p.id, &n.id).unwrap_or_else(|e| fail(e)) {
+                let body = h
+                    .body
+                    .unwrap_or_else(|| panic!("{context}: a version without body"));
+                out.insert(
+                    (p.id.as_str().to_string(), h.id, h.version),
+                    body.as_bytes().to_vec(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Every version of every note of a vault that must be sound.
+pub fn contents(dir: &Path, pass: &str) -> Contents {
+    read_all(dir, pass, "reading the vault")
+}
+
+/// Panics, naming `context`, unless the vault verifies and every version in `expected` reads
+/// back identical (reading only those: the vault may hold many more).
+pub fn check(dir: &Path, expected: &Contents, context: &str) {
+    let v = open_verified(dir, PASS, context);
+    for ((p, n, version), body) in expected {
+        let id = carnet_core::PatientId::new(p.clone()).unwrap();
+        let h = v
+            .note_history(&id, n)
+            .unwrap_or_else(|e| panic!("{context}: {e}"));
+        let got = h
+            .iter()
+            .find(|x| x.version == *version)
+            .and_then(|x| x.body.as_ref());
+        assert_eq!(
+            got.map(|b| b.as_bytes()),
+            Some(&body[..]),
+            "{context}: {p} {n:?}"
+        );
     }
 }

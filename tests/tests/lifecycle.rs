@@ -2,58 +2,12 @@
 //! scans of the raw files, and crash tests that kill the process at random points.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use carnet_core::{NoteId, Passphrase, Vault};
 use carnet_storage::{SledStore, Space, Store};
-use carnet_tests::{files_under, TestVault, PASS};
+use carnet_tests::{check, contents, files_under, populated, PASS};
 use serde_json::json;
-
-/// A vault with `patients` patients of `notes` notes each, imported in one go.
-fn populated(patients: usize, notes: usize) -> TestVault {
-    let v = TestVault::init();
-    let file = v.tmp.path().join("seed.jsonl");
-    let mut lines = String::new();
-    for p in 0..patients {
-        for n in 0..notes {
-            lines += &json!({"patient_id": format!("P{p:03}"), "name": format!("Name {p}"),
-                             "body": format!("patient {p} note {n}: lorem ipsum dolor sit amet")})
-            .to_string();
-            lines.push('\n');
-        }
-    }
-    std::fs::write(&file, lines).unwrap();
-    v.run(&["import", file.to_str().unwrap()]).expect(0);
-    v
-}
-
-type Contents = BTreeMap<(String, NoteId, u32), Vec<u8>>;
-
-/// Every version of every note, read through the library; panics on any error.
-fn contents(dir: &Path, pass: &str) -> Contents {
-    let v = Vault::unlock(
-        SledStore::open(dir).unwrap(),
-        "admin",
-        &Passphrase::new(pass.into()),
-    )
-    .unwrap();
-    let mut out = BTreeMap::new();
-    for p in v.patients().unwrap() {
-        for n in v.notes(&p.id).unwrap() {
-            for h in v.note_history(&p.id, &n.id).unwrap() {
-                out.insert(
-                    (p.id.as_str().to_string(), h.id, h.version),
-                    h.body.unwrap().as_bytes().to_vec(),
-                );
-            }
-        }
-    }
-    let r = v.verify(&mut |_, _| {}).unwrap();
-    assert!(r.is_ok(), "verify: {:?}", r.problems);
-    out
-}
 
 fn find(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
@@ -359,30 +313,5 @@ fn killed_at_random_points_rotations_and_imports_lose_nothing_and_resume() {
     let all = contents(&v.dir, PASS);
     for (k, body) in &expected {
         assert_eq!(all.get(k), Some(body));
-    }
-}
-
-/// Unlocks, verifies every record, and reads back each expected note version.
-fn check(dir: &Path, expected: &Contents, context: &str) {
-    let v = Vault::unlock(
-        SledStore::open(dir).unwrap_or_else(|e| panic!("{context}: open: {e:?}")),
-        "admin",
-        &Passphrase::new(PASS.into()),
-    )
-    .unwrap_or_else(|e| panic!("{context}: unlock: {e}"));
-    let r = v
-        .verify(&mut |_, _| {})
-        .unwrap_or_else(|e| panic!("{context}: verify: {e}"));
-    assert!(r.is_ok(), "{context}: {:?}", r.problems);
-    for ((p, n, version), body) in expected {
-        let id = carnet_core::PatientId::new(p.clone()).unwrap();
-        let h = v
-            .note_history(&id, n)
-            .unwrap_or_else(|e| panic!("{context}: {e}"));
-        let got = h
-            .iter()
-            .find(|x| x.version == *version)
-            .and_then(|x| x.body.as_ref());
-        assert_eq!(got.map(|b| b.as_bytes()), Some(&body[..]), "{context}");
     }
 }

@@ -170,3 +170,32 @@ fn a_damaged_keyring_is_refused_without_a_panic() {
     std::fs::write(&root, &good).unwrap();
     f.v.run(&["verify"]).expect(0);
 }
+
+#[test]
+fn damaged_engine_files_are_an_integrity_failure_with_one_line() {
+    let f = fixture();
+    let store = f.v.dir.join("store");
+    f.v.run(&["verify"]).expect(0);
+    let snap = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap.")
+        })
+        .expect("sled keeps a snapshot");
+    let good = std::fs::read(&snap).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x10;
+    std::fs::write(&snap, &bad).unwrap();
+    for args in [&["verify"][..], &["patient", "list"]] {
+        let r = f.v.run(args).expect(5);
+        assert!(r.stdout.is_empty(), "{args:?}");
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    }
+    std::fs::write(&snap, &good).unwrap();
+    f.v.run(&["verify"]).expect(0);
+}

@@ -240,6 +240,7 @@ fn list(dir: &Path) -> Result<Vec<std::ffi::OsString>, StoreError> {
 /// releases the file a moment after the drop (up to its flush interval, longer under load).
 /// Wait for it: up to 10 s.
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    remove_unfinished_snapshots(path)?;
     let mut attempts = 0;
     loop {
         match sled::Config::new()
@@ -256,6 +257,38 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             other => return other.map_err(map_sled),
         }
     }
+}
+
+/// Removes the snapshot files a killed sled had not finished writing.
+///
+/// sled 0.34.7 writes a snapshot only while it opens: to `snap.LSN.generating` in three writes
+/// (data, length, checksum), then fsync, then a rename to `snap.LSN`, which is the commit; older
+/// snapshots are removed only after that rename. But when it looks for the snapshot to start
+/// from, it also considers `.generating` files and takes the highest name, so a process killed
+/// between those writes leaves a torn file that every later open reports as corruption (sled
+/// issue #1527; it also reopens such a file without truncating it). An unfinished file holds
+/// nothing the log and the previous snapshot do not: removing it puts the store back as it was
+/// before that open began. We hold the vault's lock, so no other process is writing one.
+fn remove_unfinished_snapshots(store: &Path) -> Result<(), StoreError> {
+    if !store.is_dir() {
+        return Ok(());
+    }
+    let mut removed = false;
+    for name in list(store)? {
+        let unfinished = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating"));
+        if unfinished {
+            let path = store.join(&name);
+            fs::remove_file(&path)
+                .map_err(|e| StoreError::io(format!("cannot remove {}", path.display()), e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(store)?;
+    }
+    Ok(())
 }
 
 fn fsync_file(path: &Path) -> Result<(), StoreError> {
