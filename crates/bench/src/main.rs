@@ -15,7 +15,7 @@
 //! cargo run --release -p carnet-bench --features sqlcipher -- --quick
 //! ```
 //!
-//! `--profile verify|search|read|random|random-grouped` imports once and repeats one workload,
+//! `--profile verify|search|read|read-grouped|random|random-grouped [--reps N]` imports once and repeats one workload,
 //! for `perf record` or valgrind. docs/performance.md explains the workloads, how to read the
 //! table and where the time goes.
 #![forbid(unsafe_code)]
@@ -517,14 +517,21 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         Carnet::create(dir.path()).import(&sizes.main);
         let mut peer = Carnet::open(dir.path(), &sizes.main);
-        if w == "random-grouped" {
+        if w.ends_with("-grouped") {
             peer.group_read_log();
         }
-        for _ in 0..20 {
+        // `--reps N`: how many times (default 20).
+        let reps = args
+            .iter()
+            .position(|a| a == "--reps")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(20);
+        eprintln!("imported; repeating {w} {reps} times");
+        for _ in 0..reps {
             match w.as_str() {
                 "verify" => assert!(peer.verify()),
                 "search" => assert!(peer.search(b"penicillin") > 0),
-                "read" => assert!(peer.read_patient(7) > 0),
+                "read" | "read-grouped" => assert!(peer.read_patient(7) > 0),
                 "random" | "random-grouped" => peer.random_reads(100),
                 other => panic!("unknown workload {other}"),
             }

@@ -671,13 +671,7 @@ impl<S: Store> Vault<S> {
         // already use every core) is decrypted on every core too, in chunks.
         let opened: Vec<Result<Decoded, Error>> =
             if raw.len() >= PARALLEL_NOTES && !crate::par::in_worker() {
-                let chunks = (0..raw.len())
-                    .step_by(PARALLEL_NOTES / 2)
-                    .map(|start| Ok(start..(start + PARALLEL_NOTES / 2).min(raw.len())));
-                crate::par::map_parallel(chunks, |range| range.map(open).collect::<Vec<_>>())?
-                    .into_iter()
-                    .flatten()
-                    .collect()
+                crate::par::map_indices(raw.len(), open)
             } else {
                 (0..raw.len()).map(open).collect()
             };
