@@ -52,6 +52,9 @@ struct Case {
     new_body: fn(&[u8]) -> bool,
     /// Patients the command may remove whole.
     removes: Option<&'static str>,
+    /// The exit code of a run after the command completed, when that is not 0 (a second
+    /// erase finds no such patient).
+    done_code: Option<i32>,
     /// Checks that the command's work is complete (after its final, unkilled run).
     finished: fn(&TestVault, &Contents),
 }
@@ -99,8 +102,7 @@ fn run_killed(
     let out = child.wait_with_output().unwrap();
     match (out.status.code(), out.status.signal()) {
         (Some(0), _) => Outcome::Finished,
-        // An erase run again after it completed finds no such patient.
-        (Some(4), _) if case.removes.is_some() => Outcome::Finished,
+        (Some(c), _) if case.done_code == Some(c) => Outcome::Finished,
         // strace ends itself with the signal that killed its tracee.
         (_, Some(9)) | (Some(137), _) => Outcome::Killed,
         _ => panic!(
@@ -156,6 +158,15 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&import, lines).unwrap();
+    // A user to revoke.
+    base.run(&[
+        "user",
+        "add",
+        "dr.gone",
+        "--new-passphrase-file",
+        base.pass_file.to_str().unwrap(),
+    ])
+    .expect(0);
     let before = read_all(&base.dir, PASS, "the vault before");
     let cases = [
         Case {
@@ -163,6 +174,7 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             stdin: Some(NOTE),
             new_body: |b| b == NOTE,
             removes: None,
+            done_code: None,
             finished: |v, before| {
                 let now = read_all(&v.dir, PASS, "after note add");
                 assert!(now.len() > before.len(), "the note was added");
@@ -173,6 +185,7 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             stdin: None,
             new_body: no_new_note,
             removes: None,
+            done_code: None,
             finished: rotation_finished,
         },
         Case {
@@ -180,6 +193,7 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             stdin: None,
             new_body: no_new_note,
             removes: None,
+            done_code: None,
             finished: rotation_finished,
         },
         Case {
@@ -187,6 +201,7 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             stdin: None,
             new_body: no_new_note,
             removes: None,
+            done_code: None,
             finished: rotation_finished,
         },
         Case {
@@ -194,6 +209,7 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             stdin: None,
             new_body: |b| b.starts_with(b"imported "),
             removes: None,
+            done_code: None,
             finished: |v, _| {
                 let n: u64 = v
                     .run(&["patient", "list", "--json"])
@@ -218,8 +234,22 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             stdin: None,
             new_body: no_new_note,
             removes: Some("P003"),
+            done_code: Some(4),
             finished: |v, _| {
                 v.run(&["patient", "show", "P003"]).expect(4);
+            },
+        },
+        Case {
+            args: vec!["user".into(), "remove".into(), "dr.gone".into()],
+            stdin: None,
+            new_body: no_new_note,
+            removes: None,
+            // A second removal finds no user of that name.
+            done_code: Some(2),
+            finished: |v, before| {
+                rotation_finished(v, before);
+                let users = v.run(&["user", "list", "--json"]).expect(0).json();
+                assert_eq!(users.as_array().unwrap().len(), 1, "only admin is left");
             },
         },
     ];
@@ -246,8 +276,7 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
                     Some(body) => v.run_stdin(&args, body),
                     None => v.run(&args),
                 };
-                // A second erase of an erased patient finds no such patient.
-                let ok = last.code == 0 || (case.removes.is_some() && last.code == 4);
+                let ok = last.code == 0 || case.done_code == Some(last.code);
                 assert!(ok, "{context}: final run: {}", last.stderr);
                 check_after_kill(&v, &before, case, &format!("{context}, finished"));
                 (case.finished)(&v, &before);
