@@ -43,15 +43,20 @@ impl fmt::Debug for PatientId {
     }
 }
 
-/// A note's id: 16 random bytes, written as 32 lowercase hex digits. Not secret: it is random
-/// and reveals nothing about the patient or the date.
+/// A note's id: 16 bytes, written as 32 lowercase hex digits. New ids are the note's position
+/// in its patient's chain when it was created (8 bytes, big-endian) then 8 random bytes
+/// (ADR 0011), so that a patient's new notes sort after the old ones in the store; readers
+/// treat ids as opaque. Not secret: an id reveals nothing about the patient or the date, only
+/// how many note versions the patient had before it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct NoteId(pub(crate) [u8; 16]);
 
 impl NoteId {
-    pub(crate) fn random() -> Result<Self, Error> {
+    /// A new id for the note created at chain position `seq` of its patient.
+    pub(crate) fn at_position(seq: u64) -> Result<Self, Error> {
         let mut b = [0u8; 16];
-        crate::crypto::fill_random(&mut b)?;
+        b[..8].copy_from_slice(&seq.to_be_bytes());
+        crate::crypto::fill_random(&mut b[8..])?;
         Ok(NoteId(b))
     }
 

@@ -1923,7 +1923,13 @@ impl<'v, S: Store> Txn<'v, S> {
     fn add_note(&mut self, blind: Blind, note: NewNote) -> Result<NoteId, Error> {
         check_field("the author", &note.author)?;
         check_field("the kind", &note.kind)?;
-        let id = NoteId::random()?;
+        let seq = self
+            .patients
+            .get(&blind)
+            .ok_or(Error::Internal("patient not loaded"))?
+            .manifest
+            .next_seq;
+        let id = NoteId::at_position(seq)?;
         let now = Timestamp::now();
         let meta = NoteMetaV1 {
             seq: 0,

@@ -566,3 +566,52 @@ fn a_failed_write_during_a_two_thread_import_leaves_whole_batches_only() {
         );
     }
 }
+
+/// New note ids start with the note's position in its patient's chain (ADR 0011), so a
+/// patient's new notes are stored after the old ones: imports append instead of inserting
+/// all over the patient's records.
+#[test]
+fn note_ids_sort_in_the_order_notes_were_created() {
+    let v = Vault::create(Arc::new(MemStore::new()), "admin", &pass(PASS), kdf()).unwrap();
+    v.add_patient(NewPatient::new(pid("alice"))).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(v.add_note(&pid("alice"), note(&format!("n{i}"))).unwrap());
+    }
+    v.amend_note(
+        &pid("alice"),
+        &ids[1],
+        NoteBody::new(b"n1, amended".to_vec()).unwrap(),
+        None,
+    )
+    .unwrap();
+    let mut import = v.import();
+    for i in 4..6 {
+        import
+            .add(NewPatient::new(pid("alice")), note(&format!("n{i}")))
+            .unwrap();
+    }
+    import.finish().unwrap();
+    let listed: Vec<NoteId> = v
+        .notes(&pid("alice"))
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    ids.extend_from_slice(&listed[4..]);
+    assert_eq!(listed, ids, "listed in the order they were added");
+    let positions: Vec<u64> = ids
+        .iter()
+        .map(|id| u64::from_be_bytes(id.as_bytes()[..8].try_into().unwrap()))
+        .collect();
+    // The amendment took position 4.
+    assert_eq!(positions, [0, 1, 2, 3, 5, 6]);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, ids, "ids sort in creation order");
+    // The other 8 bytes are random: two patients' first notes differ.
+    v.add_patient(NewPatient::new(pid("bob"))).unwrap();
+    let bob = v.add_note(&pid("bob"), note("b")).unwrap();
+    assert_ne!(bob, ids[0]);
+    assert_eq!(bob.as_bytes()[..8], ids[0].as_bytes()[..8]);
+}
