@@ -107,12 +107,12 @@ pub(crate) fn open(
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
     ct_and_tag: &[u8],
-) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+) -> Option<crate::secret::SecretBytes> {
     if ct_and_tag.len() < TAG_LEN {
         return None;
     }
     let (ct, tag) = ct_and_tag.split_at(ct_and_tag.len() - TAG_LEN);
-    let mut out = zeroize::Zeroizing::new(ct.to_vec());
+    let mut out = crate::secret::SecretBytes::new(ct.to_vec());
     let cipher = XChaCha20Poly1305::new(key.expose().into());
     cipher
         .decrypt_in_place_detached(

@@ -1,8 +1,6 @@
 //! The record envelope: every value Carnet stores (except the keyring) is one.
 //! Specified in docs/format.md, "Record envelope" and "Associated data".
 
-use zeroize::Zeroizing;
-
 use crate::crypto::{self, LABEL_RECORD_AAD, NONCE_LEN, TAG_LEN};
 use crate::secret::SecretKey;
 use crate::Error;
@@ -121,7 +119,7 @@ impl<'a> Sealed<'a> {
         key: &SecretKey,
         vault_id: &[u8; 16],
         binding: &[u8],
-    ) -> Option<Zeroizing<Vec<u8>>> {
+    ) -> Option<crate::secret::SecretBytes> {
         if self.kind != kind {
             return None;
         }
@@ -137,7 +135,7 @@ impl<'a> Sealed<'a> {
         key: &SecretKey,
         vault_id: &[u8; 16],
         binding: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+    ) -> Result<crate::secret::SecretBytes, Error> {
         self.open(kind, key, vault_id, binding).ok_or_else(|| {
             crate::IntegrityError::new(
                 location.to_string(),

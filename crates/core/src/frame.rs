@@ -1,9 +1,9 @@
 //! The plaintext inside an envelope: a bincode-encoded metadata struct, an optional raw body,
 //! and zero padding to a size bucket. Specified in docs/format.md, "Plaintext frame".
 
+use crate::secret::SecretBytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -29,8 +29,8 @@ pub fn padded_len(n: usize) -> usize {
 
 /// Encodes `meta` and `body` into a padded frame:
 /// `u32 BE meta_len || meta || u32 BE body_len || body || zeros`.
-pub(crate) fn encode<M: Serialize>(meta: &M, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let meta_bytes = Zeroizing::new(
+pub(crate) fn encode<M: Serialize>(meta: &M, body: &[u8]) -> Result<SecretBytes, Error> {
+    let meta_bytes = SecretBytes::new(
         bincode::serde::encode_to_vec(meta, bincode::config::standard())
             .map_err(|_| Error::Internal("metadata encoding failed"))?,
     );
@@ -38,7 +38,7 @@ pub(crate) fn encode<M: Serialize>(meta: &M, body: &[u8]) -> Result<Zeroizing<Ve
         return Err(Error::Internal("frame part too large"));
     }
     let n = 8 + meta_bytes.len() + body.len();
-    let mut out = Zeroizing::new(Vec::with_capacity(padded_len(n)));
+    let mut out = SecretBytes::with_capacity(padded_len(n));
     // Both lengths were bounded above, far below u32::MAX.
     out.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(&meta_bytes);

@@ -3,8 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use zeroize::Zeroizing;
-
 use crate::frame::MAX_BODY_BYTES;
 use crate::Error;
 
@@ -212,7 +210,7 @@ impl fmt::Debug for Patient {
 }
 
 /// A note body: bytes, zeroized when dropped.
-pub struct NoteBody(Zeroizing<Vec<u8>>);
+pub struct NoteBody(crate::secret::SecretBytes);
 
 impl NoteBody {
     /// Wraps a body, checking it is at most 16 MiB.
@@ -224,7 +222,7 @@ impl NoteBody {
                 MAX_BODY_BYTES
             )));
         }
-        Ok(NoteBody(Zeroizing::new(bytes)))
+        Ok(NoteBody(crate::secret::SecretBytes::new(bytes)))
     }
     /// The body's bytes.
     pub fn as_bytes(&self) -> &[u8] {

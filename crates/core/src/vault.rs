@@ -177,7 +177,7 @@ pub(crate) fn open_frame<M: serde::de::DeserializeOwned>(
     key: &SecretKey,
     vault_id: &[u8; 16],
     binding: &[u8],
-) -> Result<(M, zeroize::Zeroizing<Vec<u8>>), Error> {
+) -> Result<(M, crate::secret::SecretBytes), Error> {
     let sealed = Sealed::parse(bytes).map_err(|e| parse_error(location, e))?;
     let plain = sealed.open_at(location, kind, key, vault_id, binding)?;
     let (meta, _) = frame::decode::<M>(&plain)
