@@ -1,10 +1,10 @@
 //! The plaintext inside an envelope: a bincode-encoded metadata struct, an optional raw body,
 //! and zero padding to a size bucket. Specified in docs/format.md, "Plaintext frame".
 
-use crate::secret::SecretBytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::secret::SecretBytes;
 use crate::Error;
 
 /// Largest note body accepted: 16 MiB.

@@ -30,7 +30,6 @@ impl SecretKey {
 /// dropped. Like `Zeroizing<Vec<u8>>`, but zeroized through zeroize's bulk slice path:
 /// `Zeroize for Vec<u8>` writes one volatile byte at a time (zeroize 1.9), which was most of
 /// `open_note`'s own time in `verify` (perf). No `Debug`, `Clone` or `PartialEq`.
-#[derive(Default)]
 pub(crate) struct SecretBytes(Vec<u8>);
 
 impl SecretBytes {
