@@ -134,6 +134,19 @@ fn no_new_note(_: &[u8]) -> bool {
     false
 }
 
+/// A key rotation: it adds and removes nothing, and `key status` shows nothing unfinished
+/// after it.
+fn rotation(args: &[&str]) -> Case {
+    Case {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        stdin: None,
+        new_body: no_new_note,
+        removes: None,
+        done_code: None,
+        finished: rotation_finished,
+    }
+}
+
 fn rotation_finished(v: &TestVault, _: &Contents) {
     let status = v.run(&["key", "status", "--json"]).expect(0).json();
     assert_eq!(status["unfinished"], json!([]), "a rotation is unfinished");
@@ -180,30 +193,9 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
                 assert!(now.len() > before.len(), "the note was added");
             },
         },
-        Case {
-            args: vec!["key".into(), "rotate-patient".into(), "P002".into()],
-            stdin: None,
-            new_body: no_new_note,
-            removes: None,
-            done_code: None,
-            finished: rotation_finished,
-        },
-        Case {
-            args: vec!["key".into(), "rotate-patient".into(), "--all".into()],
-            stdin: None,
-            new_body: no_new_note,
-            removes: None,
-            done_code: None,
-            finished: rotation_finished,
-        },
-        Case {
-            args: vec!["key".into(), "rotate-master".into()],
-            stdin: None,
-            new_body: no_new_note,
-            removes: None,
-            done_code: None,
-            finished: rotation_finished,
-        },
+        rotation(&["key", "rotate-patient", "P002"]),
+        rotation(&["key", "rotate-patient", "--all"]),
+        rotation(&["key", "rotate-master"]),
         Case {
             args: vec!["import".into(), import.to_str().unwrap().into()],
             stdin: None,
