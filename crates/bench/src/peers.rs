@@ -334,6 +334,23 @@ impl Sqlite {
         }
     }
 
+    /// Reads a patient's record and manifest, as every peer does before it reads notes (the
+    /// plaintext peer's two lookups, Carnet's `find_patient`).
+    fn read_patient_record(&self, pid: &str) {
+        let _: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT info FROM patients WHERE id = ?1")
+            .unwrap()
+            .query_row([pid], |r| r.get(0))
+            .unwrap();
+        let _: i64 = self
+            .conn
+            .prepare_cached("SELECT notes FROM manifests WHERE id = ?1")
+            .unwrap()
+            .query_row([pid], |r| r.get(0))
+            .unwrap();
+    }
+
     /// Opens the database `create` made in `dir`; rows were numbered in import order.
     pub fn open(dir: &Path, encrypted: bool, spec: &Spec) -> Self {
         let conn = Self::connect(dir, encrypted);
@@ -390,18 +407,7 @@ impl Peer for Sqlite {
 
     fn read_patient(&self, p: usize) -> usize {
         let pid = patient_id(p);
-        let _: Vec<u8> = self
-            .conn
-            .prepare_cached("SELECT info FROM patients WHERE id = ?1")
-            .unwrap()
-            .query_row([&pid], |r| r.get(0))
-            .unwrap();
-        let _: i64 = self
-            .conn
-            .prepare_cached("SELECT notes FROM manifests WHERE id = ?1")
-            .unwrap()
-            .query_row([&pid], |r| r.get(0))
-            .unwrap();
+        self.read_patient_record(&pid);
         let mut st = self
             .conn
             .prepare_cached("SELECT body FROM notes WHERE patient = ?1")
@@ -419,12 +425,7 @@ impl Peer for Sqlite {
                 .unwrap()
                 .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap();
-            let _: Vec<u8> = self
-                .conn
-                .prepare_cached("SELECT info FROM patients WHERE id = ?1")
-                .unwrap()
-                .query_row([&pid], |r| r.get(0))
-                .unwrap();
+            self.read_patient_record(&pid);
         }
     }
 

@@ -668,7 +668,7 @@ impl<S: Store> Vault<S> {
             self.open_note(st, k, v, keep)
         };
         // A large chart read on its own (not inside verify's or search's workers, which
-        // already use every core) is decrypted on every core too, in chunks.
+        // already use every core) is decrypted on every core too, in equal slices.
         let opened: Vec<Result<Decoded, Error>> =
             if raw.len() >= PARALLEL_NOTES && !crate::par::in_worker() {
                 crate::par::map_indices(raw.len(), open)

@@ -76,6 +76,17 @@ fn new_vault_store() -> Arc<MemStore> {
     mem
 }
 
+type FaultyMem = Arc<FaultyStore<Arc<MemStore>>>;
+
+/// A freshly created vault, unlocked over a wrapper whose `fail_at`-th write fails
+/// (`u64::MAX`: none, to count writes); also the store under it, to reopen without faults.
+fn vault_failing_at(fail_at: u64) -> (Arc<MemStore>, FaultyMem, Vault<FaultyMem>) {
+    let mem = new_vault_store();
+    let faulty = Arc::new(FaultyStore::new(mem.clone(), fail_at));
+    let v = Vault::unlock(faulty.clone(), "admin", &pass(PASS)).unwrap();
+    (mem, faulty, v)
+}
+
 fn all_records(s: &MemStore) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     for name in SPACES {
@@ -344,15 +355,12 @@ fn a_failed_write_at_any_point_leaves_a_readable_consistent_vault() {
         imp.finish()?;
         Ok(())
     };
-    let mem = new_vault_store();
-    let counting = Arc::new(FaultyStore::new(mem.clone(), u64::MAX));
-    workload(&Vault::unlock(counting.clone(), "admin", &pass(PASS)).unwrap()).unwrap();
+    let (_, counting, v) = vault_failing_at(u64::MAX);
+    workload(&v).unwrap();
     let total = counting.writes();
     assert!(total >= 8, "the workload makes several writes ({total})");
     for n in 1..=total {
-        let mem = new_vault_store();
-        let faulty = Arc::new(FaultyStore::new(mem.clone(), n));
-        let v = Vault::unlock(faulty, "admin", &pass(PASS)).unwrap();
+        let (mem, _, v) = vault_failing_at(n);
         assert!(workload(&v).is_err(), "write {n} was made to fail");
         let v = Vault::unlock(mem, "admin", &pass(PASS)).unwrap();
         let r = v.verify(&mut |_, _| {}).unwrap();
@@ -528,17 +536,14 @@ fn a_failed_write_during_a_two_thread_import_leaves_whole_batches_only() {
             Err(e) => (Err(e), committed),
         }
     };
-    let mem = new_vault_store();
-    let counting = Arc::new(FaultyStore::new(mem.clone(), u64::MAX));
-    let (r, n) = run(&Vault::unlock(counting.clone(), "admin", &pass(PASS)).unwrap());
+    let (_, counting, v) = vault_failing_at(u64::MAX);
+    let (r, n) = run(&v);
     r.unwrap();
     assert_eq!(n, 3500);
     let total = counting.writes();
     assert!(total >= 8, "several batches, several writes ({total})");
     for fail_at in 1..=total {
-        let mem = new_vault_store();
-        let faulty = Arc::new(FaultyStore::new(mem.clone(), fail_at));
-        let v = Vault::unlock(faulty, "admin", &pass(PASS)).unwrap();
+        let (mem, _, v) = vault_failing_at(fail_at);
         let (r, committed) = run(&v);
         assert!(r.is_err(), "write {fail_at} was made to fail");
         assert!(
