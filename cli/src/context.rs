@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use carnet_core::{Passphrase, RecoveryKey, Vault, KEYRING_DOC};
+use carnet_core::{Passphrase, RecoveryKey, Vault};
 use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
@@ -136,13 +136,7 @@ fn short_passphrase() -> CliError {
 /// passphrase and unlocks it.
 pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
     let dir = vault_dir(global)?;
-    if !SledStore::exists(&dir) {
-        return Err(not_a_vault(&dir));
-    }
-    if !SledStore::has_doc(&dir, KEYRING_DOC) {
-        return Err(not_a_vault(&dir));
-    }
-    let store = SledStore::open(&dir)?;
+    let store = open_store(&dir)?;
     if let Some(f) = &global.recovery_key_file {
         let key = recovery_key_from_file(f)?;
         return Ok(Vault::unlock_with_recovery_key(store, &global.user, &key)?);
@@ -196,6 +190,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The store of the vault in `dir`, opened (and so locked) if `dir` holds a vault.
+pub fn open_store(dir: &Path) -> Result<SledStore, CliError> {
+    if !SledStore::exists(dir) || !carnet_core::is_vault(&SledStore::documents(dir))? {
+        return Err(not_a_vault(dir));
+    }
+    Ok(SledStore::open(dir)?)
 }
 
 fn not_a_vault(dir: &Path) -> CliError {

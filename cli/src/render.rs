@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use base64::Engine;
-use carnet_core::{Note, Patient, Timestamp};
+use carnet_core::{Action, LogEntry, Note, Patient, ProblemKind, Timestamp, Unfinished};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -19,6 +19,79 @@ pub fn rfc3339(t: Timestamp) -> String {
 }
 
 pub use carnet_cli::timestamp::parse_rfc3339;
+
+/// An access-log action as the command line names it: the command as typed.
+pub fn action_words(a: &Action) -> &str {
+    match a {
+        Action::PatientList => "patient list",
+        Action::PatientShow => "patient show",
+        Action::PatientAdd => "patient add",
+        Action::PatientErase => "patient erase",
+        Action::NoteList => "note list",
+        // `note read` is the library's chart read; no command issues it yet.
+        Action::NoteRead => "note read",
+        Action::NoteShow => "note show",
+        Action::NoteHistory => "note history",
+        Action::NoteAdd => "note add",
+        Action::NoteAmend => "note amend",
+        Action::Export => "export",
+        Action::Search => "search",
+        Action::Import => "import",
+        Action::Verify => "verify",
+        Action::Audit => "audit",
+        Action::AuditCheckpoint => "audit checkpoint",
+        Action::UserList => "user list",
+        Action::UserAdd => "user add",
+        Action::UserRemove => "user remove",
+        Action::KeyStatus => "key status",
+        Action::KeyRotateMaster => "key rotate-master",
+        Action::KeyRotatePatient => "key rotate-patient",
+        Action::KeyRotateRecovery => "key rotate-recovery",
+        Action::KeyChangePassphrase => "key change-passphrase",
+        // Written by a newer Carnet: shown as stored.
+        other => other.stored_name(),
+    }
+}
+
+/// Who an access-log entry names: `NAME`, or `NAME (recovery key)`.
+pub fn log_user(e: &LogEntry) -> String {
+    if e.via_recovery_key {
+        format!("{} (recovery key)", e.user)
+    } else {
+        e.user.clone()
+    }
+}
+
+/// An unfinished operation, with the command that finishes it.
+pub fn unfinished_words(u: &Unfinished) -> String {
+    match u {
+        Unfinished::MasterRotation { to_epoch } => format!(
+            "master-key rotation to epoch {to_epoch} (run `carnet key rotate-master` to finish it)"
+        ),
+        Unfinished::AllPatientsRotation => "rotation of every patient's key (run `carnet key rotate-patient --all` to finish it)".into(),
+        Unfinished::Revocation => {
+            "a user's revocation (run `carnet user remove NAME` again to finish it)".into()
+        }
+        Unfinished::PatientRotations { patients } => format!(
+            "{patients} patient key rotation(s) (run `carnet key rotate-patient ID` or `--all` to finish)"
+        ),
+        other => format!("{other:?} (run the same command again to finish it)"),
+    }
+}
+
+/// An integrity problem's kind, as `verify --json` names it.
+pub fn problem_kind_words(k: ProblemKind) -> &'static str {
+    match k {
+        ProblemKind::Missing => "missing",
+        ProblemKind::Moved => "moved",
+        ProblemKind::Orphan => "orphan",
+        ProblemKind::FailedAuthentication => "failed_authentication",
+        ProblemKind::Malformed => "malformed",
+        ProblemKind::Inconsistent => "inconsistent",
+        ProblemKind::RolledBack => "rolled_back",
+        _ => "other",
+    }
+}
 
 pub fn patient_json(p: &Patient) -> Value {
     json!({

@@ -23,15 +23,14 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
         }
         return render::print(&format!("{}\n", c.to_line()));
     }
-    let filter = AuditFilter {
-        patient: a.patient.as_deref().map(patient_id).transpose()?,
-        user: a.by,
-        since: match a.since.as_deref() {
-            Some(s) => Some(render::parse_rfc3339(s).ok_or_else(|| {
-                CliError::usage("--since must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")
-            })?),
-            None => None,
-        },
+    let mut filter = AuditFilter::default();
+    filter.patient = a.patient.as_deref().map(patient_id).transpose()?;
+    filter.user = a.by;
+    filter.since = match a.since.as_deref() {
+        Some(s) => Some(render::parse_rfc3339(s).ok_or_else(|| {
+            CliError::usage("--since must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")
+        })?),
+        None => None,
     };
     let vault = context::unlock(g)?;
     let entries = vault.audit(&filter)?;
@@ -43,8 +42,9 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
                     json!({
                         "seq": e.seq,
                         "at": render::rfc3339(e.at),
-                        "user": e.user,
-                        "action": e.action,
+                        "user": render::log_user(e),
+                        "recovery_key": e.via_recovery_key,
+                        "action": render::action_words(&e.action),
                         "patient_id": e.patient_id,
                         "note_id": e.note_id,
                         "outcome": e.outcome,
@@ -59,8 +59,8 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             e.seq,
             render::rfc3339(e.at),
-            e.user,
-            e.action,
+            render::log_user(e),
+            render::action_words(&e.action),
             or_dash(e.patient_id.as_deref()),
             or_dash(e.note_id.as_deref()),
             e.outcome

@@ -5,7 +5,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use carnet_core::{restore_backup, write_backup, KEYRING_DOC};
+use carnet_core::{restore_backup, write_backup};
 use carnet_storage::SledStore;
 
 use crate::args::Global;
@@ -15,11 +15,8 @@ use crate::render;
 
 pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
     let dir = context::vault_dir(g)?;
-    if !SledStore::has_doc(&dir, KEYRING_DOC) {
-        return Err(CliError::failure(format!("no vault at {}", dir.display())));
-    }
     // The store's lock keeps every writer out while the archive is made: it is consistent.
-    let store = SledStore::open(&dir)?;
+    let store = context::open_store(&dir)?;
     let tmp = file.with_extension("carnet-partial");
     let f = OpenOptions::new()
         .write(true)

@@ -1,6 +1,6 @@
 //! `carnet init`
 
-use carnet_core::{KdfParams, Vault, KEYRING_DOC};
+use carnet_core::{KdfParams, Vault};
 use carnet_storage::SledStore;
 
 use crate::args::{Global, InitArgs};
@@ -12,7 +12,7 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     let kdf = KdfParams::new(a.kdf_memory_mib, a.kdf_iterations, a.kdf_parallelism)?;
     let dir = context::vault_dir(g)?;
     if SledStore::exists(&dir) {
-        if SledStore::has_doc(&dir, KEYRING_DOC) {
+        if carnet_core::is_vault(&SledStore::documents(&dir))? {
             return Err(
                 CliError::failure(format!("{} already holds a vault", dir.display()))
                     .hint("nothing was changed; use another --vault DIR for a new vault"),

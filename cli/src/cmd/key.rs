@@ -50,7 +50,7 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
                         .map(|(v, n)| json!({"version": v, "records": n})).collect::<Vec<_>>(),
                     "patients_unfinished": s.patients_unfinished,
                     "unused_keys": s.unused_keys,
-                    "unfinished": s.unfinished,
+                    "unfinished": s.unfinished.iter().map(render::unfinished_words).collect::<Vec<_>>(),
                 }));
             }
             let mut out = format!(
@@ -71,7 +71,7 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
                 out += "unfinished:     none\n";
             }
             for u in &s.unfinished {
-                out += &format!("UNFINISHED:     {u}\n");
+                out += &format!("UNFINISHED:     {}\n", render::unfinished_words(u));
             }
             render::print(&out)
         }

@@ -32,6 +32,7 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<(), CliError> {
             "records_checked": report.records_checked,
             "problems": report.problems.iter().map(|p| json!({
                 "location": p.location(),
+                "kind": render::problem_kind_words(p.kind()),
                 "problem": p.problem(),
             })).collect::<Vec<_>>(),
         }))?;

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use carnet_storage::{Batch, DocName, Space, Store};
 use sha2::{Digest, Sha256};
 
+use crate::error::ProblemKind;
 use crate::keystore::{KEYS_DOC, ROOT_DOC};
 use crate::records::space;
 use crate::Error;
@@ -134,8 +135,9 @@ pub fn write_backup<S: Store, W: Write>(store: &S, out: W) -> Result<BackupSumma
     Ok(summary)
 }
 
+/// A damaged archive: truncated, failing a checksum, or not an archive at all.
 fn damaged(why: &str) -> Error {
-    Error::Integrity(crate::IntegrityError::new("backup archive", why))
+    crate::error::integrity("backup archive", ProblemKind::Malformed, why)
 }
 
 /// A parsed, fully checked archive.

@@ -1,6 +1,6 @@
 //! Thin wrappers over the primitives (RustCrypto and dalek): AEAD, HKDF, HMAC, SHA-256, the OS
-//! generator. Every label is a named constant here, versioned `carnet/v1/...`
-//! (docs/format.md, "Labels").
+//! generator. Every label of the format is a named constant here, versioned `carnet/v1/...`
+//! (docs/format.md, "Labels"); the keys that use them are typed by role in `keys.rs`.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
@@ -8,7 +8,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::secret::SecretKey;
+use crate::secret::{SecretBytes, SecretKey};
 use crate::Error;
 
 pub(crate) const NONCE_LEN: usize = 24;
@@ -34,10 +34,20 @@ pub(crate) const LABEL_LOG_CHAIN: &[u8] = b"carnet/v1/chain/log";
 pub(crate) const LABEL_RECORD_AAD: &[u8] = b"carnet/v1/record";
 pub(crate) const LABEL_SLOT_AAD: &[u8] = b"carnet/v1/slot";
 pub(crate) const LABEL_SEAL_AAD: &[u8] = b"carnet/v1/seal";
+// The recovery key (docs/format.md, "Recovery key").
+pub(crate) const LABEL_RECOVERY_KDF: &[u8] = b"carnet/v1/recovery/kdf";
+pub(crate) const LABEL_RECOVERY_CHECKSUM: &[u8] = b"carnet/v1/recovery/checksum";
 
 /// Fills `buf` from the operating system's generator.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), Error> {
     getrandom::getrandom(buf).map_err(|_| Error::Random)
+}
+
+/// A fresh 256-bit key from the operating system's generator.
+pub(crate) fn random_key() -> Result<SecretKey, Error> {
+    let mut k = [0u8; 32];
+    fill_random(&mut k)?;
+    Ok(SecretKey::from_bytes(k))
 }
 
 /// A fresh random nonce.
@@ -107,12 +117,12 @@ pub(crate) fn open(
     nonce: &[u8; NONCE_LEN],
     aad: &[u8],
     ct_and_tag: &[u8],
-) -> Option<crate::secret::SecretBytes> {
+) -> Option<SecretBytes> {
     if ct_and_tag.len() < TAG_LEN {
         return None;
     }
     let (ct, tag) = ct_and_tag.split_at(ct_and_tag.len() - TAG_LEN);
-    let mut out = crate::secret::SecretBytes::new(ct.to_vec());
+    let mut out = SecretBytes::new(ct.to_vec());
     let cipher = XChaCha20Poly1305::new(key.expose().into());
     cipher
         .decrypt_in_place_detached(

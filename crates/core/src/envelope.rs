@@ -1,8 +1,16 @@
 //! The record envelope: every value Carnet stores (except the keyring) is one.
-//! Specified in docs/format.md, "Record envelope" and "Associated data".
+//! Specified in docs/format.md, "Record envelope" and "Associated data". Which key seals each
+//! kind and what it is bound to is `sealing.rs`; every function here is generic over it.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::crypto::{self, LABEL_RECORD_AAD, NONCE_LEN, TAG_LEN};
-use crate::secret::SecretKey;
+use crate::error::{integrity, ProblemKind};
+use crate::frame;
+use crate::keys::SealingKey;
+use crate::sealing::{Kind, RecordKind};
+use crate::secret::SecretBytes;
 use crate::Error;
 
 /// `"CN"`: the first two bytes of every record.
@@ -13,50 +21,6 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 pub(crate) const ALG_XCHACHA20POLY1305: u8 = 1;
 /// magic (2) + format (1) + kind (1) + algorithm (1) + key version (4) + nonce (24).
 pub(crate) const HEADER_LEN: usize = 9 + NONCE_LEN;
-
-/// What a record holds; also fixes what its associated data binds it to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Kind {
-    /// The vault keys, wrapped under the master epoch. Binding: nothing.
-    VaultKeys = 1,
-    /// One patient key version, wrapped under the master epoch. Binding: blind, key version.
-    PatientKey = 2,
-    /// The patient registry (count and chain head). Binding: nothing.
-    Registry = 3,
-    /// A patient's identity. Binding: blind.
-    Patient = 4,
-    /// A patient's manifest (chain head of its notes). Binding: blind.
-    Manifest = 5,
-    /// One version of one note. Binding: blind, note id, note version.
-    Note = 6,
-    /// A long operation under way (a rotation, an import, a revocation). Binding: its key.
-    Job = 7,
-    /// The users and their roles. Binding: its key.
-    Users = 8,
-    /// One access-log entry. Binding: sequence number, chain value before it.
-    LogEntry = 9,
-    /// The access log's head (count, chain value). Binding: its key.
-    LogHead = 10,
-}
-
-impl Kind {
-    fn from_byte(b: u8) -> Option<Kind> {
-        Some(match b {
-            1 => Kind::VaultKeys,
-            2 => Kind::PatientKey,
-            3 => Kind::Registry,
-            4 => Kind::Patient,
-            5 => Kind::Manifest,
-            6 => Kind::Note,
-            7 => Kind::Job,
-            8 => Kind::Users,
-            9 => Kind::LogEntry,
-            10 => Kind::LogHead,
-            _ => return None,
-        })
-    }
-}
 
 /// A parsed envelope whose ciphertext has not been opened yet.
 pub(crate) struct Sealed<'a> {
@@ -111,93 +75,148 @@ impl<'a> Sealed<'a> {
         })
     }
 
-    /// Opens the record if it is of `kind`, was sealed under `key`, and belongs where
-    /// `vault_id` and `binding` say. Every failure is `None`: wrong key, moved, or altered.
-    pub(crate) fn open(
+    /// Opens the record if it is of kind `R`, was sealed under `key`, and belongs at `place`
+    /// of the vault `vault_id`. Every failure is `None`: wrong key, moved, or altered.
+    pub(crate) fn open<R: RecordKind>(
         &self,
-        kind: Kind,
-        key: &SecretKey,
+        key: &R::Key,
         vault_id: &[u8; 16],
-        binding: &[u8],
-    ) -> Option<crate::secret::SecretBytes> {
-        if self.kind != kind {
+        place: &R::Place,
+    ) -> Option<SecretBytes> {
+        if self.kind != R::KIND {
             return None;
         }
-        let aad = aad(self.header, vault_id, binding);
-        crypto::open(key, &self.nonce, &aad, self.ciphertext)
+        let aad = aad::<R>(self.header, vault_id, place);
+        crypto::open(key.aead(), &self.nonce, &aad, self.ciphertext)
     }
 
     /// [`Sealed::open`], with the one integrity error every failure becomes, naming `location`.
-    pub(crate) fn open_at(
+    pub(crate) fn open_at<R: RecordKind>(
         &self,
         location: impl std::fmt::Display,
-        kind: Kind,
-        key: &SecretKey,
+        key: &R::Key,
         vault_id: &[u8; 16],
-        binding: &[u8],
-    ) -> Result<crate::secret::SecretBytes, Error> {
-        self.open(kind, key, vault_id, binding).ok_or_else(|| {
-            crate::IntegrityError::new(
+        place: &R::Place,
+    ) -> Result<SecretBytes, Error> {
+        self.open::<R>(key, vault_id, place).ok_or_else(|| {
+            integrity(
                 location.to_string(),
+                ProblemKind::FailedAuthentication,
                 "failed authentication (altered, moved or foreign)",
             )
-            .into()
         })
     }
 }
 
-/// The associated data: label || header[0..9] || vault id || kind-specific binding.
-fn aad(header: &[u8], vault_id: &[u8; 16], binding: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(LABEL_RECORD_AAD.len() + 9 + 16 + binding.len());
+/// The associated data: label || header[0..9] || vault id || the place's binding.
+fn aad<R: RecordKind>(header: &[u8], vault_id: &[u8; 16], place: &R::Place) -> Vec<u8> {
+    // The longest binding is a note's storage key.
+    let mut a = Vec::with_capacity(LABEL_RECORD_AAD.len() + 9 + 16 + 52);
     a.extend_from_slice(LABEL_RECORD_AAD);
     a.extend_from_slice(header);
     a.extend_from_slice(vault_id);
-    a.extend_from_slice(binding);
+    R::bind(place, &mut a);
     a
 }
 
-/// Seals `plaintext` into a new envelope of `kind` under `key` (a fresh random nonce).
-pub(crate) fn seal(
-    kind: Kind,
-    key_version: u32,
-    key: &SecretKey,
+/// Seals `plaintext` into a new envelope of kind `R` under `key`, bound to `place` (a fresh
+/// random nonce; the header carries the key's version).
+pub(crate) fn seal<R: RecordKind>(
+    key: &R::Key,
     vault_id: &[u8; 16],
-    binding: &[u8],
+    place: &R::Place,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let nonce = crypto::random_nonce()?;
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT_VERSION);
-    out.push(kind as u8);
+    out.push(R::KIND as u8);
     out.push(ALG_XCHACHA20POLY1305);
-    out.extend_from_slice(&key_version.to_be_bytes());
+    out.extend_from_slice(&key.version().to_be_bytes());
     out.extend_from_slice(&nonce);
-    let aad = aad(&out[..9], vault_id, binding);
+    let aad = aad::<R>(&out[..9], vault_id, place);
     out.extend_from_slice(plaintext);
-    crypto::seal_in_place(key, &nonce, &aad, &mut out, HEADER_LEN)?;
+    crypto::seal_in_place(key.aead(), &nonce, &aad, &mut out, HEADER_LEN)?;
     Ok(out)
+}
+
+/// Seals `meta` (with no body) in a frame, as a record of kind `R`.
+pub(crate) fn seal_frame<R: RecordKind, M: Serialize>(
+    key: &R::Key,
+    vault_id: &[u8; 16],
+    place: &R::Place,
+    meta: &M,
+) -> Result<Vec<u8>, Error> {
+    seal::<R>(key, vault_id, place, &frame::encode(meta, &[])?)
+}
+
+/// The error an envelope that does not parse becomes, naming `location`.
+pub(crate) fn parse_error(location: &str, e: ParseError) -> Error {
+    match e {
+        ParseError::FutureVersion(v) => Error::UnsupportedFormat {
+            found: u32::from(v),
+            supported: u32::from(FORMAT_VERSION),
+        },
+        ParseError::Foreign => integrity(location, ProblemKind::Malformed, "not a Carnet record"),
+        ParseError::Malformed(what) => integrity(location, ProblemKind::Malformed, what),
+    }
+}
+
+/// Parses and opens a record of kind `R`, decoding its frame's metadata; returns it with the
+/// whole frame. Every failure is an integrity error naming `location`.
+pub(crate) fn open_frame<R: RecordKind, M: DeserializeOwned>(
+    location: &str,
+    bytes: &[u8],
+    key: &R::Key,
+    vault_id: &[u8; 16],
+    place: &R::Place,
+) -> Result<(M, SecretBytes), Error> {
+    let sealed = Sealed::parse(bytes).map_err(|e| parse_error(location, e))?;
+    let plain = sealed.open_at::<R>(location, key, vault_id, place)?;
+    let (meta, _) = frame::decode::<M>(&plain).ok_or_else(|| malformed_payload(location))?;
+    Ok((meta, plain))
+}
+
+/// The error for a record that authenticated but whose payload does not decode.
+pub(crate) fn malformed_payload(location: impl Into<String>) -> Error {
+    integrity(
+        location,
+        ProblemKind::Malformed,
+        "authenticated but malformed payload",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{ManifestKey, NoteKey};
+    use crate::records::{Blind, NoteAt};
+    use crate::sealing::{ManifestRecord, NoteRecord};
 
-    fn key(b: u8) -> SecretKey {
-        SecretKey::from_bytes([b; 32])
+    fn key(b: u8) -> NoteKey {
+        NoteKey::for_tests(3, b)
+    }
+
+    fn at(n: u8) -> NoteAt {
+        NoteAt {
+            blind: Blind([n; 32]),
+            note: [n; 16],
+            version: 1,
+        }
     }
 
     #[test]
     fn round_trip_and_header_layout() {
         let vid = [7u8; 16];
-        let rec = seal(Kind::Note, 3, &key(1), &vid, b"bind", b"hello").unwrap();
+        let rec = seal::<NoteRecord>(&key(1), &vid, &at(1), b"hello").unwrap();
         assert_eq!(&rec[..5], &[b'C', b'N', 1, 6, 1]);
         assert_eq!(&rec[5..9], &3u32.to_be_bytes());
         assert_eq!(rec.len(), HEADER_LEN + 5 + TAG_LEN);
         let s = Sealed::parse(&rec).unwrap();
         assert_eq!(s.key_version, 3);
         assert_eq!(
-            &*s.open(Kind::Note, &key(1), &vid, b"bind").unwrap(),
+            &*s.open::<NoteRecord>(&key(1), &vid, &at(1)).unwrap(),
             b"hello"
         );
     }
@@ -205,22 +224,24 @@ mod tests {
     #[test]
     fn every_binding_input_is_authenticated() {
         let vid = [7u8; 16];
-        let rec = seal(Kind::Note, 3, &key(1), &vid, b"bind", b"hello").unwrap();
+        let rec = seal::<NoteRecord>(&key(1), &vid, &at(1), b"hello").unwrap();
         let s = Sealed::parse(&rec).unwrap();
         assert!(
-            s.open(Kind::Note, &key(2), &vid, b"bind").is_none(),
+            s.open::<NoteRecord>(&key(2), &vid, &at(1)).is_none(),
             "other key"
         );
         assert!(
-            s.open(Kind::Note, &key(1), &[8u8; 16], b"bind").is_none(),
+            s.open::<NoteRecord>(&key(1), &[8u8; 16], &at(1)).is_none(),
             "other vault"
         );
         assert!(
-            s.open(Kind::Note, &key(1), &vid, b"bine").is_none(),
+            s.open::<NoteRecord>(&key(1), &vid, &at(2)).is_none(),
             "other place"
         );
+        // The same key bytes under another kind's role: the kind byte is checked too.
         assert!(
-            s.open(Kind::Manifest, &key(1), &vid, b"bind").is_none(),
+            s.open::<ManifestRecord>(&ManifestKey::for_tests(3, 1), &vid, &Blind([1; 32]))
+                .is_none(),
             "other kind"
         );
         for i in 0..rec.len() {
@@ -228,7 +249,7 @@ mod tests {
             bad[i] ^= 0x01;
             let opened = Sealed::parse(&bad)
                 .ok()
-                .and_then(|s| s.open(Kind::Note, &key(1), &vid, b"bind"));
+                .and_then(|s| s.open::<NoteRecord>(&key(1), &vid, &at(1)));
             assert!(opened.is_none(), "a flipped bit at byte {i} is detected");
         }
     }
@@ -239,7 +260,7 @@ mod tests {
             Sealed::parse(b"SQLite format 3\0").err(),
             Some(ParseError::Foreign)
         );
-        let mut rec = seal(Kind::Note, 1, &key(1), &[0; 16], b"", b"x").unwrap();
+        let mut rec = seal::<NoteRecord>(&key(1), &[0; 16], &at(0), b"x").unwrap();
         rec[2] = 2;
         assert_eq!(
             Sealed::parse(&rec).err(),

@@ -3,19 +3,53 @@
 
 use carnet_storage::StoreError;
 
+/// What kind of integrity problem was found: something callers can act on without parsing the
+/// message. Every authentication failure is one kind ([`ProblemKind::FailedAuthentication`]):
+/// an altered record, a record moved to another place and one sealed under another key cannot
+/// be told apart, by design.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A record that must exist is not stored (a deleted patient record, manifest, key, log
+    /// head...).
+    Missing,
+    /// A record is stored under a place or a position it does not belong to: out of place in
+    /// its chain, sealed under the wrong key version for where it is, or naming another patient.
+    Moved,
+    /// A record belongs to nothing registered (a note or manifest of no patient).
+    Orphan,
+    /// A record failed authentication: altered, moved to another storage key, sealed under
+    /// another key, or from another vault.
+    FailedAuthentication,
+    /// A record is not a well-formed Carnet record (or authenticated but malformed: a bug or a
+    /// forged key).
+    Malformed,
+    /// Records disagree with the count or chain that covers them: one was removed, added or
+    /// replaced.
+    Inconsistent,
+    /// The vault is older than a state it must contain (a checkpoint kept off the server).
+    RolledBack,
+}
+
 /// An integrity failure: a stored record failed authentication, is missing, is out of place,
 /// or contradicts another record. A wrong key and an altered record look the same here, by
 /// design.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntegrityError {
     location: String,
+    kind: ProblemKind,
     problem: String,
 }
 
 impl IntegrityError {
-    pub(crate) fn new(location: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        location: impl Into<String>,
+        kind: ProblemKind,
+        problem: impl Into<String>,
+    ) -> Self {
         IntegrityError {
             location: location.into(),
+            kind,
             problem: problem.into(),
         }
     }
@@ -25,7 +59,12 @@ impl IntegrityError {
         &self.location
     }
 
-    /// What is wrong.
+    /// What kind of problem it is.
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+
+    /// What is wrong, in words (never a secret).
     pub fn problem(&self) -> &str {
         &self.problem
     }
@@ -35,6 +74,15 @@ impl std::fmt::Display for IntegrityError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.location, self.problem)
     }
+}
+
+/// An [`Error::Integrity`] of `kind` at `location`.
+pub(crate) fn integrity(
+    location: impl Into<String>,
+    kind: ProblemKind,
+    problem: impl Into<String>,
+) -> Error {
+    Error::Integrity(IntegrityError::new(location, kind, problem))
 }
 
 /// Everything a [`crate::Vault`] operation can fail with.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use carnet_storage::MemStore;
 
-use crate::{envelope, frame, keyring, keystore, log, records};
+use crate::{envelope, frame, keyring, keystore, records};
 use crate::{
     Error, KdfParams, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, Patients, Vault,
 };
@@ -46,8 +46,8 @@ pub fn envelope_and_frame(data: &[u8]) {
     let _ = frame::decode::<records::VaultKeysV1>(data);
     let _ = frame::decode::<records::JobV1>(data);
     let _ = frame::decode::<records::UsersV1>(data);
-    let _ = frame::decode::<log::LogEntryV1>(data);
-    let _ = frame::decode::<log::LogHeadV1>(data);
+    let _ = frame::decode::<records::LogEntryV1>(data);
+    let _ = frame::decode::<records::LogHeadV1>(data);
 }
 
 /// The backup archive reader, restoring into memory.

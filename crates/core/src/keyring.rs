@@ -13,11 +13,14 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::crypto::{
-    self, LABEL_KEYRING_MAC, LABEL_SEAL_AAD, LABEL_SEAL_COMMIT, LABEL_SEAL_KEY, LABEL_SLOT_AAD,
-    LABEL_SLOT_COMMIT, LABEL_SLOT_KEK, LABEL_SLOT_NAME, NONCE_LEN, TAG_LEN,
+    self, LABEL_RECOVERY_KDF, LABEL_SEAL_AAD, LABEL_SEAL_COMMIT, LABEL_SEAL_KEY, LABEL_SLOT_AAD,
+    LABEL_SLOT_NAME, NONCE_LEN, TAG_LEN,
 };
+use crate::error::{integrity, ProblemKind};
+use crate::keys::{EpochKey, SlotKey};
+use crate::recovery::RecoveryKey;
 use crate::secret::{Passphrase, SecretKey};
-use crate::{Error, IntegrityError};
+use crate::Error;
 
 /// `"CARNETKR"`: the first bytes of a keyring.
 pub(crate) const MAGIC: [u8; 8] = *b"CARNETKR";
@@ -28,7 +31,6 @@ const SLOT_KIND_RECOVERY: u8 = 2;
 const KDF_ARGON2ID_13: u8 = 1;
 /// A recovery slot's "KDF": HKDF-SHA-256 of the 256-bit recovery key, no stretching needed.
 const KDF_NONE: u8 = 0;
-const LABEL_RECOVERY_KDF: &[u8] = b"carnet/v1/recovery/kdf";
 /// The slot name of the recovery key; user names never contain NUL.
 pub(crate) const RECOVERY_SLOT: &str = "\0recovery";
 
@@ -37,7 +39,7 @@ pub(crate) enum SlotSecret<'a> {
     /// A user's passphrase, stretched with Argon2id.
     Passphrase(&'a Passphrase, KdfParams),
     /// The recovery key.
-    Recovery(&'a crate::recovery::RecoveryKey),
+    Recovery(&'a RecoveryKey),
 }
 const SEAL_LEN: usize = 4 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN;
 /// Fixed part of a passphrase slot, after its 2-byte length and before its seals.
@@ -166,9 +168,9 @@ pub(crate) struct Slot {
 /// The master keys a successful unlock yields.
 pub(crate) struct Masters {
     /// The master of the keyring's current epoch.
-    pub(crate) current: SecretKey,
-    /// The next epoch and its master, while a rotation is under way.
-    pub(crate) pending: Option<(u32, SecretKey)>,
+    pub(crate) current: EpochKey,
+    /// The next epoch's master, while a rotation is under way.
+    pub(crate) pending: Option<EpochKey>,
 }
 
 /// The parsed keyring.
@@ -183,12 +185,6 @@ pub(crate) struct Keyring {
 /// The tag that names a user's slot: SHA-256(label || vault id || user name).
 pub(crate) fn name_tag(vault_id: &[u8; 16], user: &str) -> [u8; 32] {
     crypto::sha256(&[LABEL_SLOT_NAME, vault_id, user.as_bytes()])
-}
-
-fn slot_keys(kek_root: &SecretKey, vault_id: &[u8; 16]) -> (SecretKey, [u8; 32]) {
-    let kek = crypto::hkdf(Some(vault_id), kek_root.expose(), &[LABEL_SLOT_KEK]);
-    let commit = crypto::hkdf(Some(vault_id), kek_root.expose(), &[LABEL_SLOT_COMMIT]);
-    (kek, *commit.expose())
 }
 
 fn seal_keys(
@@ -254,17 +250,16 @@ impl Slot {
         }
     }
 
-    /// A new slot named `user` opened by `secret`, with the master of `epoch` sealed to it.
+    /// A new slot named `user` opened by `secret`, with `master` sealed to it.
     pub(crate) fn create(
         vault_id: &[u8; 16],
         user: &str,
         secret: SlotSecret<'_>,
-        epoch: u32,
-        master: &SecretKey,
+        master: &EpochKey,
     ) -> Result<Slot, Error> {
         let mut salt = [0u8; 16];
         crypto::fill_random(&mut salt)?;
-        let private = SecretKey::random()?;
+        let private = crypto::random_key()?;
         let sk = StaticSecret::from(*private.expose());
         let public = PublicKey::from(&sk).to_bytes();
         let kdf = match &secret {
@@ -281,23 +276,19 @@ impl Slot {
             sk_ct: [0u8; 32 + TAG_LEN],
             seals: Vec::new(),
         };
-        let (kek, commit) = slot_keys(&slot.kek_root(&secret)?, vault_id);
+        let (kek, commit) = SlotKey::derive(&slot.kek_root(&secret)?, vault_id);
         slot.commit = commit;
-        let mut buf = private.expose().to_vec();
-        crypto::seal_in_place(&kek, &slot.sk_nonce, &slot.aad(vault_id), &mut buf, 0)?;
+        let mut buf = Zeroizing::new(private.expose().to_vec());
+        crypto::seal_in_place(kek.aead(), &slot.sk_nonce, &slot.aad(vault_id), &mut buf, 0)?;
         slot.sk_ct.copy_from_slice(&buf);
-        slot.add_seal(vault_id, epoch, master)?;
+        slot.add_seal(vault_id, master)?;
         Ok(slot)
     }
 
-    /// Seals the master of `epoch` to this slot's public key (no passphrase needed).
-    pub(crate) fn add_seal(
-        &mut self,
-        vault_id: &[u8; 16],
-        epoch: u32,
-        master: &SecretKey,
-    ) -> Result<(), Error> {
-        let esk = StaticSecret::from(*SecretKey::random()?.expose());
+    /// Seals `master` to this slot's public key, for its epoch (no passphrase needed).
+    pub(crate) fn add_seal(&mut self, vault_id: &[u8; 16], master: &EpochKey) -> Result<(), Error> {
+        let epoch = master.epoch();
+        let esk = StaticSecret::from(*crypto::random_key()?.expose());
         let ephemeral = PublicKey::from(&esk).to_bytes();
         let shared = esk.diffie_hellman(&PublicKey::from(self.public));
         if !shared.was_contributory() {
@@ -312,7 +303,7 @@ impl Slot {
             &self.name_tag,
         );
         let nonce = crypto::random_nonce()?;
-        let mut buf = master.expose().to_vec();
+        let mut buf = Zeroizing::new(master.bytes_to_wrap().to_vec());
         let aad = seal_aad(vault_id, epoch, &self.name_tag, &ephemeral);
         crypto::seal_in_place(&key, &nonce, &aad, &mut buf, 0)?;
         let mut ct = [0u8; 32 + TAG_LEN];
@@ -338,11 +329,11 @@ impl Slot {
         secret: &SlotSecret<'_>,
     ) -> Result<StaticSecret, Error> {
         let kek_root = self.kek_root(secret)?;
-        let (kek, commit) = slot_keys(&kek_root, vault_id);
+        let (kek, commit) = SlotKey::derive(&kek_root, vault_id);
         if !bool::from(commit.ct_eq(&self.commit)) {
             return Err(Error::WrongPassphrase);
         }
-        let sk_bytes = crypto::open(&kek, &self.sk_nonce, &self.aad(vault_id), &self.sk_ct)
+        let sk_bytes = crypto::open(kek.aead(), &self.sk_nonce, &self.aad(vault_id), &self.sk_ct)
             .ok_or(Error::WrongPassphrase)?;
         let mut raw = Zeroizing::new([0u8; 32]);
         raw.copy_from_slice(&sk_bytes);
@@ -359,7 +350,7 @@ impl Slot {
         vault_id: &[u8; 16],
         sk: &StaticSecret,
         epoch: u32,
-    ) -> Result<Option<SecretKey>, Error> {
+    ) -> Result<Option<EpochKey>, Error> {
         let Some(seal) = self.seals.iter().find(|s| s.epoch == epoch) else {
             return Ok(None);
         };
@@ -373,14 +364,23 @@ impl Slot {
             &self.name_tag,
         );
         if !bool::from(commit.ct_eq(&seal.commit)) {
-            return Err(IntegrityError::new("keyring", "sealed master key commitment").into());
+            return Err(integrity(
+                "keyring",
+                ProblemKind::FailedAuthentication,
+                "sealed master key commitment",
+            ));
         }
         let aad = seal_aad(vault_id, epoch, &self.name_tag, &seal.ephemeral);
-        let m = crypto::open(&key, &seal.nonce, &aad, &seal.ct)
-            .ok_or_else(|| IntegrityError::new("keyring", "sealed master failed authentication"))?;
+        let m = crypto::open(&key, &seal.nonce, &aad, &seal.ct).ok_or_else(|| {
+            integrity(
+                "keyring",
+                ProblemKind::FailedAuthentication,
+                "sealed master failed authentication",
+            )
+        })?;
         let mut mk = [0u8; 32];
         mk.copy_from_slice(&m);
-        Ok(Some(SecretKey::from_bytes(mk)))
+        Ok(Some(EpochKey::from_bytes(epoch, mk)))
     }
 
     /// The slot's KDF parameters (the defaults for the recovery slot, which has none).
@@ -466,22 +466,25 @@ impl Keyring {
         let current = slot
             .open_seal(&self.vault_id, &sk, self.epoch)?
             .ok_or_else(|| {
-                IntegrityError::new("keyring", "no sealed master for the current epoch")
+                integrity(
+                    "keyring",
+                    ProblemKind::Missing,
+                    "no sealed master for the current epoch",
+                )
             })?;
-        let body = self.encode_body();
-        let mac = crypto::hmac(&crypto::subkey(&current, LABEL_KEYRING_MAC), &[&body]);
+        let mac = current.keyring_mac(&self.encode_body());
         if !bool::from(mac.ct_eq(&self.mac)) {
-            return Err(
-                IntegrityError::new("keyring", "MAC mismatch: the keyring was altered").into(),
-            );
+            return Err(integrity(
+                "keyring",
+                ProblemKind::FailedAuthentication,
+                "MAC mismatch: the keyring was altered",
+            ));
         }
         let next = self
             .epoch
             .checked_add(1)
             .ok_or(Error::Internal("epoch overflow"))?;
-        let pending = slot
-            .open_seal(&self.vault_id, &sk, next)?
-            .map(|m| (next, m));
+        let pending = slot.open_seal(&self.vault_id, &sk, next)?;
         Ok(Masters { current, pending })
     }
 
@@ -490,11 +493,11 @@ impl Keyring {
         &self.slots
     }
 
-    /// Seals `master` of `epoch` to every slot (no passphrase needed).
-    pub(crate) fn seal_to_all(&mut self, epoch: u32, master: &SecretKey) -> Result<(), Error> {
+    /// Seals `master` to every slot, for its epoch (no passphrase needed).
+    pub(crate) fn seal_to_all(&mut self, master: &EpochKey) -> Result<(), Error> {
         let vault_id = self.vault_id;
         for s in &mut self.slots {
-            s.add_seal(&vault_id, epoch, master)?;
+            s.add_seal(&vault_id, master)?;
         }
         Ok(())
     }
@@ -530,9 +533,9 @@ impl Keyring {
     }
 
     /// Serializes the keyring, with a fresh MAC under `master` (the current epoch's).
-    pub(crate) fn encode(&mut self, master: &SecretKey) -> Vec<u8> {
+    pub(crate) fn encode(&mut self, master: &EpochKey) -> Vec<u8> {
         let mut body = self.encode_body();
-        self.mac = crypto::hmac(&crypto::subkey(master, LABEL_KEYRING_MAC), &[&body]);
+        self.mac = master.keyring_mac(&body);
         body.extend_from_slice(&self.mac);
         body
     }
@@ -661,13 +664,12 @@ mod tests {
         Passphrase::new(s.to_string())
     }
 
-    fn keyring() -> (Keyring, Vec<u8>, SecretKey) {
-        let master = SecretKey::from_bytes([9; 32]);
+    fn keyring() -> (Keyring, Vec<u8>, EpochKey) {
+        let master = EpochKey::from_bytes(1, [9; 32]);
         let slot = Slot::create(
             &[1; 16],
             "admin",
             SlotSecret::Passphrase(&pass("correct horse battery"), small()),
-            1,
             &master,
         )
         .unwrap();
@@ -686,7 +688,7 @@ mod tests {
                 &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
             )
             .unwrap();
-        assert_eq!(m.current.expose(), master.expose());
+        assert_eq!(m.current.bytes_to_wrap(), master.bytes_to_wrap());
         assert!(m.pending.is_none());
         assert!(matches!(
             k.unlock(
@@ -740,8 +742,8 @@ mod tests {
     #[test]
     fn reseal_needs_no_passphrase() {
         let (mut k, _, master) = keyring();
-        let m2 = SecretKey::from_bytes([10; 32]);
-        k.slots[0].add_seal(&[1; 16], 2, &m2).unwrap();
+        let m2 = EpochKey::from_bytes(2, [10; 32]);
+        k.slots[0].add_seal(&[1; 16], &m2).unwrap();
         k.epoch = 2;
         let bytes = k.encode(&m2);
         let k = Keyring::parse(&bytes).ok().unwrap();
@@ -751,7 +753,7 @@ mod tests {
                 &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
             )
             .unwrap();
-        assert_eq!(got.current.expose(), m2.expose());
-        assert_ne!(got.current.expose(), master.expose());
+        assert_eq!(got.current.bytes_to_wrap(), m2.bytes_to_wrap());
+        assert_ne!(got.current.bytes_to_wrap(), master.bytes_to_wrap());
     }
 }

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 
 use carnet_storage::DocName;
 
-use crate::records::Blind;
-use crate::{Error, IntegrityError};
+use crate::error::{integrity, ProblemKind};
+use crate::keys::WrappedKey;
+use crate::records::{Blind, PatientKeyAt};
+use crate::Error;
 
 /// The keyring document (slots, current epoch).
-pub const ROOT_DOC: DocName = DocName::new("root");
+pub(crate) const ROOT_DOC: DocName = DocName::new("root");
 /// The key store document.
 pub(crate) const KEYS_DOC: DocName = DocName::new("keys");
 
@@ -27,16 +29,17 @@ pub(crate) struct KeyStore {
     /// The master epoch every entry is wrapped under.
     pub(crate) epoch: u32,
     /// The sealed VaultKeys record.
-    pub(crate) vault_keys: Option<Vec<u8>>,
-    /// Sealed PatientKey records by (blind, key version). A later entry replaces an earlier one.
-    pub(crate) patient: HashMap<(Blind, u32), Vec<u8>>,
+    pub(crate) vault_keys: Option<WrappedKey>,
+    /// Sealed PatientKey records by patient and key version. A later entry replaces an earlier
+    /// one.
+    pub(crate) patient: HashMap<PatientKeyAt, WrappedKey>,
     /// Whether the file ends with an incomplete entry (an append interrupted by a crash, never
     /// acknowledged). The next append first rewrites the file without it.
     pub(crate) torn: bool,
 }
 
 fn malformed(what: &str) -> Error {
-    Error::Integrity(IntegrityError::new("key store", what))
+    integrity("key store", ProblemKind::Malformed, what)
 }
 
 impl KeyStore {
@@ -83,12 +86,15 @@ impl KeyStore {
             }
             let entry = &rest[4..4 + len];
             match entry[0] {
-                TAG_VAULT_KEYS => ks.vault_keys = Some(entry[1..].to_vec()),
+                TAG_VAULT_KEYS => ks.vault_keys = Some(WrappedKey::new(entry[1..].to_vec())),
                 TAG_PATIENT_KEY if entry.len() > 37 => {
                     let blind =
                         Blind::from_slice(&entry[1..33]).ok_or_else(|| malformed("entry"))?;
                     let version = u32::from_be_bytes([entry[33], entry[34], entry[35], entry[36]]);
-                    ks.patient.insert((blind, version), entry[37..].to_vec());
+                    ks.patient.insert(
+                        PatientKeyAt { blind, version },
+                        WrappedKey::new(entry[37..].to_vec()),
+                    );
                 }
                 _ => return Err(malformed("unknown entry")),
             }
@@ -108,13 +114,16 @@ impl KeyStore {
     }
 
     /// An entry holding the sealed vault keys.
-    pub(crate) fn vault_keys_entry(sealed: &[u8]) -> Vec<u8> {
-        entry(TAG_VAULT_KEYS, &[sealed])
+    pub(crate) fn vault_keys_entry(sealed: &WrappedKey) -> Vec<u8> {
+        entry(TAG_VAULT_KEYS, &[sealed.as_bytes()])
     }
 
     /// An entry holding one sealed patient key.
-    pub(crate) fn patient_entry(blind: &Blind, version: u32, sealed: &[u8]) -> Vec<u8> {
-        entry(TAG_PATIENT_KEY, &[&blind.0, &version.to_be_bytes(), sealed])
+    pub(crate) fn patient_entry(at: &PatientKeyAt, sealed: &WrappedKey) -> Vec<u8> {
+        entry(
+            TAG_PATIENT_KEY,
+            &[&at.blind.0, &at.version.to_be_bytes(), sealed.as_bytes()],
+        )
     }
 
     /// The whole file, for a rewrite (entries in a stable order, duplicates gone).
@@ -123,10 +132,10 @@ impl KeyStore {
         if let Some(v) = &self.vault_keys {
             out.extend_from_slice(&Self::vault_keys_entry(v));
         }
-        let mut keys: Vec<&(Blind, u32)> = self.patient.keys().collect();
+        let mut keys: Vec<&PatientKeyAt> = self.patient.keys().collect();
         keys.sort();
         for k in keys {
-            out.extend_from_slice(&Self::patient_entry(&k.0, k.1, &self.patient[k]));
+            out.extend_from_slice(&Self::patient_entry(k, &self.patient[k]));
         }
         out
     }
@@ -152,23 +161,27 @@ mod tests {
     fn round_trip_torn_tail_and_foreign_vault() {
         let vid = [3u8; 16];
         let mut bytes = KeyStore::header(&vid, 7);
-        bytes.extend(KeyStore::vault_keys_entry(b"vk"));
-        bytes.extend(KeyStore::patient_entry(&Blind([1; 32]), 1, b"old"));
-        bytes.extend(KeyStore::patient_entry(&Blind([1; 32]), 1, b"new"));
+        let at = |b: u8| PatientKeyAt {
+            blind: Blind([b; 32]),
+            version: 1,
+        };
+        let wrapped = |s: &[u8]| WrappedKey::new(s.to_vec());
+        bytes.extend(KeyStore::vault_keys_entry(&wrapped(b"vk")));
+        bytes.extend(KeyStore::patient_entry(&at(1), &wrapped(b"old")));
+        bytes.extend(KeyStore::patient_entry(&at(1), &wrapped(b"new")));
         let ks = KeyStore::parse(&bytes, &vid).unwrap();
         assert_eq!(ks.epoch, 7);
-        assert_eq!(
-            ks.patient[&(Blind([1; 32]), 1)],
-            b"new",
-            "a later entry wins"
-        );
+        assert_eq!(ks.patient[&at(1)].as_bytes(), b"new", "a later entry wins");
         assert!(!ks.torn);
         let again = KeyStore::parse(&ks.encode(&vid), &vid).unwrap();
         assert_eq!(again.patient.len(), 1);
-        assert_eq!(again.vault_keys.as_deref(), Some(&b"vk"[..]));
+        assert_eq!(
+            again.vault_keys.as_ref().map(WrappedKey::as_bytes),
+            Some(&b"vk"[..])
+        );
 
         let mut torn = bytes.clone();
-        torn.extend(&KeyStore::patient_entry(&Blind([2; 32]), 1, b"xyz")[..10]);
+        torn.extend(&KeyStore::patient_entry(&at(2), &wrapped(b"xyz"))[..10]);
         let ks = KeyStore::parse(&torn, &vid).unwrap();
         assert!(ks.torn);
         assert_eq!(ks.patient.len(), 1);

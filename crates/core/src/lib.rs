@@ -74,6 +74,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod access;
+mod access_log;
 mod backup;
 mod crypto;
 mod envelope;
@@ -83,30 +85,29 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod keyring;
+mod keys;
 mod keystore;
-mod lifecycle;
-mod log;
 mod model;
 mod par;
 mod records;
 mod recovery;
+mod sealing;
 mod secret;
-mod users;
 mod vault;
 
+pub use access::{Role, User};
+pub use access_log::{Action, AuditFilter, Checkpoint, LogEntry, ReadLog};
 pub use backup::{restore_backup, write_backup, BackupSummary};
-pub use error::{Error, IntegrityError};
-pub use frame::{padded_len, MAX_BODY_BYTES};
+pub use error::{Error, IntegrityError, ProblemKind};
+pub use frame::MAX_BODY_BYTES;
 pub use keyring::KdfParams;
-/// The storage document that holds a vault's keyring: a store without it holds no vault.
-pub use keystore::ROOT_DOC as KEYRING_DOC;
-pub use lifecycle::{KeyStatus, MasterRotation, PatientRotation, Patients};
-pub use log::{AuditFilter, Checkpoint, LogEntry, ReadLog};
 pub use model::{
     BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, SearchHit,
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,
 };
 pub use recovery::RecoveryKey;
 pub use secret::Passphrase;
-pub use users::{Role, User};
-pub use vault::{Import, ImportSummary, Vault, VerifyReport, DEFAULT_USER};
+pub use vault::{
+    is_vault, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation, Patients,
+    Unfinished, Vault, VerifyReport, DEFAULT_USER,
+};

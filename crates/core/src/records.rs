@@ -1,14 +1,18 @@
-//! The plaintext payloads of each record kind, and where each record is stored.
-//! Specified in docs/format.md, "Records".
+//! The plaintext payloads of each record kind, where each record is stored, the places records
+//! are bound to, and the chains over them. Specified in docs/format.md, "Records and where they
+//! live", "Payloads" and "Chains". What seals each kind is in `sealing.rs`.
 
 use carnet_storage::Space;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::crypto::{self, LABEL_LOG_CHAIN, LABEL_NOTE_CHAIN, LABEL_REGISTRY_CHAIN};
+
 /// Storage spaces (docs/format.md, "Storage layout").
 pub(crate) mod space {
     use super::Space;
-    /// Vault-wide records: the patient registry.
+    /// Vault-wide records, one of each: the patient registry, the users, the access log's
+    /// head, and the job records of long operations under way ([`super::JobSlot`]).
     pub(crate) const META: Space = Space::new("meta");
     /// Patient identities: blind (32).
     pub(crate) const PATIENTS: Space = Space::new("patients");
@@ -23,12 +27,36 @@ pub(crate) mod space {
     pub(crate) const ALL: [Space; 5] = [META, PATIENTS, MANIFESTS, NOTES, LOG];
 }
 
+/// Storage keys (and bindings) of the `meta` space's single records.
 pub(crate) const META_REGISTRY: &[u8] = b"registry";
-pub(crate) const META_JOB: &[u8] = b"job";
-pub(crate) const META_IMPORT_JOB: &[u8] = b"import-job";
-pub(crate) const META_REVOKE_JOB: &[u8] = b"revoke-job";
 pub(crate) const META_USERS: &[u8] = b"users";
 pub(crate) const META_LOG_HEAD: &[u8] = b"log-head";
+
+/// Where a job record is stored in the `meta` space: one record per kind of long operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobSlot {
+    /// `"job"`: a `rotate-patient --all` under way ([`JOB_ROTATE_ALL_PATIENTS`]).
+    RotateAllPatients,
+    /// `"import-job"`: the last resumable import ([`JOB_IMPORT`]).
+    Import,
+    /// `"revoke-job"`: a user's revocation under way ([`JOB_REVOKE`]).
+    Revoke,
+}
+
+impl JobSlot {
+    /// Every job slot, for `verify`.
+    pub(crate) const ALL: [JobSlot; 3] =
+        [JobSlot::RotateAllPatients, JobSlot::Import, JobSlot::Revoke];
+
+    /// The storage key in the `meta` space, which is also the record's binding.
+    pub(crate) fn meta_key(self) -> &'static [u8] {
+        match self {
+            JobSlot::RotateAllPatients => b"job",
+            JobSlot::Import => b"import-job",
+            JobSlot::Revoke => b"revoke-job",
+        }
+    }
+}
 
 /// Job kind: a `rotate-patient --all` under way.
 pub(crate) const JOB_ROTATE_ALL_PATIENTS: u8 = 1;
@@ -66,9 +94,10 @@ pub(crate) struct RegistryV1 {
 /// Kind 7, Job: a long operation under way, so that running it again resumes it.
 #[derive(Serialize, Deserialize, Clone)]
 pub(crate) struct JobV1 {
-    /// What the job is ([`JOB_ROTATE_ALL_PATIENTS`] or [`JOB_IMPORT`]).
+    /// What the job is ([`JOB_ROTATE_ALL_PATIENTS`], [`JOB_IMPORT`] or [`JOB_REVOKE`]).
     pub(crate) kind: u8,
-    /// For a patient-key rotation: the key version every patient is brought to.
+    /// For a patient-key rotation or a revocation: the key version every patient is brought
+    /// to. For an import: 0 while under way, 1 once complete.
     pub(crate) target: u32,
     /// For an import: the SHA-256 of the source file.
     pub(crate) source: [u8; 32],
@@ -123,6 +152,29 @@ pub(crate) struct NoteMetaV1 {
     pub(crate) kind: Option<String>,
 }
 
+/// Kind 9, LogEntry: one access-log entry.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LogEntryV1 {
+    pub(crate) at: i64,
+    /// `NAME`, or `NAME` followed by [`RECOVERY_SUFFIX`].
+    pub(crate) user: String,
+    /// The action's stored name (`access_log::Action::stored_name`).
+    pub(crate) action: String,
+    pub(crate) patient: Option<String>,
+    pub(crate) note: Option<String>,
+    pub(crate) outcome: String,
+}
+
+/// Appended to the user of a log entry written by a vault unlocked with the recovery key.
+pub(crate) const RECOVERY_SUFFIX: &str = " (recovery key)";
+
+/// Kind 10, LogHead: the access log's count and chain value.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct LogHeadV1 {
+    pub(crate) count: u64,
+    pub(crate) head: [u8; 32],
+}
+
 /// The blinded index of a patient: HMAC-SHA-256(blind key, label || patient id).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Blind(pub(crate) [u8; 32]);
@@ -144,41 +196,101 @@ impl Blind {
     }
 }
 
-/// The binding of a wrapped patient key: blind || key version.
-pub(crate) fn patient_key_key(blind: &Blind, version: u32) -> Vec<u8> {
-    [&blind.0[..], &version.to_be_bytes()].concat()
+/// Where a wrapped patient key belongs: its patient and key version. Its binding is
+/// blind || version (36 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub(crate) struct PatientKeyAt {
+    pub(crate) blind: Blind,
+    pub(crate) version: u32,
 }
 
-/// The storage key of a note version.
-pub(crate) fn note_key(blind: &Blind, note: &[u8; 16], version: u32) -> Vec<u8> {
-    [&blind.0[..], &note[..], &version.to_be_bytes()].concat()
-}
-
-/// Splits a note storage key into (blind, note id, version).
-pub(crate) fn parse_note_key(k: &[u8]) -> Option<(Blind, [u8; 16], u32)> {
-    if k.len() != 52 {
-        return None;
+impl PatientKeyAt {
+    /// Appends the binding to `out`.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.blind.0);
+        out.extend_from_slice(&self.version.to_be_bytes());
     }
-    Some((
-        Blind::from_slice(&k[..32])?,
-        k[32..48].try_into().ok()?,
-        u32::from_be_bytes(k[48..52].try_into().ok()?),
-    ))
+}
+
+impl std::fmt::Display for PatientKeyAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "patient key {}/v{}", self.blind.short(), self.version)
+    }
+}
+
+/// Where a note version is stored: blind || note id || version (52 bytes), which is both its
+/// storage key and its binding. Displayed as integrity errors name it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct NoteAt {
+    pub(crate) blind: Blind,
+    pub(crate) note: [u8; 16],
+    pub(crate) version: u32,
+}
+
+impl NoteAt {
+    /// The length of a note's storage key.
+    pub(crate) const LEN: usize = 52;
+
+    /// The storage key.
+    pub(crate) fn key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(Self::LEN);
+        self.write(&mut k);
+        k
+    }
+
+    /// Appends the storage key to `out`.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.blind.0);
+        out.extend_from_slice(&self.note);
+        out.extend_from_slice(&self.version.to_be_bytes());
+    }
+
+    /// Splits a note's storage key into its parts.
+    pub(crate) fn parse(k: &[u8]) -> Option<NoteAt> {
+        if k.len() != Self::LEN {
+            return None;
+        }
+        Some(NoteAt {
+            blind: Blind::from_slice(&k[..32])?,
+            note: k[32..48].try_into().ok()?,
+            version: u32::from_be_bytes(k[48..52].try_into().ok()?),
+        })
+    }
+}
+
+impl std::fmt::Display for NoteAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "note {}/{}/v{}",
+            self.blind.short(),
+            crate::model::NoteId(self.note),
+            self.version
+        )
+    }
+}
+
+/// Where an access-log entry belongs: its sequence number and the chain value before it. Its
+/// binding is both (40 bytes).
+#[derive(Clone, Copy)]
+pub(crate) struct LogAt {
+    pub(crate) seq: u64,
+    pub(crate) prev: [u8; 32],
 }
 
 /// One link of the registry chain.
 pub(crate) fn registry_link(head: &[u8; 32], blind: &Blind) -> [u8; 32] {
-    crate::crypto::sha256(&[crate::crypto::LABEL_REGISTRY_CHAIN, head, &blind.0])
+    crypto::sha256(&[LABEL_REGISTRY_CHAIN, head, &blind.0])
 }
 
 /// One link of a patient's note chain.
 pub(crate) fn note_link(head: &[u8; 32], note: &[u8; 16], version: u32) -> [u8; 32] {
-    crate::crypto::sha256(&[
-        crate::crypto::LABEL_NOTE_CHAIN,
-        head,
-        note,
-        &version.to_be_bytes(),
-    ])
+    crypto::sha256(&[LABEL_NOTE_CHAIN, head, note, &version.to_be_bytes()])
+}
+
+/// One link of the access-log chain, over the entry's stored bytes.
+pub(crate) fn log_link(head: &[u8; 32], stored_entry: &[u8]) -> [u8; 32] {
+    crypto::sha256(&[LABEL_LOG_CHAIN, head, stored_entry])
 }
 
 #[cfg(test)]
@@ -213,10 +325,24 @@ mod tests {
     #[test]
     fn storage_keys_are_as_specified() {
         let b = Blind([1; 32]);
-        assert_eq!(patient_key_key(&b, 2)[32..], [0, 0, 0, 2]);
-        let k = note_key(&b, &[9; 16], 3);
+        let mut binding = Vec::new();
+        PatientKeyAt {
+            blind: b,
+            version: 2,
+        }
+        .write(&mut binding);
+        assert_eq!(binding.len(), 36);
+        assert_eq!(binding[32..], [0, 0, 0, 2]);
+        let at = NoteAt {
+            blind: b,
+            note: [9; 16],
+            version: 3,
+        };
+        let k = at.key();
         assert_eq!(k.len(), 52);
-        assert_eq!(parse_note_key(&k), Some((b, [9; 16], 3)));
-        assert_eq!(parse_note_key(&k[..51]), None);
+        assert_eq!(k[48..], [0, 0, 0, 3]);
+        assert_eq!(NoteAt::parse(&k), Some(at));
+        assert_eq!(NoteAt::parse(&k[..51]), None);
+        assert_eq!(JobSlot::Import.meta_key(), b"import-job");
     }
 }

@@ -4,12 +4,11 @@
 
 use zeroize::Zeroizing;
 
-use crate::crypto;
+use crate::crypto::{self, LABEL_RECOVERY_CHECKSUM};
 use crate::secret::SecretKey;
 use crate::Error;
 
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const LABEL_CHECKSUM: &[u8] = b"carnet/v1/recovery/checksum";
 /// 32 key bytes and 2 checksum bytes: 272 bits in 55 characters of 5 bits.
 const CHARS: usize = 55;
 
@@ -23,14 +22,14 @@ impl std::fmt::Debug for RecoveryKey {
 }
 
 fn checksum(key: &[u8; 32]) -> [u8; 2] {
-    let h = crypto::sha256(&[LABEL_CHECKSUM, key]);
+    let h = crypto::sha256(&[LABEL_RECOVERY_CHECKSUM, key]);
     [h[0], h[1]]
 }
 
 impl RecoveryKey {
     /// A fresh recovery key from the operating system's generator.
     pub(crate) fn random() -> Result<Self, Error> {
-        Ok(RecoveryKey(SecretKey::random()?))
+        Ok(RecoveryKey(crypto::random_key()?))
     }
 
     pub(crate) fn expose(&self) -> &[u8; 32] {

@@ -3,7 +3,10 @@
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-/// A 256-bit symmetric key. Zeroized on drop; no `Debug`, `Clone` or `PartialEq`.
+/// 256 bits of key material, of no particular role: what the primitives in `crypto.rs` take.
+/// Everything else holds a key typed by its role (`keys.rs`), which wraps one of these.
+/// Zeroized on drop; no `Debug`, `Clone` or `PartialEq`. A fresh one comes from
+/// `crypto::random_key`.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct SecretKey([u8; 32]);
 
@@ -11,13 +14,6 @@ impl SecretKey {
     /// Wraps raw key bytes (from the OS generator, a KDF or a decrypted payload).
     pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
         SecretKey(bytes)
-    }
-
-    /// A fresh key from the operating system's generator.
-    pub(crate) fn random() -> Result<Self, crate::Error> {
-        let mut k = [0u8; 32];
-        crate::crypto::fill_random(&mut k)?;
-        Ok(SecretKey(k))
     }
 
     /// The key bytes, for handing to a primitive.

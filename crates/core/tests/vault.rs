@@ -417,7 +417,10 @@ fn read_notes_opens_a_chart_in_one_logged_read() {
         Err(carnet_core::Error::NoSuchPatient)
     ));
     let log = v.audit(&Default::default()).unwrap();
-    let reads: Vec<_> = log.iter().filter(|e| e.action == "note read").collect();
+    let reads: Vec<_> = log
+        .iter()
+        .filter(|e| e.action == carnet_core::Action::NoteRead)
+        .collect();
     assert_eq!(reads.len(), 2, "one entry per call, the failed one too");
 }
 
@@ -499,7 +502,7 @@ fn grouped_read_log_commits_every_entry_and_flushes_less() {
         .audit(&Default::default())
         .unwrap()
         .into_iter()
-        .filter(|e| e.action == "note show")
+        .filter(|e| e.action == carnet_core::Action::NoteShow)
         .count();
     assert_eq!(reads, 20, "every read has its entry, in the chain");
     assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());

@@ -33,7 +33,7 @@ pub use batch::{Batch, DocName, Op, Precondition, Space};
 pub use error::StoreError;
 pub use faulty::FaultyStore;
 pub use memory::MemStore;
-pub use sled_store::SledStore;
+pub use sled_store::{SledDocuments, SledStore};
 
 /// One stored record: its key and its value, both opaque.
 pub type Entry = (Vec<u8>, Vec<u8>);
@@ -91,6 +91,20 @@ pub trait Store: Send + Sync {
     /// A crash during the append may leave a prefix of `bytes` at the end: callers frame their
     /// appends so that a torn tail is recognizable.
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Reading a store's documents without opening (or locking) its records: what a caller needs to
+/// tell whether a store holds a vault before taking its lock. Every [`Store`] is one, and
+/// [`SledStore::documents`] gives one for a directory without opening sled.
+pub trait DocReader {
+    /// The document `name`, if it exists.
+    fn document(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl<S: Store + ?Sized> DocReader for S {
+    fn document(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_doc(name)
+    }
 }
 
 /// Forwards every [`Store`] method through a smart pointer.

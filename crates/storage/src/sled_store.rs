@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::{Batch, DocName, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
+use crate::{Batch, DocName, DocReader, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
 
 const LOCK_FILE: &str = "carnet.lock";
 const STORE_DIR: &str = "store";
@@ -44,6 +44,29 @@ pub struct SledStore {
     synced_names: Mutex<HashSet<std::ffi::OsString>>,
     /// Held for the store's lifetime: the OS releases it when the process ends, even on `kill -9`.
     _lock: File,
+}
+
+/// The documents of a [`SledStore`]'s directory, read-only, without the store: see
+/// [`SledStore::documents`].
+#[derive(Debug)]
+pub struct SledDocuments {
+    dir: PathBuf,
+}
+
+impl DocReader for SledDocuments {
+    fn document(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+        read_doc_in(&self.dir, name)
+    }
+}
+
+/// The document `name` of the store in `dir`, if it exists.
+fn read_doc_in(dir: &Path, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+    let path = dir.join(name.name());
+    match fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -94,6 +117,14 @@ impl SledStore {
     /// writing) anything.
     pub fn has_doc(dir: &Path, name: DocName) -> bool {
         dir.join(name.name()).is_file()
+    }
+
+    /// The documents of the store in `dir`, read without opening sled or taking the lock (and
+    /// so without writing anything).
+    pub fn documents(dir: &Path) -> SledDocuments {
+        SledDocuments {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The directory this store lives in.
@@ -373,12 +404,7 @@ impl Store for SledStore {
     }
 
     fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.dir.join(name.name());
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
-        }
+        read_doc_in(&self.dir, name)
     }
 
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {

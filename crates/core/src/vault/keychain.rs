@@ -1,0 +1,506 @@
+//! The key hierarchy of an unlocked vault, and the two documents that hold it: the keyring
+//! (`root`: the slots and the sealed master keys) and the key store (`keys`: the wrapped vault
+//! keys and every wrapped patient key). One state machine: creating it, unlocking it, adding and
+//! destroying patient keys, slots, and the steps of a master-key rotation
+//! (docs/key-management.md).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use carnet_storage::Store;
+
+use crate::crypto;
+use crate::envelope::{self, open_frame, parse_error, seal_frame, Sealed};
+use crate::error::{integrity, ProblemKind};
+use crate::keyring::{KdfParams, Keyring, KeyringParseError, Slot, SlotSecret};
+use crate::keys::{
+    BlindKey, EpochKey, LogKey, PatientKey, PatientKeys, PatientWrapKey, RegistryKey, WrappedKey,
+    REGISTRY_KEY_VERSION,
+};
+use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
+use crate::model::PatientId;
+use crate::records::{
+    Blind, PatientKeyAt, VaultKeyV1, VaultKeysV1, PURPOSE_BLIND, PURPOSE_LOG, PURPOSE_REGISTRY,
+};
+use crate::sealing::{PatientKeyRecord, RecordKind, VaultKeysRecord};
+use crate::secret::Passphrase;
+use crate::Error;
+
+mod master_rotation;
+
+/// Every key of an unlocked vault.
+pub(super) struct Keychain {
+    keyring: Keyring,
+    /// The master key of the keyring's current epoch.
+    master: EpochKey,
+    /// The next epoch's master, while a master-key rotation is under way.
+    pending: Option<EpochKey>,
+    /// Wraps patient keys: derived from the master of the key store's epoch.
+    wrap_patient: PatientWrapKey,
+    blind: BlindKey,
+    registry: RegistryKey,
+    /// The access-log keys by version (the highest seals new entries).
+    log: BTreeMap<u32, LogKey>,
+    /// The key store's index of wrapped keys (the document `keys`, read at unlock). Every
+    /// change is written to the document first.
+    index: Mutex<KeyStore>,
+}
+
+impl Keychain {
+    /// The keys of a new vault whose first slot, for `user`, opens with `passphrase`: a fresh
+    /// vault id, master key (epoch 1) and vault keys, the vault keys wrapped in the key store.
+    /// Nothing is written yet ([`Keychain::write_new`]).
+    pub(super) fn generate(
+        user: &str,
+        passphrase: &Passphrase,
+        kdf: KdfParams,
+    ) -> Result<Keychain, Error> {
+        let mut vault_id = [0u8; 16];
+        crypto::fill_random(&mut vault_id)?;
+        let master = EpochKey::random(1)?;
+        let slot = Slot::create(
+            &vault_id,
+            user,
+            SlotSecret::Passphrase(passphrase, kdf),
+            &master,
+        )?;
+        let keyring = Keyring::new(vault_id, master.epoch(), slot);
+        let blind = BlindKey::random()?;
+        let registry = RegistryKey::random()?;
+        let log = LogKey::random(1)?;
+        let record = VaultKeysV1 {
+            keys: vec![
+                VaultKeyV1 {
+                    purpose: PURPOSE_BLIND,
+                    version: 1,
+                    key: *blind.bytes_to_wrap(),
+                },
+                VaultKeyV1 {
+                    purpose: PURPOSE_REGISTRY,
+                    version: REGISTRY_KEY_VERSION,
+                    key: *registry.bytes_to_wrap(),
+                },
+                VaultKeyV1 {
+                    purpose: PURPOSE_LOG,
+                    version: 1,
+                    key: *log.bytes_to_wrap(),
+                },
+            ],
+        };
+        let mut index = KeyStore::new(master.epoch());
+        index.vault_keys = Some(WrappedKey::new(seal_frame::<VaultKeysRecord, _>(
+            &master.vault_keys_wrap(),
+            &vault_id,
+            &(),
+            &record,
+        )?));
+        Ok(Keychain {
+            keyring,
+            wrap_patient: master.patient_keys_wrap(),
+            master,
+            pending: None,
+            blind,
+            registry,
+            log: [(1, log)].into_iter().collect(),
+            index: Mutex::new(index),
+        })
+    }
+
+    /// Writes a new vault's key store, then its keyring: until the keyring exists, the store
+    /// holds no vault.
+    pub(super) fn write_new<S: Store>(&mut self, store: &S) -> Result<(), Error> {
+        let index = self.index().encode(self.vault_id());
+        store.replace_doc(KEYS_DOC, &index)?;
+        store.replace_doc(ROOT_DOC, &self.keyring.encode(&self.master))?;
+        Ok(())
+    }
+
+    /// Opens `user`'s slot with `secret` and unwraps the vault keys.
+    ///
+    /// Fails with [`Error::WrongPassphrase`] (wrong passphrase or damaged slot),
+    /// [`Error::UnknownUser`], [`Error::NotAVault`], [`Error::UnsupportedFormat`], or
+    /// [`Error::Integrity`] when the keyring or the vault keys were altered.
+    pub(super) fn unlock<S: Store>(
+        store: &S,
+        user: &str,
+        secret: &SlotSecret<'_>,
+    ) -> Result<Keychain, Error> {
+        let root = store.read_doc(ROOT_DOC)?.ok_or(Error::NotAVault)?;
+        let keyring = Keyring::parse(&root).map_err(|e| match e {
+            KeyringParseError::Foreign => Error::Foreign,
+            KeyringParseError::FutureVersion(v) => Error::UnsupportedFormat {
+                found: u32::from(v),
+                supported: u32::from(crate::keyring::VERSION),
+            },
+            KeyringParseError::Malformed => {
+                integrity("keyring", ProblemKind::Malformed, "malformed")
+            }
+        })?;
+        let masters = keyring.unlock(user, secret)?;
+        let index = KeyStore::parse(
+            &store
+                .read_doc(KEYS_DOC)?
+                .ok_or_else(|| integrity("key store", ProblemKind::Missing, "missing"))?,
+            &keyring.vault_id,
+        )?;
+        // The key store is wrapped under the current epoch, or, between the two steps of a
+        // master-key rotation, under the next one (docs/key-management.md, "Rotating the
+        // master key").
+        let index_master = match &masters.pending {
+            _ if index.epoch == keyring.epoch => &masters.current,
+            Some(next) if next.epoch() == index.epoch => next,
+            _ => {
+                return Err(integrity(
+                    "key store",
+                    ProblemKind::Inconsistent,
+                    "wrapped under an epoch the keyring cannot open",
+                ))
+            }
+        };
+        let stored = index
+            .vault_keys
+            .clone()
+            .ok_or_else(|| integrity("vault keys", ProblemKind::Missing, "missing"))?;
+        if Sealed::parse(stored.as_bytes()).map(|s| s.key_version).ok() != Some(index.epoch) {
+            return Err(integrity(
+                "vault keys",
+                ProblemKind::Inconsistent,
+                "not sealed under the current epoch",
+            ));
+        }
+        let (keys, _) = open_frame::<VaultKeysRecord, VaultKeysV1>(
+            "vault keys",
+            stored.as_bytes(),
+            &index_master.vault_keys_wrap(),
+            &keyring.vault_id,
+            &(),
+        )?;
+        let find = |purpose: u8| {
+            keys.keys
+                .iter()
+                .find(|k| k.purpose == purpose)
+                .map(|k| k.key)
+                .ok_or_else(|| {
+                    integrity("vault keys", ProblemKind::Missing, "a vault key is missing")
+                })
+        };
+        Ok(Keychain {
+            blind: BlindKey::from_bytes(find(PURPOSE_BLIND)?),
+            registry: RegistryKey::from_bytes(find(PURPOSE_REGISTRY)?),
+            log: keys
+                .keys
+                .iter()
+                .filter(|k| k.purpose == PURPOSE_LOG)
+                .map(|k| (k.version, LogKey::from_bytes(k.version, k.key)))
+                .collect(),
+            wrap_patient: index_master.patient_keys_wrap(),
+            keyring,
+            master: masters.current,
+            pending: masters.pending,
+            index: Mutex::new(index),
+        })
+    }
+
+    fn index(&self) -> MutexGuard<'_, KeyStore> {
+        // Every mutation of the index is made after the write it mirrors succeeded, so a
+        // poisoned lock still guards a consistent index.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ----- what the vault is -----
+
+    /// The vault's id.
+    pub(super) fn vault_id(&self) -> &[u8; 16] {
+        &self.keyring.vault_id
+    }
+
+    /// The keyring's current epoch.
+    pub(super) fn epoch(&self) -> u32 {
+        self.keyring.epoch
+    }
+
+    /// The epoch a master-key rotation left unfinished, if any.
+    pub(super) fn pending_epoch(&self) -> Option<u32> {
+        self.pending.as_ref().map(EpochKey::epoch)
+    }
+
+    /// The epoch the key store is wrapped under.
+    pub(super) fn index_epoch(&self) -> u32 {
+        self.index().epoch
+    }
+
+    // ----- vault keys -----
+
+    /// The storage key of a patient's records.
+    pub(super) fn blind(&self, id: &PatientId) -> Blind {
+        self.blind.blind(id)
+    }
+
+    /// The registry key.
+    pub(super) fn registry(&self) -> &RegistryKey {
+        &self.registry
+    }
+
+    /// The log key of `version`.
+    pub(super) fn log_key(&self, version: u32) -> Result<&LogKey, Error> {
+        self.log.get(&version).ok_or_else(|| {
+            integrity(
+                "access log",
+                ProblemKind::Missing,
+                format!("log key version {version} missing"),
+            )
+        })
+    }
+
+    /// The log key that seals new entries: the newest.
+    pub(super) fn newest_log_key(&self) -> Result<&LogKey, Error> {
+        self.log
+            .values()
+            .next_back()
+            .ok_or_else(|| integrity("access log", ProblemKind::Missing, "no log key"))
+    }
+
+    /// The version a new log key gets.
+    fn next_log_key_version(&self) -> u32 {
+        self.log.keys().next_back().copied().unwrap_or(0) + 1
+    }
+
+    /// Adds a new access-log key version (after a revocation): later entries are sealed under
+    /// it, closed to the removed user. Replaces the key store whole.
+    pub(super) fn add_log_key_version<S: Store>(&mut self, store: &S) -> Result<(), Error> {
+        let vault_id = *self.vault_id();
+        let wrap = self.master.vault_keys_wrap();
+        let version = self.next_log_key_version();
+        let key = LogKey::random(version)?;
+        {
+            let mut index = self.index();
+            if index.epoch != self.master.epoch() {
+                return Err(Error::Internal(
+                    "the key store is not under the current epoch",
+                ));
+            }
+            let stored = index
+                .vault_keys
+                .clone()
+                .ok_or_else(|| integrity("vault keys", ProblemKind::Missing, "missing"))?;
+            let (mut keys, _) = open_frame::<VaultKeysRecord, VaultKeysV1>(
+                "vault keys",
+                stored.as_bytes(),
+                &wrap,
+                &vault_id,
+                &(),
+            )?;
+            keys.keys.push(VaultKeyV1 {
+                purpose: PURPOSE_LOG,
+                version,
+                key: *key.bytes_to_wrap(),
+            });
+            let mut next = KeyStore::new(index.epoch);
+            next.vault_keys = Some(WrappedKey::new(seal_frame::<VaultKeysRecord, _>(
+                &wrap,
+                &vault_id,
+                &(),
+                &keys,
+            )?));
+            next.patient = index.patient.clone();
+            store.replace_doc(KEYS_DOC, &next.encode(&vault_id))?;
+            *index = next;
+        }
+        self.log.insert(version, key);
+        Ok(())
+    }
+
+    // ----- patient keys -----
+
+    /// The record keys of one version of a patient's key.
+    pub(super) fn patient_keys(&self, at: PatientKeyAt) -> Result<PatientKeys, Error> {
+        let wrapped = self
+            .index()
+            .patient
+            .get(&at)
+            .cloned()
+            .ok_or_else(|| integrity(at.to_string(), ProblemKind::Missing, "missing"))?;
+        Ok(self.open_patient_key(&at, &wrapped)?.derive())
+    }
+
+    /// Unwraps a patient key (docs/format.md, "Records", kind 2: raw 32 bytes, no frame).
+    pub(super) fn open_patient_key(
+        &self,
+        at: &PatientKeyAt,
+        wrapped: &WrappedKey,
+    ) -> Result<PatientKey, Error> {
+        let location = at.to_string();
+        let sealed = Sealed::parse(wrapped.as_bytes()).map_err(|e| parse_error(&location, e))?;
+        if sealed.key_version != self.wrap_patient.epoch() {
+            return Err(integrity(
+                &location,
+                ProblemKind::Inconsistent,
+                "not wrapped under the current epoch",
+            ));
+        }
+        let plain = sealed.open_at::<PatientKeyRecord>(
+            &location,
+            &self.wrap_patient,
+            self.vault_id(),
+            at,
+        )?;
+        let raw: [u8; 32] = plain[..]
+            .try_into()
+            .map_err(|_| envelope::malformed_payload(&location))?;
+        Ok(PatientKey::from_bytes(at.version, raw))
+    }
+
+    /// A fresh patient key for `at`, and its wrapped form (not stored yet: see
+    /// [`Keychain::append_patient_keys`]).
+    pub(super) fn new_patient_key(
+        &self,
+        at: PatientKeyAt,
+    ) -> Result<(PatientKey, WrappedKey), Error> {
+        let key = PatientKey::random(at.version)?;
+        let wrapped = envelope::seal::<PatientKeyRecord>(
+            &self.wrap_patient,
+            self.vault_id(),
+            &at,
+            key.bytes_to_wrap(),
+        )?;
+        Ok((key, WrappedKey::new(wrapped)))
+    }
+
+    /// Whether the key store holds `at`.
+    pub(super) fn has_patient_key(&self, at: &PatientKeyAt) -> bool {
+        self.index().patient.contains_key(at)
+    }
+
+    /// Every patient key in the key store (patient and version).
+    pub(super) fn patient_key_index(&self) -> Vec<PatientKeyAt> {
+        self.index().patient.keys().copied().collect()
+    }
+
+    /// Every wrapped patient key, for `verify`.
+    pub(super) fn wrapped_patient_keys(&self) -> Vec<(PatientKeyAt, WrappedKey)> {
+        self.index()
+            .patient
+            .iter()
+            .map(|(at, w)| (*at, w.clone()))
+            .collect()
+    }
+
+    /// Adds wrapped patient keys to the key store: appended durably, or, after a torn append,
+    /// by rewriting the whole document.
+    pub(super) fn append_patient_keys<S: Store>(
+        &self,
+        store: &S,
+        keys: Vec<(PatientKeyAt, WrappedKey)>,
+    ) -> Result<(), Error> {
+        let mut index = self.index();
+        if index.torn {
+            let mut next = KeyStore::new(index.epoch);
+            next.vault_keys = index.vault_keys.clone();
+            next.patient = index.patient.clone();
+            for (at, w) in &keys {
+                next.patient.insert(*at, w.clone());
+            }
+            store.replace_doc(KEYS_DOC, &next.encode(self.vault_id()))?;
+            *index = next;
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        for (at, w) in &keys {
+            bytes.extend_from_slice(&KeyStore::patient_entry(at, w));
+        }
+        store.append_doc(KEYS_DOC, &bytes)?;
+        for (at, w) in keys {
+            index.patient.insert(at, w);
+        }
+        Ok(())
+    }
+
+    /// Removes patient key versions from the key store (rewriting it whole); returns how many.
+    pub(super) fn destroy_patient_keys<S: Store>(
+        &self,
+        store: &S,
+        which: &[PatientKeyAt],
+    ) -> Result<u64, Error> {
+        if which.is_empty() {
+            return Ok(0);
+        }
+        let mut index = self.index();
+        let mut next = KeyStore::new(index.epoch);
+        next.vault_keys = index.vault_keys.clone();
+        next.patient = index.patient.clone();
+        let mut n = 0;
+        for at in which {
+            if next.patient.remove(at).is_some() {
+                n += 1;
+            }
+        }
+        store.replace_doc(KEYS_DOC, &next.encode(self.vault_id()))?;
+        *index = next;
+        Ok(n)
+    }
+
+    // ----- slots -----
+
+    /// The KDF parameters of `user`'s slot, if the user has one.
+    pub(super) fn slot_kdf(&self, user: &str) -> Option<KdfParams> {
+        self.keyring.slot(user).map(|s| s.kdf())
+    }
+
+    /// Whether a slot named `name` exists.
+    pub(super) fn has_slot(&self, name: &str) -> bool {
+        self.keyring.slot(name).is_some()
+    }
+
+    /// How many slots the keyring holds (users and the recovery key).
+    pub(super) fn slot_count(&self) -> u64 {
+        self.keyring.slots().len() as u64
+    }
+
+    /// Writes a new slot named `name` opened by `secret`, replacing any slot of that name: the
+    /// master of the current epoch (and of a pending one) sealed to it, the keyring replaced.
+    pub(super) fn put_slot<S: Store>(
+        &mut self,
+        store: &S,
+        name: &str,
+        secret: SlotSecret<'_>,
+    ) -> Result<(), Error> {
+        let vault_id = *self.vault_id();
+        let mut slot = Slot::create(&vault_id, name, secret, &self.master)?;
+        if let Some(next) = &self.pending {
+            slot.add_seal(&vault_id, next)?;
+        }
+        let mut keyring = self.keyring.clone();
+        keyring.add_slot(slot);
+        self.replace_keyring(store, keyring)
+    }
+
+    /// Removes `name`'s slot (never the last user's) and replaces the keyring.
+    pub(super) fn remove_slot<S: Store>(&mut self, store: &S, name: &str) -> Result<(), Error> {
+        let mut keyring = self.keyring.clone();
+        keyring.remove_slot(name)?;
+        self.replace_keyring(store, keyring)
+    }
+
+    /// Writes `keyring`, authenticated under the current master, then holds it.
+    fn replace_keyring<S: Store>(&mut self, store: &S, mut keyring: Keyring) -> Result<(), Error> {
+        store.replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
+        self.keyring = keyring;
+        Ok(())
+    }
+}
+
+/// Opens a wrapped key of kind `R` under `old` and seals it again under `new`, at `place`.
+fn rewrap<R: RecordKind>(
+    vault_id: &[u8; 16],
+    location: &str,
+    wrapped: &WrappedKey,
+    place: &R::Place,
+    old: &R::Key,
+    new: &R::Key,
+) -> Result<WrappedKey, Error> {
+    let sealed = Sealed::parse(wrapped.as_bytes()).map_err(|e| parse_error(location, e))?;
+    let plain = sealed.open_at::<R>(location, old, vault_id, place)?;
+    Ok(WrappedKey::new(envelope::seal::<R>(
+        new, vault_id, place, &plain,
+    )?))
+}

@@ -1,0 +1,358 @@
+//! The vault's access-log path: the library logs every operation itself, so an embedding
+//! vendor gets the same audit trail as the command line. Writes stage their entry in their own
+//! atomic batch (`write.rs`); reads go through [`Vault::logged`], which commits the entry before
+//! returning the result; key and user operations log their outcome. The log's records and
+//! chain are specified in docs/format.md, "Access log".
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use carnet_storage::{Batch, Store};
+
+use super::Vault;
+use crate::access::Duty;
+use crate::access_log::{outcome, reason, Action, AuditFilter, Checkpoint, LogEntry, ReadLog};
+use crate::envelope::{open_frame, parse_error, seal_frame, Sealed};
+use crate::error::{integrity, IntegrityError, ProblemKind};
+use crate::model::{NoteId, PatientId, Timestamp};
+use crate::records::{
+    log_link, space, LogAt, LogEntryV1, LogHeadV1, META_LOG_HEAD, RECOVERY_SUFFIX,
+};
+use crate::sealing::{LogEntryRecord, LogHeadRecord};
+use crate::Error;
+
+/// When reads' entries reach the disk, and since when some wait for a flush.
+#[derive(Default)]
+pub(super) struct LogState {
+    policy: ReadLog,
+    /// When the oldest entry not yet flushed was committed (`None`: every entry is durable).
+    unsynced: Mutex<Option<Instant>>,
+}
+
+impl LogState {
+    fn unsynced(&self) -> MutexGuard<'_, Option<Instant>> {
+        // Poisoning is harmless: the value is only a time.
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A flush of the store made every committed entry durable.
+    pub(super) fn flushed(&self) {
+        *self.unsynced() = None;
+    }
+}
+
+/// An event to log.
+pub(super) struct Event<'a> {
+    pub(super) action: Action,
+    pub(super) patient: Option<&'a str>,
+    pub(super) note: Option<String>,
+    pub(super) outcome: String,
+}
+
+impl<S: Store> Vault<S> {
+    fn log_head(&self) -> Result<(LogHeadV1, Option<Vec<u8>>), Error> {
+        let Some(stored) = self.store.get(space::META, META_LOG_HEAD)? else {
+            return Err(integrity(
+                "access log",
+                ProblemKind::Missing,
+                "head missing",
+            ));
+        };
+        let sealed = Sealed::parse(&stored).map_err(|e| parse_error("access log head", e))?;
+        let key = self.keys.log_key(sealed.key_version)?;
+        let (head, _) = open_frame::<LogHeadRecord, LogHeadV1>(
+            "access log head",
+            &stored,
+            key,
+            self.vault_id(),
+            &(),
+        )?;
+        Ok((head, Some(stored)))
+    }
+
+    /// Stages the entry for `event` and the new head in `batch`. The caller holds the write lock
+    /// and commits `batch` atomically with whatever the entry records.
+    pub(super) fn stage_log(&self, batch: &mut Batch, event: &Event<'_>) -> Result<(), Error> {
+        let (head, stored_head) = self.log_head()?;
+        let key = self.keys.newest_log_key()?;
+        let user = if self.session.via_recovery() {
+            format!("{}{RECOVERY_SUFFIX}", self.session.user())
+        } else {
+            self.session.user().to_string()
+        };
+        let entry = LogEntryV1 {
+            at: Timestamp::now().unix_millis(),
+            user,
+            action: event.action.stored_name().to_string(),
+            patient: event.patient.map(str::to_string),
+            note: event.note.clone(),
+            outcome: event.outcome.clone(),
+        };
+        let at = LogAt {
+            seq: head.count,
+            prev: head.head,
+        };
+        let sealed = seal_frame::<LogEntryRecord, _>(key, self.vault_id(), &at, &entry)?;
+        let next = LogHeadV1 {
+            count: at.seq + 1,
+            head: log_link(&head.head, &sealed),
+        };
+        let sealed_head = seal_frame::<LogHeadRecord, _>(key, self.vault_id(), &(), &next)?;
+        let seq_key = at.seq.to_be_bytes().to_vec();
+        batch.require(space::LOG, seq_key.clone(), None);
+        batch.put(space::LOG, seq_key, sealed);
+        batch.require(space::META, META_LOG_HEAD, stored_head);
+        batch.put(space::META, META_LOG_HEAD, sealed_head);
+        Ok(())
+    }
+
+    /// Appends one entry durably, in its own atomic batch.
+    pub(super) fn log_event(&self, event: &Event<'_>) -> Result<(), Error> {
+        self.append_log(event, ReadLog::Synced)
+    }
+
+    /// Appends one entry in its own atomic batch, flushed as `policy` says.
+    fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
+        let _writing = self.writing();
+        let mut b = Batch::new();
+        self.stage_log(&mut b, event)?;
+        self.store.commit(b)?;
+        let mut unsynced = self.log.unsynced();
+        let since = *unsynced.get_or_insert_with(Instant::now);
+        match policy {
+            ReadLog::Grouped { max_delay } if since.elapsed() < max_delay => {}
+            _ => {
+                self.store.flush()?;
+                *unsynced = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// How reads' access-log entries reach the disk: see [`ReadLog`]. The default is
+    /// [`ReadLog::Synced`]; writes are always durable before they return, whatever this says.
+    pub fn set_read_log(&mut self, policy: ReadLog) {
+        self.log.policy = policy;
+    }
+
+    /// Flushes access-log entries that [`ReadLog::Grouped`] left in the store's buffers.
+    pub fn sync_log(&self) -> Result<(), Error> {
+        let _writing = self.writing();
+        let mut unsynced = self.log.unsynced();
+        if unsynced.is_some() {
+            self.store.flush()?;
+            *unsynced = None;
+        }
+        Ok(())
+    }
+
+    /// Runs a read, logs it with its outcome, and returns its result only once the entry is
+    /// committed, and flushed unless [`ReadLog::Grouped`] defers it (fail closed: if the log
+    /// cannot be written, nothing is returned).
+    pub(super) fn logged<T>(
+        &self,
+        action: Action,
+        patient: Option<&PatientId>,
+        note: Option<&NoteId>,
+        op: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let result = op();
+        self.log_outcome(action, patient, note, result, self.log.policy)
+    }
+
+    /// Logs the outcome of an operation that already ran (key and user operations, which show
+    /// no patient data). A failure to log is reported, so the administrator knows.
+    pub(super) fn logged_result<T>(
+        &self,
+        action: Action,
+        patient: Option<&PatientId>,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.log_outcome(action, patient, None, result, ReadLog::Synced)
+    }
+
+    /// Appends the entry for `result`, flushed as `policy` says, then returns `result` (or the
+    /// logging error).
+    fn log_outcome<T>(
+        &self,
+        action: Action,
+        patient: Option<&PatientId>,
+        note: Option<&NoteId>,
+        result: Result<T, Error>,
+        policy: ReadLog,
+    ) -> Result<T, Error> {
+        self.append_log(
+            &Event {
+                action,
+                patient: patient.map(PatientId::as_str),
+                note: note.map(NoteId::to_string),
+                outcome: outcome(&result),
+            },
+            policy,
+        )?;
+        result
+    }
+
+    /// Logs a failed write (its success is logged atomically with the write itself). A failure
+    /// to log is ignored here: the operation already failed, and its error is what matters.
+    pub(super) fn log_failure<T>(
+        &self,
+        action: Action,
+        patient: Option<&PatientId>,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        if let Err(e) = &result {
+            let _ = self.log_event(&Event {
+                action,
+                patient: patient.map(PatientId::as_str),
+                note: None,
+                outcome: reason(e),
+            });
+        }
+        result
+    }
+
+    /// Every entry, checked: each opens with its position and the chain value before it, the
+    /// count and chain match the head. Returns the entries and the chain value after each.
+    fn read_log(
+        &self,
+        problems: &mut Vec<IntegrityError>,
+    ) -> Result<Vec<(LogEntry, [u8; 32])>, Error> {
+        let (head, _) = match self.log_head() {
+            Ok(h) => h,
+            Err(Error::Integrity(e)) => {
+                problems.push(e);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut chain = [0u8; 32];
+        let mut out = Vec::new();
+        let mut expected = 0u64;
+        for r in self.store.scan_prefix(space::LOG, &[]) {
+            let (k, v) = r?;
+            let location = format!("access log entry {expected}");
+            let seq = k.as_slice().try_into().map(u64::from_be_bytes).ok();
+            if seq != Some(expected) {
+                problems.push(IntegrityError::new(
+                    location,
+                    ProblemKind::Missing,
+                    "missing or out of order (the log was edited)",
+                ));
+                return Ok(out);
+            }
+            let at = LogAt {
+                seq: expected,
+                prev: chain,
+            };
+            let opened = Sealed::parse(&v)
+                .map_err(|e| parse_error(&location, e))
+                .and_then(|sealed| self.keys.log_key(sealed.key_version))
+                .and_then(|key| {
+                    open_frame::<LogEntryRecord, LogEntryV1>(
+                        &location,
+                        &v,
+                        key,
+                        self.vault_id(),
+                        &at,
+                    )
+                });
+            let e = match opened {
+                Ok((e, _)) => e,
+                Err(Error::Integrity(e)) => {
+                    problems.push(e);
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            };
+            chain = log_link(&chain, &v);
+            let (user, via_recovery_key) = match e.user.strip_suffix(RECOVERY_SUFFIX) {
+                Some(name) => (name.to_string(), true),
+                None => (e.user, false),
+            };
+            out.push((
+                LogEntry {
+                    seq: expected,
+                    at: Timestamp::from_unix_millis(e.at),
+                    user,
+                    via_recovery_key,
+                    action: Action::from_stored(e.action),
+                    patient_id: e.patient,
+                    note_id: e.note,
+                    outcome: e.outcome,
+                },
+                chain,
+            ));
+            expected += 1;
+        }
+        if expected != head.count || chain != head.head {
+            problems.push(IntegrityError::new(
+                "access log",
+                ProblemKind::Inconsistent,
+                format!("the head lists {} entries but {expected} are stored, or the chain differs (entries removed or replaced)", head.count),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The access log, oldest first, filtered (administrators and auditors). Itself logged.
+    /// A log that fails its checks is an [`Error::Integrity`].
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<LogEntry>, Error> {
+        self.logged(Action::Audit, filter.patient.as_ref(), None, || {
+            self.require(Duty::Audit)?;
+            let mut problems = Vec::new();
+            let entries = self.read_log(&mut problems)?;
+            if let Some(p) = problems.into_iter().next() {
+                return Err(Error::Integrity(p));
+            }
+            Ok(entries
+                .into_iter()
+                .map(|(e, _)| e)
+                .filter(|e| {
+                    filter
+                        .patient
+                        .as_ref()
+                        .is_none_or(|p| e.patient_id.as_deref() == Some(p.as_str()))
+                })
+                .filter(|e| filter.user.as_ref().is_none_or(|u| e.user == *u))
+                .filter(|e| filter.since.is_none_or(|t| e.at >= t))
+                .collect())
+        })
+    }
+
+    /// The log's current head, to keep off the server (administrators and auditors).
+    pub fn log_checkpoint(&self) -> Result<Checkpoint, Error> {
+        self.logged(Action::AuditCheckpoint, None, None, || {
+            self.require(Duty::Audit)?;
+            let (head, _) = self.log_head()?;
+            Ok(Checkpoint::new(head.count, head.head))
+        })
+    }
+
+    /// Checks the whole log (and, with `checkpoint`, that it still contains that head).
+    /// Returns the records checked.
+    pub(super) fn verify_log(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        problems: &mut Vec<IntegrityError>,
+    ) -> Result<u64, Error> {
+        let entries = self.read_log(problems)?;
+        if let Some(c) = checkpoint {
+            let ok = c.count == 0
+                || entries
+                    .get(usize::try_from(c.count - 1).unwrap_or(usize::MAX))
+                    .is_some_and(|(_, chain)| *chain == c.head);
+            if !ok {
+                problems.push(IntegrityError::new(
+                    "access log",
+                    ProblemKind::RolledBack,
+                    format!(
+                        "does not contain the checkpoint of {} entries: the vault was rolled back or the log rewritten",
+                        c.count
+                    ),
+                ));
+            }
+        }
+        Ok(entries.len() as u64 + 1)
+    }
+}

@@ -1,0 +1,137 @@
+//! The [`Vault`]: an unlocked vault over any [`Store`], and every operation on it, one job per
+//! file (docs/architecture.md, "Modules"):
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `open.rs` | creating a vault and unlocking one |
+//! | `session.rs` | who unlocked it, with which role; permission checks |
+//! | `keychain.rs` | the key hierarchy: the keyring, the master keys, the vault keys, the key store |
+//! | `patients.rs` | opening a patient: its record, key and manifest |
+//! | `notes.rs` | opening note versions and checking a patient's note chain |
+//! | `read.rs` | reads, and the cache of chains already verified |
+//! | `write.rs` | the write transaction, and the writes built on it |
+//! | `import.rs` | bulk import |
+//! | `search.rs` | search |
+//! | `verify.rs` | checking the whole vault |
+//! | `logging.rs` | the access log: appending, reading, checkpoints |
+//! | `jobs.rs` | job records of long operations |
+//! | `users.rs` | users, slots, passphrases, the recovery key, revocation |
+//! | `rotate_master.rs`, `rotate_patients.rs`, `erase.rs`, `status.rs` | key lifecycle |
+
+use std::sync::{Mutex, MutexGuard};
+
+use carnet_storage::{DocReader, Store};
+
+mod erase;
+mod import;
+mod jobs;
+mod keychain;
+mod logging;
+mod notes;
+mod open;
+mod patients;
+mod read;
+mod rotate_master;
+mod rotate_patients;
+mod search;
+mod session;
+mod status;
+mod users;
+mod verify;
+mod write;
+
+pub use import::{Import, ImportSummary};
+pub use open::DEFAULT_USER;
+pub use rotate_master::MasterRotation;
+pub use rotate_patients::{PatientRotation, Patients};
+pub use status::{KeyStatus, Unfinished};
+pub use verify::VerifyReport;
+
+use crate::keyring::KdfParams;
+use keychain::Keychain;
+use logging::LogState;
+use read::ChainCache;
+use session::Session;
+
+/// Whether the store whose documents `docs` reads holds a vault (its keyring), without
+/// unlocking or writing anything: any [`Store`], or [`carnet_storage::SledStore::documents`]
+/// for a directory before opening it. A damaged keyring still counts (unlocking then says
+/// what is wrong).
+pub fn is_vault(docs: &impl DocReader) -> Result<bool, crate::Error> {
+    Ok(docs.document(crate::keystore::ROOT_DOC)?.is_some())
+}
+
+/// An unlocked vault over any [`Store`].
+///
+/// Every read authenticates what it returns, including that no record of the patient was
+/// removed, moved or replaced (the patient's note chain is checked against its manifest).
+/// Every write is one atomic batch, made durable before the call returns.
+pub struct Vault<S: Store> {
+    store: S,
+    /// Who unlocked the vault, and what they may do.
+    session: Session,
+    /// Every key this vault holds while unlocked.
+    keys: Keychain,
+    /// Chains of patients already verified, for fast single-note reads.
+    chains: ChainCache,
+    /// When reads' access-log entries reach the disk.
+    log: LogState,
+    /// Held while a transaction or a log entry writes (key store, then records), so that
+    /// writers of this `Vault` cannot interleave between the two.
+    write_lock: Mutex<()>,
+}
+
+impl<S: Store> Vault<S> {
+    fn assemble(store: S, session: Session, keys: Keychain) -> Self {
+        Vault {
+            store,
+            session,
+            keys,
+            chains: ChainCache::default(),
+            log: LogState::default(),
+            write_lock: Mutex::default(),
+        }
+    }
+
+    /// The current master key epoch (1 for a new vault; each rotation adds one).
+    pub fn epoch(&self) -> u32 {
+        self.keys.epoch()
+    }
+
+    /// The KDF parameters of `user`'s slot, if the user exists.
+    pub fn kdf_params(&self, user: &str) -> Option<KdfParams> {
+        self.keys.slot_kdf(user)
+    }
+
+    /// The underlying store (for backups and diagnostics; it holds only ciphertext).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The vault's id (bound into every record's associated data).
+    fn vault_id(&self) -> &[u8; 16] {
+        self.keys.vault_id()
+    }
+
+    /// Held by anything that writes records or documents, in the order it must.
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        // Poisoning is harmless: the guard protects no data, only the order of writes.
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: Store> Drop for Vault<S> {
+    /// Flushes access-log entries that [`crate::ReadLog::Grouped`] left unflushed (an error
+    /// cannot be reported from here: call [`Vault::sync_log`] to see it).
+    fn drop(&mut self) {
+        let _ = self.sync_log();
+    }
+}
+
+impl<S: Store> std::fmt::Debug for Vault<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("epoch", &self.keys.epoch())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,131 @@
+//! Creating a vault, and unlocking one with a passphrase or the recovery key.
+
+use carnet_storage::{Batch, Store};
+
+use super::keychain::Keychain;
+use super::session::Session;
+use super::Vault;
+use crate::access::{check_user_name, Role};
+use crate::envelope::seal_frame;
+use crate::error::{integrity, ProblemKind};
+use crate::keyring::{KdfParams, SlotSecret};
+use crate::keystore::ROOT_DOC;
+use crate::records::{
+    space, LogHeadV1, RegistryV1, UserV1, UsersV1, META_LOG_HEAD, META_REGISTRY, META_USERS,
+};
+use crate::recovery::RecoveryKey;
+use crate::sealing::{LogHeadRecord, RegistryRecord, UsersRecord};
+use crate::secret::Passphrase;
+use crate::Error;
+
+/// The user whose slot `create` makes unless told otherwise.
+pub const DEFAULT_USER: &str = "admin";
+
+impl<S: Store> Vault<S> {
+    /// Creates a new vault in an empty `store`, with one passphrase slot for `user`.
+    ///
+    /// The passphrase must have at least [`Passphrase::MIN_CHARS`] characters. The keyring is
+    /// written last, so an interrupted `create` leaves no half-made vault that unlocks.
+    pub fn create(
+        store: S,
+        user: &str,
+        passphrase: &Passphrase,
+        kdf: KdfParams,
+    ) -> Result<Self, Error> {
+        if store.read_doc(ROOT_DOC)?.is_some() {
+            return Err(Error::AlreadyAVault);
+        }
+        if !passphrase.is_strong_enough() {
+            return Err(Error::InvalidArgument(format!(
+                "the passphrase is too short: use at least {} characters",
+                Passphrase::MIN_CHARS
+            )));
+        }
+        check_user_name(user)?;
+        let mut keys = Keychain::generate(user, passphrase, kdf)?;
+        let vault_id = *keys.vault_id();
+        let users = UsersV1 {
+            users: vec![UserV1 {
+                name: user.to_string(),
+                role: Role::Admin.code(),
+            }],
+        };
+        let head = LogHeadV1 {
+            count: 0,
+            head: [0; 32],
+        };
+        let registry = RegistryV1 {
+            patients: 0,
+            head: [0; 32],
+        };
+        let mut batch = Batch::new();
+        batch.put(
+            space::META,
+            META_USERS,
+            seal_frame::<UsersRecord, _>(keys.registry(), &vault_id, &(), &users)?,
+        );
+        batch.put(
+            space::META,
+            META_LOG_HEAD,
+            seal_frame::<LogHeadRecord, _>(keys.newest_log_key()?, &vault_id, &(), &head)?,
+        );
+        batch.put(
+            space::META,
+            META_REGISTRY,
+            seal_frame::<RegistryRecord, _>(keys.registry(), &vault_id, &(), &registry)?,
+        );
+        // The keyring goes last: until it exists, this is not a vault.
+        store.commit(batch)?;
+        store.flush()?;
+        keys.write_new(&store)?;
+        Ok(Vault::assemble(
+            store,
+            Session::new(user, Role::Admin, false),
+            keys,
+        ))
+    }
+
+    /// Unlocks the vault in `store` with `user`'s passphrase.
+    ///
+    /// Fails with [`Error::WrongPassphrase`] (wrong passphrase or damaged slot),
+    /// [`Error::UnknownUser`], [`Error::NotAVault`], [`Error::UnsupportedFormat`], or
+    /// [`Error::Integrity`] when the keyring or the vault keys were altered. Changes nothing.
+    pub fn unlock(store: S, user: &str, passphrase: &Passphrase) -> Result<Self, Error> {
+        Self::unlock_with(
+            store,
+            user,
+            &SlotSecret::Passphrase(passphrase, KdfParams::default()),
+        )
+    }
+
+    /// Unlocks the vault with its recovery key, acting as `user` (who must exist): for example
+    /// to give that user a new passphrase when every passphrase is lost. A recovery key that
+    /// does not open this vault is [`Error::WrongPassphrase`].
+    pub fn unlock_with_recovery_key(
+        store: S,
+        user: &str,
+        key: &RecoveryKey,
+    ) -> Result<Self, Error> {
+        Self::unlock_with(store, user, &SlotSecret::Recovery(key))
+    }
+
+    fn unlock_with(store: S, user: &str, secret: &SlotSecret<'_>) -> Result<Self, Error> {
+        let keys = Keychain::unlock(&store, user, secret)?;
+        let via_recovery = matches!(secret, SlotSecret::Recovery(_));
+        // The role is read below; until then the session may only read the users record.
+        let mut vault =
+            Vault::assemble(store, Session::new(user, Role::Auditor, via_recovery), keys);
+        // A slot whose user is no longer listed (a revocation interrupted between its steps)
+        // opens nothing.
+        let (users, _) = vault.load_users()?;
+        let listed = users
+            .users
+            .iter()
+            .find(|u| u.name == user)
+            .ok_or(Error::UnknownUser)?;
+        let role = Role::from_code(listed.role)
+            .ok_or_else(|| integrity("users", ProblemKind::Malformed, "unknown role"))?;
+        vault.session = Session::new(user, role, via_recovery);
+        Ok(vault)
+    }
+}

@@ -1,0 +1,171 @@
+//! Opening a patient (its record, the key version that record names, and its manifest), and
+//! the registry of patients.
+
+use carnet_storage::Store;
+
+use super::Vault;
+use crate::envelope::{open_frame, parse_error, Sealed};
+use crate::error::{integrity, ProblemKind};
+use crate::keys::PatientKeys;
+use crate::model::{BirthDate, Patient, PatientId, Timestamp};
+use crate::records::{
+    space, Blind, ManifestV1, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
+};
+use crate::sealing::{ManifestRecord, PatientRecord, RegistryRecord};
+use crate::Error;
+
+/// A patient's decrypted record, keys and manifest.
+pub(super) struct PatientState {
+    pub(super) blind: Blind,
+    pub(super) keys: PatientKeys,
+    pub(super) info: PatientV1,
+    pub(super) manifest: ManifestV1,
+    /// The manifest's bytes as stored now (`None`: not stored yet), for compare-and-swap.
+    pub(super) manifest_stored: Option<Vec<u8>>,
+    /// Whether the manifest changed since it was read (a write must seal it again).
+    pub(super) dirty: bool,
+}
+
+impl PatientState {
+    /// Where integrity errors about this patient's record point.
+    pub(super) fn location(&self) -> String {
+        patient_location(&self.blind)
+    }
+
+    /// The public view of the patient.
+    pub(super) fn to_patient(&self) -> Result<Patient, Error> {
+        let bad = || {
+            integrity(
+                self.location(),
+                ProblemKind::Malformed,
+                "invalid stored field",
+            )
+        };
+        Ok(Patient {
+            id: PatientId::new(self.info.id.clone()).map_err(|_| bad())?,
+            name: self.info.name.clone(),
+            birth_date: match self.info.birth_date.as_deref() {
+                Some(d) => Some(BirthDate::parse(d).map_err(|_| bad())?),
+                None => None,
+            },
+            created_at: Timestamp::from_unix_millis(self.info.created_at),
+            notes: self.manifest.notes,
+        })
+    }
+}
+
+/// `patient BLIND`, as integrity errors name a patient record.
+pub(super) fn patient_location(blind: &Blind) -> String {
+    format!("patient {}", blind.short())
+}
+
+/// `manifest BLIND`, as integrity errors name a manifest.
+pub(super) fn manifest_location(blind: &Blind) -> String {
+    format!("manifest {}", blind.short())
+}
+
+impl<S: Store> Vault<S> {
+    /// The record keys of one version of a patient's key.
+    pub(super) fn patient_keys(&self, blind: &Blind, version: u32) -> Result<PatientKeys, Error> {
+        self.keys.patient_keys(PatientKeyAt {
+            blind: *blind,
+            version,
+        })
+    }
+
+    /// Decrypts a patient's record (`stored`, under `blind`) and manifest.
+    pub(super) fn load_patient(&self, blind: &Blind, stored: &[u8]) -> Result<PatientState, Error> {
+        let location = patient_location(blind);
+        let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
+        let keys = self.patient_keys(blind, sealed.key_version)?;
+        let (info, _) = open_frame::<PatientRecord, PatientV1>(
+            &location,
+            stored,
+            &keys.record,
+            self.vault_id(),
+            blind,
+        )?;
+        let mlocation = manifest_location(blind);
+        let mstored = self
+            .store
+            .get(space::MANIFESTS, &blind.0)?
+            .ok_or_else(|| integrity(&mlocation, ProblemKind::Missing, "missing"))?;
+        let msealed = Sealed::parse(&mstored).map_err(|e| parse_error(&mlocation, e))?;
+        if msealed.key_version != keys.version() {
+            return Err(integrity(
+                &mlocation,
+                ProblemKind::Moved,
+                "sealed under another patient key version",
+            ));
+        }
+        let (manifest, _) = open_frame::<ManifestRecord, ManifestV1>(
+            &mlocation,
+            &mstored,
+            &keys.manifest,
+            self.vault_id(),
+            blind,
+        )?;
+        Ok(PatientState {
+            blind: *blind,
+            keys,
+            info,
+            manifest,
+            manifest_stored: Some(mstored),
+            dirty: false,
+        })
+    }
+
+    /// The patient registered as `id`.
+    pub(super) fn find_patient(&self, id: &PatientId) -> Result<PatientState, Error> {
+        let blind = self.keys.blind(id);
+        let Some(stored) = self.store.get(space::PATIENTS, &blind.0)? else {
+            // Unknown, unless the patient's other records say it was registered.
+            if self.store.get(space::MANIFESTS, &blind.0)?.is_some() {
+                return Err(integrity(
+                    patient_location(&blind),
+                    ProblemKind::Missing,
+                    "missing (its manifest exists)",
+                ));
+            }
+            return Err(Error::NoSuchPatient);
+        };
+        let st = self.load_patient(&blind, &stored)?;
+        if st.info.id != id.as_str() {
+            return Err(integrity(
+                st.location(),
+                ProblemKind::Moved,
+                "identifier mismatch",
+            ));
+        }
+        Ok(st)
+    }
+
+    /// Every registered patient, in storage order.
+    pub(super) fn all_patients(&self) -> Result<Vec<PatientState>, Error> {
+        let mut out = Vec::new();
+        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
+            let (k, v) = r?;
+            let blind = Blind::from_slice(&k).ok_or_else(|| {
+                integrity("patients", ProblemKind::Malformed, "malformed storage key")
+            })?;
+            out.push(self.load_patient(&blind, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The registry and its stored bytes.
+    pub(super) fn load_registry(&self) -> Result<(RegistryV1, Vec<u8>), Error> {
+        let stored = self
+            .store
+            .get(space::META, META_REGISTRY)?
+            .ok_or_else(|| integrity("registry", ProblemKind::Missing, "missing"))?;
+        let (reg, _) = open_frame::<RegistryRecord, RegistryV1>(
+            "registry",
+            &stored,
+            self.keys.registry(),
+            self.vault_id(),
+            &(),
+        )?;
+        Ok((reg, stored))
+    }
+}

@@ -1,0 +1,358 @@
+//! Patient-key rotation: a new key version for one patient or all, every note re-encrypted
+//! under it, the old version destroyed; and the key renewal that ends a revocation
+//! (docs/key-management.md, "Rotating patient keys"). Crash-safe and resumable.
+
+use std::collections::HashMap;
+
+use carnet_storage::{Batch, Store};
+
+use super::Vault;
+use crate::access::Duty;
+use crate::access_log::Action;
+use crate::envelope::{self, parse_error, seal_frame, Sealed};
+use crate::error::{integrity, ProblemKind};
+use crate::keys::PatientKeys;
+use crate::model::PatientId;
+use crate::records::{
+    space, Blind, JobSlot, JobV1, NoteAt, PatientKeyAt, JOB_REVOKE, JOB_ROTATE_ALL_PATIENTS,
+};
+use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord};
+use crate::Error;
+
+/// Note records re-encrypted per atomic batch during a patient-key rotation.
+const ROTATE_BATCH: usize = 256;
+
+/// What a patient-key rotation did (or, from [`Vault::plan_rotate_patients`], would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PatientRotation {
+    /// Patients whose key was (or will be) rotated or whose rotation was finished.
+    pub patients: u64,
+    /// Records re-encrypted: notes, patient records and manifests.
+    pub records_rewritten: u64,
+    /// Old patient key versions destroyed (removed from the key store).
+    pub keys_destroyed: u64,
+    /// Whether this finished a rotation that an interruption had left unfinished.
+    pub resumed: bool,
+}
+
+/// Which patients a rotation covers.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Patients<'a> {
+    /// One patient.
+    One(&'a PatientId),
+    /// Every patient.
+    All,
+}
+
+/// A patient's blind, the key version of its record, and the key versions in the key store.
+pub(super) type PatientVersions = (Blind, u32, Vec<u32>);
+
+/// One above every patient key version in use or in the key store.
+fn next_version(all: &[PatientVersions]) -> u32 {
+    all.iter()
+        .flat_map(|(_, c, vs)| vs.iter().copied().chain([*c]))
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+impl<S: Store> Vault<S> {
+    /// Every patient's blind, record version and key store versions.
+    pub(super) fn patient_versions(&self) -> Result<Vec<PatientVersions>, Error> {
+        let mut by_blind: HashMap<Blind, Vec<u32>> = HashMap::new();
+        for at in self.keys.patient_key_index() {
+            by_blind.entry(at.blind).or_default().push(at.version);
+        }
+        let mut out = Vec::new();
+        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
+            let (k, v) = r?;
+            let blind = Blind::from_slice(&k).ok_or_else(|| {
+                integrity("patients", ProblemKind::Malformed, "malformed storage key")
+            })?;
+            let sealed = Sealed::parse(&v)
+                .map_err(|e| parse_error(&format!("patient {}", blind.short()), e))?;
+            let mut versions = by_blind.remove(&blind).unwrap_or_default();
+            versions.sort_unstable();
+            out.push((blind, sealed.key_version, versions));
+        }
+        Ok(out)
+    }
+
+    /// Adds to `b` the job record of a revocation (unless one is pending): every patient is to
+    /// get key version `target`, one above every version in use.
+    pub(super) fn stage_revocation_job(&self, b: &mut Batch) -> Result<(), Error> {
+        if self.load_job(JobSlot::Revoke)?.is_some() {
+            return Ok(());
+        }
+        let target = next_version(&self.patient_versions()?);
+        self.stage_job(b, JobSlot::Revoke, JOB_REVOKE, target)?;
+        Ok(())
+    }
+
+    /// Gives every patient the revocation's new key version, used by all later writes; notes
+    /// already written keep their key version. Returns the patients renewed.
+    pub(super) fn renew_patient_keys(
+        &mut self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, Error> {
+        let Some((job, _)) = self.load_job(JobSlot::Revoke)? else {
+            return Ok(0);
+        };
+        let all = self.patient_versions()?;
+        let total = all.len() as u64;
+        let mut renewed = 0;
+        for (i, (blind, current, _)) in all.iter().enumerate() {
+            if *current < job.target {
+                self.move_patient(*blind, *current, job.target, false)?;
+                renewed += 1;
+            }
+            progress(i as u64 + 1, total);
+        }
+        Ok(renewed)
+    }
+
+    /// What [`Vault::rotate_patients`] would do now, without doing it.
+    pub fn plan_rotate_patients(&self, which: Patients<'_>) -> Result<PatientRotation, Error> {
+        self.require(Duty::Administration)?;
+        let all = self.patient_versions()?;
+        let job = self.load_job(JobSlot::RotateAllPatients)?.map(|(j, _)| j);
+        let selected: Vec<_> = match which {
+            Patients::One(id) => {
+                let b = self.keys.blind(id);
+                let found: Vec<_> = all.into_iter().filter(|(x, _, _)| *x == b).collect();
+                if found.is_empty() {
+                    return Err(Error::NoSuchPatient);
+                }
+                found
+            }
+            Patients::All => all,
+        };
+        let mut plan = PatientRotation::default();
+        let mut note_counts: HashMap<Blind, u64> = HashMap::new();
+        for r in self.store.scan_prefix(space::NOTES, &[]) {
+            let (k, _) = r?;
+            if let Some(at) = NoteAt::parse(&k) {
+                *note_counts.entry(at.blind).or_default() += 1;
+            }
+        }
+        for (blind, current, versions) in &selected {
+            let pending = versions.iter().any(|v| v != current);
+            let done_by_job =
+                matches!((&job, which), (Some(j), Patients::All) if *current >= j.target);
+            if done_by_job && !pending {
+                continue;
+            }
+            plan.resumed |= pending || job.is_some();
+            plan.patients += 1;
+            plan.records_rewritten += note_counts.get(blind).copied().unwrap_or(0) + 2;
+            plan.keys_destroyed += versions.len().max(1) as u64;
+        }
+        Ok(plan)
+    }
+
+    /// Rotates patient keys: a new key version, every version of every note and the
+    /// patient's record and manifest re-encrypted under it, then the old version destroyed.
+    /// Resumable: a patient left half-rotated is finished (not rotated again), and an
+    /// interrupted `All` rotation continues where it stopped. `progress` gets (patients done,
+    /// patients in all).
+    pub fn rotate_patients(
+        &mut self,
+        which: Patients<'_>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PatientRotation, Error> {
+        let result = self.rotate_patients_unlogged(which, progress);
+        self.logged_result(
+            Action::KeyRotatePatient,
+            match which {
+                Patients::One(id) => Some(id),
+                Patients::All => None,
+            },
+            result,
+        )
+    }
+
+    fn rotate_patients_unlogged(
+        &mut self,
+        which: Patients<'_>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PatientRotation, Error> {
+        self.require(Duty::Administration)?;
+        let all = self.patient_versions()?;
+        let mut summary = PatientRotation::default();
+        let mut destroy: Vec<PatientKeyAt> = Vec::new();
+        let old_versions = |blind: Blind, versions: &[u32], target: u32| {
+            versions
+                .iter()
+                .filter(move |v| **v != target)
+                .map(move |v| PatientKeyAt { blind, version: *v })
+                .collect::<Vec<_>>()
+        };
+        match which {
+            Patients::One(id) => {
+                let b = self.keys.blind(id);
+                let (blind, current, versions) = all
+                    .into_iter()
+                    .find(|(x, _, _)| *x == b)
+                    .ok_or(Error::NoSuchPatient)?;
+                // A rotation left unfinished (a newer key version than the record's) is
+                // finished, not started again.
+                let target = match versions.iter().max() {
+                    Some(&m) if m > current => {
+                        summary.resumed = true;
+                        m
+                    }
+                    m => m.copied().unwrap_or(current).max(current) + 1,
+                };
+                summary.records_rewritten += self.move_patient(blind, current, target, true)?;
+                destroy.extend(old_versions(blind, &versions, target));
+                summary.patients = 1;
+                progress(1, 1);
+            }
+            Patients::All => {
+                // The job record makes an interrupted --all resumable: patients already at the
+                // target version are done.
+                let job = match self.load_job(JobSlot::RotateAllPatients)? {
+                    Some((j, _)) => {
+                        summary.resumed = true;
+                        j
+                    }
+                    None => self.start_rotate_all(next_version(&all))?,
+                };
+                let total = all.len() as u64;
+                for (i, (blind, current, versions)) in all.iter().enumerate() {
+                    if *current < job.target {
+                        summary.records_rewritten +=
+                            self.move_patient(*blind, *current, job.target, true)?;
+                        summary.patients += 1;
+                    } else if versions.iter().any(|v| v != current) {
+                        summary.patients += 1;
+                    }
+                    destroy.extend(old_versions(*blind, versions, job.target));
+                    progress(i as u64 + 1, total);
+                }
+            }
+        }
+        summary.keys_destroyed = self.keys.destroy_patient_keys(&self.store, &destroy)?;
+        if matches!(which, Patients::All) {
+            self.finish_job(JobSlot::RotateAllPatients)?;
+        }
+        Ok(summary)
+    }
+
+    /// Writes the job record of a `rotate-patient --all` bringing every patient to `target`.
+    fn start_rotate_all(&self, target: u32) -> Result<JobV1, Error> {
+        let mut b = Batch::new();
+        let job = self.stage_job(
+            &mut b,
+            JobSlot::RotateAllPatients,
+            JOB_ROTATE_ALL_PATIENTS,
+            target,
+        )?;
+        self.store.commit(b)?;
+        self.store.flush()?;
+        Ok(job)
+    }
+
+    /// Brings one patient from key version `current` to `target`: the new key, then (with
+    /// `notes`) every note re-encrypted, then the patient record and manifest. Returns the
+    /// records rewritten.
+    fn move_patient(
+        &mut self,
+        blind: Blind,
+        current: u32,
+        target: u32,
+        notes: bool,
+    ) -> Result<u64, Error> {
+        // Step 1: the new key, appended to the key store (unless a previous run did).
+        let target_at = PatientKeyAt {
+            blind,
+            version: target,
+        };
+        if !self.keys.has_patient_key(&target_at) {
+            let (_, wrapped) = self.keys.new_patient_key(target_at)?;
+            self.keys
+                .append_patient_keys(&self.store, vec![(target_at, wrapped)])?;
+        }
+        let new_keys = self.patient_keys(&blind, target)?;
+        let mut keys: HashMap<u32, PatientKeys> = HashMap::new();
+        let mut rewritten = 0u64;
+        // Step 2: every note record not yet under the target version, in CAS-guarded batches.
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = if notes {
+            self.store
+                .scan_prefix(space::NOTES, &blind.0)
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let mut batch = Batch::new();
+        for (k, v) in raw {
+            let location = format!("note record under {}", blind.short());
+            let at = NoteAt::parse(&k)
+                .filter(|at| at.blind == blind)
+                .ok_or_else(|| {
+                    integrity(&location, ProblemKind::Malformed, "malformed storage key")
+                })?;
+            let sealed = Sealed::parse(&v).map_err(|e| parse_error(&location, e))?;
+            if sealed.key_version == target {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(sealed.key_version) {
+                e.insert(self.patient_keys(&blind, sealed.key_version)?);
+            }
+            let old = &keys[&sealed.key_version];
+            let plain = sealed.open_at::<NoteRecord>(&location, &old.note, self.vault_id(), &at)?;
+            let resealed =
+                envelope::seal::<NoteRecord>(&new_keys.note, self.vault_id(), &at, &plain)?;
+            batch.require(space::NOTES, k.clone(), Some(v));
+            batch.put(space::NOTES, k, resealed);
+            rewritten += 1;
+            if batch.len() >= ROTATE_BATCH {
+                self.store.commit(std::mem::take(&mut batch))?;
+                self.store.flush()?;
+            }
+        }
+        if !batch.is_empty() {
+            self.store.commit(batch)?;
+            self.store.flush()?;
+        }
+        // Step 3: the patient record and manifest, together, under the target version.
+        if current != target {
+            let precord = self.store.get(space::PATIENTS, &blind.0)?.ok_or_else(|| {
+                integrity(
+                    format!("patient {}", blind.short()),
+                    ProblemKind::Missing,
+                    "missing",
+                )
+            })?;
+            let st = self.load_patient(&blind, &precord)?;
+            let mstored = st
+                .manifest_stored
+                .clone()
+                .ok_or(Error::Internal("manifest not loaded"))?;
+            let record = seal_frame::<PatientRecord, _>(
+                &new_keys.record,
+                self.vault_id(),
+                &blind,
+                &st.info,
+            )?;
+            let manifest = seal_frame::<ManifestRecord, _>(
+                &new_keys.manifest,
+                self.vault_id(),
+                &blind,
+                &st.manifest,
+            )?;
+            let mut b = Batch::new();
+            b.require(space::PATIENTS, blind.0.to_vec(), Some(precord));
+            b.put(space::PATIENTS, blind.0.to_vec(), record);
+            b.require(space::MANIFESTS, blind.0.to_vec(), Some(mstored));
+            b.put(space::MANIFESTS, blind.0.to_vec(), manifest);
+            self.chains.forget(&blind);
+            self.store.commit(b)?;
+            self.store.flush()?;
+            rewritten += 2;
+        }
+        Ok(rewritten)
+    }
+}

@@ -1,0 +1,145 @@
+//! The state of a vault's keys: epochs, KDF settings, which key versions records use, and any
+//! long operation left unfinished. Reads record headers only; decrypts nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use carnet_storage::Store;
+
+use super::Vault;
+use crate::access::Duty;
+use crate::access_log::Action;
+use crate::envelope::Sealed;
+use crate::keyring::KdfParams;
+use crate::records::{space, Blind, JobSlot, NoteAt};
+use crate::Error;
+
+/// The state of a vault's keys, as [`Vault::key_status`] reports it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct KeyStatus {
+    /// The current master epoch.
+    pub epoch: u32,
+    /// The epoch a master-key rotation left unfinished, if any.
+    pub pending_epoch: Option<u32>,
+    /// The epoch the key store is wrapped under.
+    pub key_store_epoch: u32,
+    /// The unlocking user's KDF parameters.
+    pub kdf: KdfParams,
+    /// Key slots (users).
+    pub slots: u64,
+    /// Per master epoch: how many wrapped keys use it.
+    pub keys_per_epoch: BTreeMap<u32, u64>,
+    /// Per patient key version: how many records use it (patient records, manifests, notes).
+    pub records_per_patient_key_version: BTreeMap<u32, u64>,
+    /// Patients with a rotation left unfinished (records under several key versions, or an old
+    /// key version not yet destroyed).
+    pub patients_unfinished: u64,
+    /// Whether a rotation of every patient's key was interrupted.
+    pub all_patients_rotation_unfinished: bool,
+    /// Wrapped keys of no registered patient (left by interrupted registrations or erasures).
+    pub unused_keys: u64,
+    /// Every unfinished operation; running the same operation again finishes each.
+    pub unfinished: Vec<Unfinished>,
+}
+
+/// A long operation that an interruption left unfinished. Each is finished by running the same
+/// operation again; nothing is lost meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unfinished {
+    /// A master-key rotation to this epoch ([`Vault::rotate_master`]).
+    MasterRotation {
+        /// The epoch the rotation goes to.
+        to_epoch: u32,
+    },
+    /// A rotation of every patient's key ([`Vault::rotate_patients`] with
+    /// [`crate::Patients::All`]).
+    AllPatientsRotation,
+    /// A user's revocation ([`Vault::remove_user`] of the same user).
+    Revocation,
+    /// Rotations of single patients' keys ([`Vault::rotate_patients`], one patient or all).
+    PatientRotations {
+        /// How many patients.
+        patients: u64,
+    },
+}
+
+impl<S: Store> Vault<S> {
+    /// The state of the vault's keys: epochs, KDF settings, which key versions records use,
+    /// and any rotation left unfinished. Reads record headers only; decrypts nothing.
+    pub fn key_status(&self) -> Result<KeyStatus, Error> {
+        let result = self.key_status_unlogged();
+        self.logged_result(Action::KeyStatus, None, result)
+    }
+
+    fn key_status_unlogged(&self) -> Result<KeyStatus, Error> {
+        self.require(Duty::Administration)?;
+        let versions = self.patient_versions()?;
+        let current: HashMap<Blind, u32> = versions.iter().map(|(b, c, _)| (*b, *c)).collect();
+        let mut per_version: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut mixed: HashSet<Blind> = HashSet::new();
+        for (b, c, vs) in &versions {
+            // The patient record and the manifest.
+            *per_version.entry(*c).or_default() += 2;
+            // A key version newer than the record's: a rotation stopped before its end.
+            if vs.iter().any(|v| v > c) {
+                mixed.insert(*b);
+            }
+        }
+        for r in self.store.scan_prefix(space::NOTES, &[]) {
+            let (k, v) = r?;
+            let (Some(at), Ok(sealed)) = (NoteAt::parse(&k), Sealed::parse(&v)) else {
+                continue;
+            };
+            *per_version.entry(sealed.key_version).or_default() += 1;
+            // A note under a newer version than its patient's record: a rotation stopped
+            // before its end. (Older versions are normal after a revocation.)
+            if current
+                .get(&at.blind)
+                .is_some_and(|c| sealed.key_version > *c)
+            {
+                mixed.insert(at.blind);
+            }
+        }
+        let index = self.keys.patient_key_index();
+        let unused = index
+            .iter()
+            .filter(|at| !current.contains_key(&at.blind))
+            .count() as u64;
+        let key_store_epoch = self.keys.index_epoch();
+        let mut keys_per_epoch = BTreeMap::new();
+        keys_per_epoch.insert(key_store_epoch, index.len() as u64 + 1);
+        let all_patients = self.load_job(JobSlot::RotateAllPatients)?.is_some();
+        let mut unfinished = Vec::new();
+        if let Some(e) = self.keys.pending_epoch() {
+            unfinished.push(Unfinished::MasterRotation { to_epoch: e });
+        }
+        if all_patients {
+            unfinished.push(Unfinished::AllPatientsRotation);
+        }
+        if self.load_job(JobSlot::Revoke)?.is_some() {
+            unfinished.push(Unfinished::Revocation);
+        }
+        if !mixed.is_empty() {
+            unfinished.push(Unfinished::PatientRotations {
+                patients: mixed.len() as u64,
+            });
+        }
+        Ok(KeyStatus {
+            epoch: self.keys.epoch(),
+            pending_epoch: self.keys.pending_epoch(),
+            key_store_epoch,
+            kdf: self
+                .keys
+                .slot_kdf(self.session.user())
+                .ok_or(Error::UnknownUser)?,
+            slots: self.keys.slot_count(),
+            keys_per_epoch,
+            records_per_patient_key_version: per_version,
+            patients_unfinished: mixed.len() as u64,
+            all_patients_rotation_unfinished: all_patients,
+            unused_keys: unused,
+            unfinished,
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! Checking the whole vault: every record decrypted and authenticated, every link between
+//! records checked, every problem reported (docs/architecture.md, "Reads").
+
+use std::collections::{HashMap, HashSet};
+
+use carnet_storage::{Store, StoreError};
+
+use super::logging::Event;
+use super::notes::{check_chain, Bodies, RawEntry};
+use super::patients::{manifest_location, patient_location, PatientState};
+use super::Vault;
+use crate::access_log::{Action, Checkpoint};
+use crate::error::{IntegrityError, ProblemKind};
+use crate::records::{registry_link, space, Blind, JobSlot, RegistryV1};
+use crate::Error;
+
+/// A verification report.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// How many stored records were authenticated (or found missing or out of place).
+    pub records_checked: u64,
+    /// Every problem found; empty when the vault is intact.
+    pub problems: Vec<IntegrityError>,
+}
+
+impl VerifyReport {
+    /// Whether no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Adds the problem of `result`, if it is an integrity problem; other errors stop verify.
+    fn note<T>(&mut self, result: Result<T, Error>) -> Result<Option<T>, Error> {
+        match result {
+            Ok(t) => Ok(Some(t)),
+            Err(Error::Integrity(e)) => {
+                self.problems.push(e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl<S: Store> Vault<S> {
+    /// Decrypts and authenticates every record and every link between records, and reports
+    /// every problem found (it does not stop at the first). `progress` is called with
+    /// (patients checked, patients in the registry).
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, Error> {
+        self.verify_against(None, progress)
+    }
+
+    /// [`Vault::verify`], and also that the access log still contains `checkpoint` (taken
+    /// earlier with [`Vault::log_checkpoint`] and kept off the server): no rollback behind it.
+    pub fn verify_against(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, Error> {
+        // Verify shows no patient data, so it logs itself after the fact; a log too damaged to
+        // append to is already among the problems it reports.
+        let mut report = self.verify_unlogged(checkpoint, progress)?;
+        let outcome = if report.is_ok() {
+            "ok"
+        } else {
+            "integrity failure"
+        };
+        let event = Event {
+            action: Action::Verify,
+            patient: None,
+            note: None,
+            outcome: outcome.into(),
+        };
+        match self.log_event(&event) {
+            Ok(()) => {}
+            // Already reported (a damaged or rolled-back log cannot take the entry).
+            Err(_) if !report.is_ok() => {}
+            Err(Error::Integrity(e)) => report.problems.push(e),
+            Err(e) => return Err(e),
+        }
+        Ok(report)
+    }
+
+    fn verify_unlogged(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, Error> {
+        let mut report = VerifyReport {
+            // The keyring and the vault keys were authenticated by `unlock`.
+            records_checked: 2,
+            problems: Vec::new(),
+        };
+        let registry = report.note(self.load_registry())?.map(|(r, _)| r);
+        report.records_checked += 1;
+        let total = registry.as_ref().map_or(0, |r| r.patients);
+        report.note(self.load_users())?;
+        report.records_checked += 1;
+        report.records_checked += self.verify_log(checkpoint, &mut report.problems)?;
+        // Job records (an unfinished rotation or import) must open too.
+        for slot in JobSlot::ALL {
+            match self.load_job(slot) {
+                Ok(None) => {}
+                Ok(Some(_)) => report.records_checked += 1,
+                Err(Error::Integrity(e)) => {
+                    report.records_checked += 1;
+                    report.problems.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Patients (each one's key and manifest with it).
+        let mut patients: HashMap<Blind, PatientState> = HashMap::new();
+        let mut seen_blinds = HashSet::new();
+        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
+            let (k, v) = r?;
+            report.records_checked += 1;
+            let Some(blind) = Blind::from_slice(&k) else {
+                report.problems.push(IntegrityError::new(
+                    "patients",
+                    ProblemKind::Malformed,
+                    "malformed storage key",
+                ));
+                continue;
+            };
+            seen_blinds.insert(blind);
+            if let Some(st) = report.note(self.load_patient(&blind, &v))? {
+                patients.insert(blind, st);
+            }
+        }
+        if let Some(reg) = &registry {
+            report
+                .problems
+                .extend(check_registry(reg, &patients, seen_blinds.len()));
+        }
+
+        // Every wrapped key in the key store opens. Keys of no registered patient are left by
+        // a registration interrupted before its records were written: unused, not a problem.
+        for (at, wrapped) in self.keys.wrapped_patient_keys() {
+            report.records_checked += 1;
+            report.note(self.keys.open_patient_key(&at, &wrapped))?;
+        }
+
+        // Manifests: no orphans (each patient's own was opened above).
+        for r in self.store.scan_prefix(space::MANIFESTS, &[]) {
+            let (k, _) = r?;
+            report.records_checked += 1;
+            let owner = k.get(..32).and_then(Blind::from_slice);
+            if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
+                let location = owner.map_or_else(|| "manifest ?".into(), |b| manifest_location(&b));
+                report.problems.push(IntegrityError::new(
+                    location,
+                    ProblemKind::Orphan,
+                    "belongs to no registered patient (orphan)",
+                ));
+            }
+        }
+
+        // Notes: one pass over the store, one patient's run of notes at a time (storage keys
+        // start with the patient's blind), decrypted on every core; runs of no registered
+        // patient are orphans. Patients with no stored note at all are checked after.
+        let mut done = 0u64;
+        let mut with_notes = HashSet::new();
+        let runs = NoteRuns::new(self.store.scan_prefix(space::NOTES, &[]));
+        let checked = crate::par::map_parallel(runs, |(owner, raw)| {
+            let stored = raw.len() as u64;
+            match owner.and_then(|b| patients.get(&b)) {
+                Some(st) => self
+                    .check_notes(st, &raw, Bodies::None)
+                    .map(|scan| (owner, scan.stored, scan.problems)),
+                None => {
+                    let short = owner.map_or_else(|| "?".into(), |b| b.short());
+                    let orphan = IntegrityError::new(
+                        format!("note under {short}"),
+                        ProblemKind::Orphan,
+                        "belongs to no registered patient (orphan)",
+                    );
+                    Ok((None, stored, vec![orphan; raw.len()]))
+                }
+            }
+        })?;
+        for result in checked {
+            let (owner, stored, problems) = result?;
+            report.records_checked += stored;
+            report.problems.extend(problems);
+            if let Some(b) = owner {
+                with_notes.insert(b);
+                done += 1;
+                progress(done, total);
+            }
+        }
+        let mut empty: Vec<&Blind> = patients
+            .keys()
+            .filter(|b| !with_notes.contains(*b))
+            .collect();
+        empty.sort();
+        for blind in empty {
+            report
+                .problems
+                .extend(check_chain(&patients[blind], &[], 0));
+            done += 1;
+            progress(done, total);
+        }
+        Ok(report)
+    }
+}
+
+/// Groups a scan of the notes space into runs of one patient each: (the blind the storage
+/// keys start with, or `None` for malformed keys; the run's entries).
+struct NoteRuns<I: Iterator> {
+    entries: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = Result<RawEntry, StoreError>>> NoteRuns<I> {
+    fn new(entries: I) -> Self {
+        NoteRuns {
+            entries: entries.peekable(),
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<RawEntry, StoreError>>> Iterator for NoteRuns<I> {
+    type Item = Result<(Option<Blind>, Vec<RawEntry>), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let first = match self.entries.next()? {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let owner = first.0.get(..32).and_then(Blind::from_slice);
+        let mut run = vec![first];
+        while let Some(Ok((k, _))) = self.entries.peek() {
+            if k.get(..32).and_then(Blind::from_slice) != owner {
+                break;
+            }
+            // Invariant: `peek` just returned `Some(Ok(_))`.
+            if let Some(Ok(e)) = self.entries.next() {
+                run.push(e);
+            }
+        }
+        Some(Ok((owner, run)))
+    }
+}
+
+/// Checks the registry's count and chain against the patients found.
+fn check_registry(
+    reg: &RegistryV1,
+    patients: &HashMap<Blind, PatientState>,
+    found: usize,
+) -> Vec<IntegrityError> {
+    let mut problems = Vec::new();
+    if reg.patients != found as u64 {
+        problems.push(IntegrityError::new(
+            "registry",
+            ProblemKind::Inconsistent,
+            format!(
+                "lists {} patients but {} are stored (a patient was removed or added)",
+                reg.patients, found
+            ),
+        ));
+    }
+    let mut order: Vec<(u64, Blind)> = patients.values().map(|s| (s.info.seq, s.blind)).collect();
+    order.sort();
+    if order.len() == found {
+        let mut head = [0u8; 32];
+        for (i, (seq, blind)) in order.iter().enumerate() {
+            if *seq != i as u64 {
+                problems.push(IntegrityError::new(
+                    patient_location(blind),
+                    ProblemKind::Moved,
+                    "out of place in the registry chain",
+                ));
+                return problems;
+            }
+            head = registry_link(&head, blind);
+        }
+        if head != reg.head && reg.patients == found as u64 {
+            problems.push(IntegrityError::new(
+                "registry",
+                ProblemKind::Inconsistent,
+                "chain head does not match the patients stored",
+            ));
+        }
+    }
+    problems
+}

@@ -1,0 +1,384 @@
+//! The write transaction, and the writes built on it: adding patients and notes, amending
+//! notes (docs/architecture.md, "Writes").
+
+use std::collections::HashMap;
+
+use carnet_storage::{Batch, Store};
+
+use super::logging::Event;
+use super::notes::Bodies;
+use super::patients::PatientState;
+use super::Vault;
+use crate::access::Duty;
+use crate::access_log::Action;
+use crate::envelope::{self, seal_frame};
+use crate::frame;
+use crate::keys::WrappedKey;
+use crate::model::{check_field, NewNote, NewPatient, NoteBody, NoteId, PatientId, Timestamp};
+use crate::records::{
+    note_link, registry_link, space, Blind, ManifestV1, NoteAt, NoteMetaV1, PatientKeyAt,
+    PatientV1, RegistryV1, META_REGISTRY,
+};
+use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord, RegistryRecord};
+use crate::Error;
+
+impl<S: Store> Vault<S> {
+    /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
+    pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
+        let id = patient.id.clone();
+        let result = self.require(Duty::Clinical).and_then(|()| {
+            let mut txn = Txn::new(self);
+            txn.log = Some(Logged {
+                action: Action::PatientAdd,
+                patient: Some(patient.id.as_str().to_string()),
+                note: None,
+            });
+            txn.create_patient(patient, Timestamp::now())?;
+            txn.commit()
+        });
+        self.log_failure(Action::PatientAdd, Some(&id), result)
+    }
+
+    /// Stores a note for an existing patient; returns its new id once it is durable.
+    pub fn add_note(&self, id: &PatientId, note: NewNote) -> Result<NoteId, Error> {
+        let result = self.require(Duty::Clinical).and_then(|()| {
+            let mut txn = Txn::new(self);
+            let blind = txn.existing_patient(id)?;
+            let note_id = txn.add_note(blind, note)?;
+            txn.log = Some(Logged {
+                action: Action::NoteAdd,
+                patient: Some(id.as_str().to_string()),
+                note: Some(note_id.to_string()),
+            });
+            txn.commit()?;
+            Ok(note_id)
+        });
+        self.log_failure(Action::NoteAdd, Some(id), result)
+    }
+
+    /// Appends a new version of a note (earlier versions stay readable); returns its version.
+    /// `author: None` keeps the previous version's author; the kind is kept.
+    pub fn amend_note(
+        &self,
+        id: &PatientId,
+        note: &NoteId,
+        body: NoteBody,
+        author: Option<String>,
+    ) -> Result<u32, Error> {
+        let result = self.amend_unlogged(id, note, body, author);
+        self.log_failure(Action::NoteAmend, Some(id), result)
+    }
+
+    fn amend_unlogged(
+        &self,
+        id: &PatientId,
+        note: &NoteId,
+        body: NoteBody,
+        author: Option<String>,
+    ) -> Result<u32, Error> {
+        self.require(Duty::Clinical)?;
+        check_field("the author", &author)?;
+        let mut txn = Txn::new(self);
+        let blind = txn.existing_patient(id)?;
+        let st = &txn.patients[&blind];
+        let latest = self
+            .notes_of(st, Bodies::None)?
+            .into_iter()
+            .filter(|d| d.note == note.0)
+            .max_by_key(|d| d.version)
+            .ok_or(Error::NoSuchNote)?;
+        let version = latest.version + 1;
+        let meta = NoteMetaV1 {
+            seq: 0,
+            created_at: latest.meta.created_at,
+            updated_at: Timestamp::now().unix_millis(),
+            author: author.or_else(|| latest.meta.author.clone()),
+            kind: latest.meta.kind.clone(),
+        };
+        txn.add_version(blind, note.0, version, meta, body.as_bytes())?;
+        txn.log = Some(Logged {
+            action: Action::NoteAmend,
+            patient: Some(id.as_str().to_string()),
+            note: Some(note.to_string()),
+        });
+        txn.commit()?;
+        Ok(version)
+    }
+}
+
+/// The access-log entry a transaction commits with its writes.
+pub(super) struct Logged {
+    pub(super) action: Action,
+    pub(super) patient: Option<String>,
+    pub(super) note: Option<String>,
+}
+
+/// A write transaction: stages records and the manifests and registry they change, then
+/// commits them in one atomic batch guarded by compare-and-swap on those manifests and on the
+/// registry, and flushes.
+pub(super) struct Txn<'v, S: Store> {
+    pub(super) vault: &'v Vault<S>,
+    pub(super) batch: Batch,
+    pub(super) patients: HashMap<Blind, PatientState>,
+    registry: Option<(RegistryV1, Vec<u8>)>,
+    registry_dirty: bool,
+    /// Wrapped keys of the patients this transaction registers, for the key store.
+    new_keys: Vec<(PatientKeyAt, WrappedKey)>,
+    /// The access-log entry committed with the writes.
+    pub(super) log: Option<Logged>,
+}
+
+impl<'v, S: Store> Txn<'v, S> {
+    pub(super) fn new(vault: &'v Vault<S>) -> Self {
+        Txn {
+            vault,
+            batch: Batch::new(),
+            patients: HashMap::new(),
+            registry: None,
+            registry_dirty: false,
+            new_keys: Vec::new(),
+            log: None,
+        }
+    }
+
+    /// Loads an existing patient into the transaction and returns its blind.
+    pub(super) fn existing_patient(&mut self, id: &PatientId) -> Result<Blind, Error> {
+        let blind = self.vault.keys.blind(id);
+        if !self.patients.contains_key(&blind) {
+            let st = self.vault.find_patient(id)?;
+            self.patients.insert(blind, st);
+        }
+        Ok(blind)
+    }
+
+    /// Stages a new patient, registered `at`: its key, record and empty manifest, and the
+    /// registry's new count and chain head.
+    pub(super) fn create_patient(&mut self, p: NewPatient, at: Timestamp) -> Result<(), Error> {
+        check_field("the name", &p.name)?;
+        let v = self.vault;
+        let blind = v.keys.blind(&p.id);
+        if self.patients.contains_key(&blind) || v.store.get(space::PATIENTS, &blind.0)?.is_some() {
+            return Err(Error::PatientExists);
+        }
+        if self.registry.is_none() {
+            self.registry = Some(v.load_registry()?);
+        }
+        let Some((reg, _)) = self.registry.as_mut() else {
+            return Err(Error::Internal("registry not loaded"));
+        };
+        let seq = reg.patients;
+        reg.patients += 1;
+        reg.head = registry_link(&reg.head, &blind);
+        self.registry_dirty = true;
+
+        let key_at = PatientKeyAt { blind, version: 1 };
+        let (pk, wrapped) = v.keys.new_patient_key(key_at)?;
+        let keys = pk.derive();
+        let info = PatientV1 {
+            seq,
+            id: p.id.as_str().to_string(),
+            name: p.name,
+            birth_date: p.birth_date.map(|d| d.as_str().to_string()),
+            created_at: at.unix_millis(),
+        };
+        let record = seal_frame::<PatientRecord, _>(&keys.record, v.vault_id(), &blind, &info)?;
+        self.new_keys.push((key_at, wrapped));
+        self.batch.require(space::PATIENTS, blind.0.to_vec(), None);
+        self.batch.put(space::PATIENTS, blind.0.to_vec(), record);
+        self.patients.insert(
+            blind,
+            PatientState {
+                blind,
+                keys,
+                info,
+                manifest: ManifestV1 {
+                    next_seq: 0,
+                    head: [0; 32],
+                    notes: 0,
+                },
+                manifest_stored: None,
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stages a new note (its first version) for a patient already in the transaction.
+    pub(super) fn add_note(&mut self, blind: Blind, note: NewNote) -> Result<NoteId, Error> {
+        check_field("the author", &note.author)?;
+        check_field("the kind", &note.kind)?;
+        let seq = self
+            .patients
+            .get(&blind)
+            .ok_or(Error::Internal("patient not loaded"))?
+            .manifest
+            .next_seq;
+        let id = NoteId::at_position(seq)?;
+        let now = Timestamp::now();
+        let meta = NoteMetaV1 {
+            seq: 0,
+            created_at: note.created_at.unwrap_or(now).unix_millis(),
+            updated_at: note.created_at.unwrap_or(now).unix_millis(),
+            author: note.author.clone(),
+            kind: note.kind.clone(),
+        };
+        self.add_version(blind, id.0, 1, meta, note.body.as_bytes())?;
+        Ok(id)
+    }
+
+    /// Stages one note version at the next position of the patient's chain.
+    fn add_version(
+        &mut self,
+        blind: Blind,
+        note: [u8; 16],
+        version: u32,
+        mut meta: NoteMetaV1,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        let v = self.vault;
+        let st = self
+            .patients
+            .get_mut(&blind)
+            .ok_or(Error::Internal("patient not loaded"))?;
+        meta.seq = st.manifest.next_seq;
+        let at = NoteAt {
+            blind,
+            note,
+            version,
+        };
+        let record = envelope::seal::<NoteRecord>(
+            &st.keys.note,
+            v.vault_id(),
+            &at,
+            &frame::encode(&meta, body)?,
+        )?;
+        // No "absent" precondition per note: the patient's manifest is guarded by
+        // compare-and-swap in the same batch, and every note version extends that manifest, so
+        // two writers of one note position cannot both commit (a lookup per note saved).
+        self.batch.put(space::NOTES, at.key(), record);
+        st.manifest.next_seq += 1;
+        st.manifest.head = note_link(&st.manifest.head, &note, version);
+        if version == 1 {
+            st.manifest.notes += 1;
+        }
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Seals the changed manifests and registry, commits everything atomically (guarded by
+    /// compare-and-swap on their stored values) and flushes.
+    pub(super) fn commit(&mut self) -> Result<(), Error> {
+        match self.prepare()? {
+            Some(p) => self.vault.apply(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals the changed manifests and registry into the batch and takes everything a commit
+    /// writes ([`Vault::apply`] writes it). From here on the transaction assumes that commit
+    /// succeeds: the next one is guarded by the bytes sealed now, so if it fails, drop the
+    /// transaction (a later commit could only fail its compare-and-swap, never overwrite).
+    pub(super) fn prepare(&mut self) -> Result<Option<Prepared>, Error> {
+        let v = self.vault;
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut sealed_manifests = Vec::new();
+        for st in self.patients.values().filter(|s| s.dirty) {
+            let m = seal_frame::<ManifestRecord, _>(
+                &st.keys.manifest,
+                v.vault_id(),
+                &st.blind,
+                &st.manifest,
+            )?;
+            batch.require(
+                space::MANIFESTS,
+                st.blind.0.to_vec(),
+                st.manifest_stored.clone(),
+            );
+            batch.put(space::MANIFESTS, st.blind.0.to_vec(), m.clone());
+            sealed_manifests.push((st.blind, m));
+        }
+        let mut sealed_registry = None;
+        if self.registry_dirty {
+            if let Some((reg, stored)) = &self.registry {
+                let r = seal_frame::<RegistryRecord, _>(v.keys.registry(), v.vault_id(), &(), reg)?;
+                batch.require(space::META, META_REGISTRY, Some(stored.clone()));
+                batch.put(space::META, META_REGISTRY, r.clone());
+                sealed_registry = Some(r);
+            }
+        }
+        if batch.is_empty() && batch.preconditions.is_empty() {
+            return Ok(None);
+        }
+        for (blind, _) in &sealed_manifests {
+            v.chains.forget(blind);
+        }
+        for (blind, m) in sealed_manifests {
+            if let Some(st) = self.patients.get_mut(&blind) {
+                st.manifest_stored = Some(m);
+                st.dirty = false;
+            }
+        }
+        if let (Some(r), Some((_, stored))) = (sealed_registry, self.registry.as_mut()) {
+            *stored = r;
+            self.registry_dirty = false;
+        }
+        Ok(Some(Prepared {
+            batch,
+            new_keys: std::mem::take(&mut self.new_keys),
+            log: self.log.take(),
+        }))
+    }
+}
+
+/// Everything one commit writes, sealed: see [`Txn::prepare`].
+pub(super) struct Prepared {
+    batch: Batch,
+    new_keys: Vec<(PatientKeyAt, WrappedKey)>,
+    log: Option<Logged>,
+}
+
+impl<S: Store> Vault<S> {
+    /// Writes a prepared commit: the new patients' wrapped keys first, then the records with
+    /// the access-log entry in one atomic batch, then a flush.
+    pub(super) fn apply(&self, p: Prepared) -> Result<(), Error> {
+        let Prepared {
+            mut batch,
+            new_keys,
+            log,
+        } = p;
+        let _writing = self.writing();
+        if !new_keys.is_empty() {
+            // The keys go first: a crash before the records are committed leaves unused keys,
+            // never a record without its key. Under the write lock no one else can register
+            // these patients between this check and the commit.
+            for (at, _) in &new_keys {
+                if self.store.get(space::PATIENTS, &at.blind.0)?.is_some() {
+                    return Err(Error::PatientExists);
+                }
+            }
+            self.keys.append_patient_keys(&self.store, new_keys)?;
+        }
+        // The access-log entry goes in the same atomic batch: no write without its entry.
+        if let Some(Logged {
+            action,
+            patient,
+            note,
+        }) = log
+        {
+            self.stage_log(
+                &mut batch,
+                &Event {
+                    action,
+                    patient: patient.as_deref(),
+                    note,
+                    outcome: "ok".into(),
+                },
+            )?;
+        }
+        self.store.commit(batch)?;
+        self.store.flush()?;
+        // The flush made any grouped access-log entries durable too.
+        self.log.flushed();
+        Ok(())
+    }
+}
