@@ -1,7 +1,7 @@
 //! `carnet`: the command line of Carnet, an encrypted patient-notes store.
 //!
 //! This file parses, dispatches, and is the one place that maps errors to exit codes
-//! (../shared/contract/cli.md, "Exit codes").
+//! (docs/cli.md, "Exit codes").
 #![forbid(unsafe_code)]
 
 /// jemalloc, not the system allocator (ADR 0009): glibc's malloc fragments under the import's
@@ -18,21 +18,38 @@ mod harden;
 mod progress;
 mod render;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, Parser};
 
-/// In `carnet audit --user NAME` (../shared/contract/cli.md) `--user` after `audit` filters the
-/// log by user; before `audit` (or as CARNET_USER) it still selects whose slot unlocks. clap's
-/// global `--user` cannot tell the two apart, so the filter is renamed here.
-fn audit_user_filter(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    if let Some(at) = args.iter().position(|a| a == "audit") {
-        for a in args.iter_mut().skip(at + 1) {
-            if a == "--user" {
-                *a = "--user-filter".into();
-            } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--user=")) {
-                *a = format!("--user-filter={v}").into();
-            }
+/// In `carnet audit --user NAME` (docs/cli.md, "audit") `--user` after the `audit` command
+/// filters the log by user; anywhere else, and before `audit` (or as CARNET_USER), it selects
+/// whose slot unlocks. clap's global `--user` cannot tell the two apart, so a first pass of clap
+/// over the global options alone finds where the command starts (the options before it, and
+/// their values, are clap's to recognise: `--vault audit` names a directory); only when that
+/// command is `audit` is a later `--user` renamed to the filter, `--user-filter`.
+fn audit_user_filter(mut args: Vec<OsString>) -> Vec<OsString> {
+    let first_pass = args::Global::augment_args(clap::Command::new("carnet"))
+        .allow_external_subcommands(true)
+        .disable_help_flag(true)
+        .disable_version_flag(true);
+    let Ok(matches) = first_pass.try_get_matches_from(&args) else {
+        // The real parse below reports the error.
+        return args;
+    };
+    let Some(("audit", command)) = matches.subcommand() else {
+        return args;
+    };
+    let after = command
+        .get_many::<OsString>("")
+        .map_or(0, |rest| rest.count());
+    let start = args.len() - after;
+    for a in &mut args[start..] {
+        if a == "--user" {
+            *a = "--user-filter".into();
+        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--user=")) {
+            *a = format!("--user-filter={v}").into();
         }
     }
     args
