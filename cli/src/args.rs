@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage error, 3 authentication failed, 4 no such
 /// patient or note, 5 integrity failure, 6 vault in use, 7 not permitted.
+///
+/// The complete reference (every command, option, exit code and JSON shape) is docs/cli.md in
+/// Carnet's source; `carnet man` prints the manual page.
 #[derive(Parser)]
 #[command(
     name = "carnet",

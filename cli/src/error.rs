@@ -4,7 +4,7 @@
 use carnet_core::Error as CoreError;
 use carnet_storage::StoreError;
 
-/// Exit codes of ../shared/contract/cli.md.
+/// Exit codes of docs/cli.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     Failure = 1,

@@ -1,5 +1,5 @@
 //! `carnet import`'s line parser: one JSON Lines record into the patient and note it
-//! describes (../shared/contract/cli.md, `import`). Part of the binary's private library (see
+//! describes (docs/cli.md, `import`). Part of the binary's private library (see
 //! lib.rs); the fuzz target `import_line` reaches it through `carnet_cli::fuzzing`.
 
 use carnet_core::{BirthDate, NewNote, NewPatient, NoteBody, PatientId};
@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::timestamp::parse_rfc3339;
 
-/// One line of the import file (../shared/contract/cli.md, `import`).
+/// One line of the import file (docs/cli.md, `import`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {

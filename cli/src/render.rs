@@ -1,4 +1,4 @@
-//! Rendering: timestamps, JSON shapes of ../shared/contract/cli.md, and stdout.
+//! Rendering: timestamps, the JSON shapes and words of docs/cli.md, and stdout.
 
 use std::io::Write;
 

@@ -1,4 +1,4 @@
-//! The command-line contract (../shared/contract/cli.md), command by command, exit code by
+//! The command-line contract (docs/cli.md), command by command, exit code by
 //! exit code, against the built binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 

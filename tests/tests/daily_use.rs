@@ -1,5 +1,6 @@
-//! Fit for daily use (issue 6): every command's `--help` teaches with an example, and every
-//! command that prints data prints JSON with `--json`.
+//! Fit for daily use (issue 6): every command's `--help` teaches with an example, every
+//! command and option is in the reference (docs/cli.md), and every command that prints data
+//! prints JSON with `--json`.
 
 use carnet_tests::{carnet_bin, run_cmd, TestVault};
 use std::process::Command;
@@ -21,28 +22,93 @@ fn subcommands(path: &[String]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn every_command_help_has_an_example() {
+/// Every command path the binary has (the top level is `[]`), with its `--help` text.
+fn every_command() -> Vec<(Vec<String>, String)> {
     let mut todo: Vec<Vec<String>> = vec![vec![]];
-    let mut seen = 0;
+    let mut out = Vec::new();
     while let Some(path) = todo.pop() {
         let mut c = Command::new(carnet_bin());
         c.args(&path).arg("--help");
         let help = run_cmd(c, None).expect(0).stdout_str();
-        assert!(
-            help.contains("Example"),
-            "`carnet {} --help` has no example:\n{help}",
-            path.join(" ")
-        );
-        seen += 1;
         for sub in subcommands(&path) {
             let mut p = path.clone();
             p.push(sub);
             todo.push(p);
         }
+        out.push((path, help));
     }
     // The contract's commands and groups, and the top level: a broken walk finds few.
-    assert!(seen >= 30, "only {seen} commands found");
+    assert!(out.len() >= 30, "only {} commands found", out.len());
+    out
+}
+
+#[test]
+fn every_command_help_has_an_example() {
+    for (path, help) in every_command() {
+        assert!(
+            help.contains("Example"),
+            "`carnet {} --help` has no example:\n{help}",
+            path.join(" ")
+        );
+    }
+}
+
+#[test]
+fn every_command_and_option_is_in_the_reference() {
+    let reference = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md"),
+    )
+    .unwrap();
+    let top_help = run_cmd(
+        {
+            let mut c = Command::new(carnet_bin());
+            c.arg("--help");
+            c
+        },
+        None,
+    )
+    .expect(0)
+    .stdout_str();
+    assert!(
+        top_help.contains("docs/cli.md"),
+        "`carnet --help` points to the reference"
+    );
+    for (path, help) in every_command() {
+        if !path.is_empty() {
+            // A heading per command: "### `carnet note add ID …`"; a group is the start of
+            // its commands' headings.
+            let heading = format!("### `carnet {}", path.join(" "));
+            let listed = reference.match_indices(&heading).any(|(i, _)| {
+                matches!(
+                    reference[i + heading.len()..].chars().next(),
+                    Some(' ' | '`')
+                )
+            });
+            assert!(
+                listed,
+                "docs/cli.md has no section for `carnet {}`",
+                path.join(" ")
+            );
+        }
+        // Every long option its help lists.
+        let options = help
+            .lines()
+            .skip_while(|l| !l.starts_with("Options:"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with(' '))
+            .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == ','))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.split(['=', '[', '<']).next().unwrap_or(w).to_string());
+        for option in options {
+            assert!(
+                ['`', ' ', '[', '(']
+                    .iter()
+                    .any(|before| reference.contains(&format!("{before}{option}"))),
+                "docs/cli.md never mentions {option} (of `carnet {}`)",
+                path.join(" ")
+            );
+        }
+    }
 }
 
 #[test]
