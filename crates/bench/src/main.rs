@@ -22,8 +22,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: failures abort the run
 
 /// jemalloc, not the system allocator (ADR 0009): glibc's malloc fragments under the import's
-/// pattern of 2 KiB records allocated on one thread and freed on another. (The `carnet` binary
-/// keeps the system allocator for now: see the ADR.)
+/// pattern of 2 KiB records allocated on one thread and freed on another. The `carnet` binary
+/// uses it too, so both measure the same allocator.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

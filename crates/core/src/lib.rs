@@ -94,6 +94,8 @@ mod recovery;
 mod sealing;
 mod secret;
 mod vault;
+#[cfg(test)]
+mod vectors;
 
 pub use access::{Role, User};
 pub use access_log::{Action, AuditFilter, Checkpoint, LogEntry, ReadLog};
