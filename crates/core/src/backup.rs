@@ -46,6 +46,7 @@ fn doc_named(name: &[u8]) -> Option<DocName> {
 
 /// What a backup or restore moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackupSummary {
     /// Records (every space).
     pub records: u64,

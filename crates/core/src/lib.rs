@@ -111,5 +111,5 @@ pub use recovery::RecoveryKey;
 pub use secret::Passphrase;
 pub use vault::{
     is_vault, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation, Patients,
-    Unfinished, Vault, VerifyReport, DEFAULT_USER,
+    Unfinished, Vault, VerifyReport,
 };

@@ -166,7 +166,9 @@ pub(crate) fn check_field(what: &str, v: &Option<String>) -> Result<(), Error> {
     }
 }
 
-/// A patient to register. Its `Debug` output shows no field (they are secrets).
+/// A patient to register: [`NewPatient::new`], then set the fields known. Its `Debug` output
+/// shows no field (they are secrets).
+#[non_exhaustive]
 pub struct NewPatient {
     /// The identifier.
     pub id: PatientId,
@@ -188,6 +190,7 @@ impl NewPatient {
 }
 
 /// A registered patient, decrypted.
+#[non_exhaustive]
 pub struct Patient {
     /// The identifier.
     pub id: PatientId,
@@ -236,7 +239,9 @@ impl fmt::Debug for NoteBody {
     }
 }
 
-/// A note to store (or a new version of one). Its `Debug` output shows only the body's size.
+/// A note to store: [`NewNote::new`], then set the fields known. Its `Debug` output shows only
+/// the body's size.
+#[non_exhaustive]
 pub struct NewNote {
     /// The text (any bytes, at most 16 MiB).
     pub body: NoteBody,
@@ -275,6 +280,7 @@ impl NewNote {
 }
 
 /// One version of a note, decrypted.
+#[non_exhaustive]
 pub struct Note {
     /// The note's id.
     pub id: NoteId,
@@ -305,6 +311,7 @@ impl fmt::Debug for Note {
 }
 
 /// One search hit.
+#[non_exhaustive]
 pub struct SearchHit {
     /// The patient.
     pub patient_id: PatientId,

@@ -41,7 +41,6 @@ mod verify;
 mod write;
 
 pub use import::{Import, ImportSummary};
-pub use open::DEFAULT_USER;
 pub use rotate_master::MasterRotation;
 pub use rotate_patients::{PatientRotation, Patients};
 pub use status::{KeyStatus, Unfinished};

@@ -18,9 +18,6 @@ use crate::sealing::{LogHeadRecord, RegistryRecord, UsersRecord};
 use crate::secret::Passphrase;
 use crate::Error;
 
-/// The user whose slot `create` makes unless told otherwise.
-pub const DEFAULT_USER: &str = "admin";
-
 impl<S: Store> Vault<S> {
     /// Creates a new vault in an empty `store`, with one passphrase slot for `user`.
     ///
