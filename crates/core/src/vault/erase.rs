@@ -7,7 +7,6 @@ use super::Vault;
 use crate::access::Duty;
 use crate::access_log::Action;
 use crate::envelope::seal_frame;
-use crate::error::{integrity, ProblemKind};
 use crate::model::PatientId;
 use crate::records::{
     registry_link, space, Blind, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
@@ -54,11 +53,8 @@ impl<S: Store> Vault<S> {
         // The remaining patients, in registry order, with their records re-sealed when their
         // position changes.
         let mut patients: Vec<(u64, Blind, Vec<u8>, PatientV1, u32)> = Vec::new();
-        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
-            let (k, v) = r?;
-            let blind = Blind::from_slice(&k).ok_or_else(|| {
-                integrity("patients", ProblemKind::Malformed, "malformed storage key")
-            })?;
+        for r in self.patient_records() {
+            let (blind, v) = r?;
             if blind == *gone {
                 continue;
             }

@@ -140,17 +140,24 @@ impl<S: Store> Vault<S> {
         Ok(st)
     }
 
-    /// Every registered patient, in storage order.
-    pub(super) fn all_patients(&self) -> Result<Vec<PatientState>, Error> {
-        let mut out = Vec::new();
-        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
+    /// Every stored patient record, in storage order, with its blind (still sealed).
+    pub(super) fn patient_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(Blind, Vec<u8>), Error>> + '_ {
+        self.store.scan_prefix(space::PATIENTS, &[]).map(|r| {
             let (k, v) = r?;
             let blind = Blind::from_slice(&k).ok_or_else(|| {
                 integrity("patients", ProblemKind::Malformed, "malformed storage key")
             })?;
-            out.push(self.load_patient(&blind, &v)?);
-        }
-        Ok(out)
+            Ok((blind, v))
+        })
+    }
+
+    /// Every registered patient, in storage order.
+    pub(super) fn all_patients(&self) -> Result<Vec<PatientState>, Error> {
+        self.patient_records()
+            .map(|r| r.and_then(|(blind, v)| self.load_patient(&blind, &v)))
+            .collect()
     }
 
     /// The registry and its stored bytes.

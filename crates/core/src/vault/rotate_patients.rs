@@ -66,11 +66,8 @@ impl<S: Store> Vault<S> {
             by_blind.entry(at.blind).or_default().push(at.version);
         }
         let mut out = Vec::new();
-        for r in self.store.scan_prefix(space::PATIENTS, &[]) {
-            let (k, v) = r?;
-            let blind = Blind::from_slice(&k).ok_or_else(|| {
-                integrity("patients", ProblemKind::Malformed, "malformed storage key")
-            })?;
+        for r in self.patient_records() {
+            let (blind, v) = r?;
             let sealed = Sealed::parse(&v)
                 .map_err(|e| parse_error(&format!("patient {}", blind.short()), e))?;
             let mut versions = by_blind.remove(&blind).unwrap_or_default();
