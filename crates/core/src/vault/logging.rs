@@ -4,6 +4,7 @@
 //! returning the result; key and user operations log their outcome. The log's records and
 //! chain are specified in docs/format.md, "Access log".
 
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -39,6 +40,13 @@ impl LogState {
     pub(super) fn flushed(&self) {
         *self.unsynced() = None;
     }
+}
+
+/// Whether `e` is by `user`: its name, with a passphrase or the recovery key; or the name as
+/// format 1 stores a recovery-key unlock (`NAME (recovery key)`), for that unlock only.
+fn by_user(e: &LogEntry, user: &str) -> bool {
+    e.user == user
+        || (e.via_recovery_key && user.strip_suffix(RECOVERY_SUFFIX) == Some(e.user.as_str()))
 }
 
 /// An event to log.
@@ -226,6 +234,13 @@ impl<S: Store> Vault<S> {
             }
             Err(e) => return Err(e),
         };
+        // Format 1 stores a recovery-key unlock as a suffix of the user name. Vaults made before
+        // such names were refused may hold a user whose name ends with it: a name that is a
+        // listed user is taken as it is.
+        let listed: HashSet<String> = self
+            .load_users()
+            .map(|(u, _)| u.users.into_iter().map(|u| u.name).collect())
+            .unwrap_or_default();
         let mut chain = [0u8; 32];
         let mut out = Vec::new();
         let mut expected = 0u64;
@@ -267,8 +282,8 @@ impl<S: Store> Vault<S> {
             };
             chain = log_link(&chain, &v);
             let (user, via_recovery_key) = match e.user.strip_suffix(RECOVERY_SUFFIX) {
-                Some(name) => (name.to_string(), true),
-                None => (e.user, false),
+                Some(name) if !listed.contains(&e.user) => (name.to_string(), true),
+                _ => (e.user, false),
             };
             out.push((
                 LogEntry {
@@ -314,7 +329,7 @@ impl<S: Store> Vault<S> {
                         .as_ref()
                         .is_none_or(|p| e.patient_id.as_deref() == Some(p.as_str()))
                 })
-                .filter(|e| filter.user.as_ref().is_none_or(|u| e.user == *u))
+                .filter(|e| filter.user.as_ref().is_none_or(|u| by_user(e, u)))
                 .filter(|e| filter.since.is_none_or(|t| e.at >= t))
                 .collect())
         })
