@@ -1,7 +1,7 @@
 //! Opening the vault: where it is, the passphrase, and unlocking.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use carnet_core::{Passphrase, RecoveryKey, Vault};
@@ -27,26 +27,42 @@ pub fn vault_dir(global: &Global) -> Result<PathBuf, CliError> {
     }
 }
 
+/// Opens a file that holds a secret (a passphrase, a recovery key), refusing one that other
+/// users can read or change, as ssh refuses such a private key.
+fn open_secret_file(path: &Path, what: &str) -> Result<File, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = File::open(path)
+        .map_err(|e| CliError::usage(format!("cannot read the {what} {}: {e}", path.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| CliError::usage(format!("cannot read the {what} {}: {e}", path.display())))?;
+    // Pipes and terminals (`/dev/stdin`) have no such meaning; regular files must be private.
+    let mode = meta.permissions().mode() & 0o777;
+    if meta.is_file() && mode & 0o077 != 0 {
+        return Err(CliError::usage(format!(
+            "the {what} {} can be read or changed by other users: its mode is {mode:03o}",
+            path.display()
+        ))
+        .hint(format!("make it yours alone: chmod 600 {}", path.display())));
+    }
+    Ok(f)
+}
+
 /// The passphrase from a file: its first line, without the line ending.
 pub fn passphrase_from_file(path: &Path) -> Result<Passphrase, CliError> {
-    let f = File::open(path).map_err(|e| {
+    let f = open_secret_file(path, "passphrase file")?;
+    // Read straight into one zeroizing buffer, allocated once (no BufReader, no growth: both
+    // would leave copies of the passphrase in memory).
+    const MAX: usize = 64 * 1024;
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX));
+    f.take(MAX as u64).read_to_end(&mut line).map_err(|e| {
         CliError::usage(format!(
             "cannot read the passphrase file {}: {e}",
             path.display()
         ))
     })?;
-    let mut line = Zeroizing::new(Vec::new());
-    BufReader::new(f)
-        .take(64 * 1024)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| {
-            CliError::usage(format!(
-                "cannot read the passphrase file {}: {e}",
-                path.display()
-            ))
-        })?;
-    if line.last() == Some(&b'\n') {
-        line.pop();
+    if let Some(end) = line.iter().position(|b| *b == b'\n') {
+        line.truncate(end);
     }
     if line.last() == Some(&b'\r') {
         line.pop();
@@ -147,12 +163,17 @@ pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
 
 /// A recovery key from a file, as printed by `init` or `key rotate-recovery`.
 fn recovery_key_from_file(path: &Path) -> Result<RecoveryKey, CliError> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        CliError::usage(format!(
-            "cannot read the recovery key file {}: {e}",
-            path.display()
-        ))
-    })?);
+    let mut f = open_secret_file(path, "recovery key file")?;
+    let mut text = Zeroizing::new(String::new());
+    f.by_ref()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            CliError::usage(format!(
+                "cannot read the recovery key file {}: {e}",
+                path.display()
+            ))
+        })?;
     Ok(RecoveryKey::parse(&text)?)
 }
 

@@ -21,6 +21,16 @@ pub fn no_core_dumps() {
     }
 }
 
+/// Makes every file and directory this process creates private to its owner (umask 077),
+/// whatever the umask it was started with: sled's files, temporary files, backups, recovery-key
+/// files. Carnet's own files are also created with explicit owner-only modes.
+pub fn private_files() {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[test]

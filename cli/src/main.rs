@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         );
     }));
     harden::no_core_dumps();
+    harden::private_files();
     // clap exits 2 on usage errors and 0 for --help and --version.
     let cli = args::Cli::parse_from(audit_user_filter(std::env::args_os().collect()));
     match std::panic::catch_unwind(|| cmd::run(cli)) {

@@ -84,7 +84,7 @@ impl TestVault {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("vault");
         let pass_file = tmp.path().join("pass");
-        std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+        write_secret(&pass_file, format!("{PASS}\n"));
         TestVault {
             tmp,
             dir,
@@ -180,6 +180,14 @@ pub fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Run {
         stdout,
         stderr,
     }
+}
+
+/// Writes a file that holds a secret (a passphrase, a recovery key) as a careful administrator
+/// would: readable by its owner only, as `carnet` requires of such files.
+pub fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Every regular file under `dir`, recursively, with its contents.

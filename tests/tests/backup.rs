@@ -105,7 +105,10 @@ fn the_archive_holds_no_plaintext() {
 fn the_format_1_golden_archive_restores_and_reads_exactly() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
     let v = TestVault::new();
-    std::fs::copy(golden.join("passphrase.txt"), &v.pass_file).unwrap();
+    carnet_tests::write_secret(
+        &v.pass_file,
+        std::fs::read(golden.join("passphrase.txt")).unwrap(),
+    );
     v.run(&["restore", golden.join("backup.carnet").to_str().unwrap()])
         .expect(0);
     v.run(&["verify"]).expect(0);

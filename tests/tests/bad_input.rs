@@ -41,9 +41,9 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let big = v.tmp.path().join("big");
     std::fs::write(&big, vec![b'x'; 16 * 1024 * 1024 + 1]).unwrap();
     let empty_pass = v.tmp.path().join("empty-pass");
-    std::fs::write(&empty_pass, "").unwrap();
+    carnet_tests::write_secret(&empty_pass, "");
     let wrong_pass = v.tmp.path().join("wrong-pass");
-    std::fs::write(&wrong_pass, "definitely not it\n").unwrap();
+    carnet_tests::write_secret(&wrong_pass, "definitely not it\n");
     let bad_json = v.tmp.path().join("bad.jsonl");
     std::fs::write(&bad_json, "{\"patient_id\":\"p1\",\"body\":\"ok\"}\n{not json}\n{\"patient_id\":\"p1\"}\n{\"patient_id\":1,\"body\":\"x\"}\n{\"patient_id\":\"p1\",\"body\":\"x\",\"birth_date\":\"2001-02-30\"}\n{\"patient_id\":\"p1\",\"body\":\"trunc").unwrap();
     let long_id = "x".repeat(257);

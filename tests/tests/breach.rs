@@ -124,7 +124,7 @@ fn no_canary_reaches_the_disk_or_an_error_message() {
     // A user with a canary name, whose reads land in the access log with the patient's id.
     let user = c("UserName");
     let user_pass = v.tmp.path().join("user.pass");
-    std::fs::write(&user_pass, "the canary user's passphrase\n").unwrap();
+    carnet_tests::write_secret(&user_pass, "the canary user's passphrase\n");
     v.run(&[
         "user",
         "add",

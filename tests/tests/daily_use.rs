@@ -115,7 +115,7 @@ fn every_command_and_option_is_in_the_reference() {
 fn every_data_printing_command_speaks_json() {
     let v = TestVault::init();
     let np = v.tmp.path().join("np");
-    std::fs::write(&np, "another long passphrase\n").unwrap();
+    carnet_tests::write_secret(&np, "another long passphrase\n");
     let np = np.to_str().unwrap();
     let import = v.tmp.path().join("in.jsonl");
     std::fs::write(&import, "{\"patient_id\":\"P2\",\"body\":\"imported\"}\n").unwrap();

@@ -18,7 +18,11 @@ fn golden(version: &str) -> TestVault {
     let v = TestVault::new();
     // sled writes on open, so the checked-in files are never opened in place.
     copy_dir(&src.join("vault"), &v.dir);
-    std::fs::copy(src.join("passphrase.txt"), &v.pass_file).unwrap();
+    // The checked-in secrets are copied to files of their own, private as carnet requires.
+    carnet_tests::write_secret(
+        &v.pass_file,
+        std::fs::read(src.join("passphrase.txt")).unwrap(),
+    );
     v
 }
 
@@ -103,7 +107,12 @@ fn format_1_vault_keys_are_as_written() {
 fn format_1_vault_opens_with_its_recovery_key_and_second_user() {
     let v = golden("v1");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
-    let key = dir.join("recovery-key.txt");
+    let private = |name: &str| {
+        let copy = v.tmp.path().join(name);
+        carnet_tests::write_secret(&copy, std::fs::read(dir.join(name)).unwrap());
+        copy
+    };
+    let key = private("recovery-key.txt");
     assert_eq!(
         v.run(&[
             "--recovery-key-file",
@@ -117,7 +126,7 @@ fn format_1_vault_opens_with_its_recovery_key_and_second_user() {
         expected("v1", "patient-list.json")
     );
     let mut c = v.cmd(&["--user", "nurse", "patient", "list", "--json"]);
-    c.env("CARNET_PASSPHRASE_FILE", dir.join("nurse-passphrase.txt"));
+    c.env("CARNET_PASSPHRASE_FILE", private("nurse-passphrase.txt"));
     assert_eq!(
         carnet_tests::run_cmd(c, None).expect(0).json(),
         expected("v1", "patient-list.json")

@@ -108,7 +108,7 @@ fn key_commands_work_and_plans_change_nothing() {
 
     // Passphrase change: the old one stops working.
     let new = v.tmp.path().join("new-pass");
-    std::fs::write(&new, "another long passphrase\n").unwrap();
+    carnet_tests::write_secret(&new, "another long passphrase\n");
     std::fs::write(v.tmp.path().join("short"), "short\n").unwrap();
     v.run(&[
         "key",
@@ -171,7 +171,7 @@ fn change_passphrase_leaves_no_old_slot() {
         old_root[slot + 104..slot + 152].to_vec(),
     ];
     let new = v.tmp.path().join("new-pass");
-    std::fs::write(&new, "another long passphrase\n").unwrap();
+    carnet_tests::write_secret(&new, "another long passphrase\n");
     v.run(&[
         "key",
         "change-passphrase",

@@ -10,7 +10,7 @@ fn clinic() -> (TestVault, String) {
     let v = TestVault::init();
     for (name, role) in [("clin", "clinician"), ("aud", "auditor")] {
         let f = v.tmp.path().join(format!("{name}.pass"));
-        std::fs::write(&f, format!("{name} has a long passphrase\n")).unwrap();
+        carnet_tests::write_secret(&f, format!("{name} has a long passphrase\n"));
         v.run(&[
             "user",
             "add",
@@ -42,7 +42,7 @@ fn every_command_checks_the_role() {
     let import = v.tmp.path().join("i.jsonl");
     std::fs::write(&import, "{\"patient_id\":\"p9\",\"body\":\"x\"}\n").unwrap();
     let newpass = v.tmp.path().join("np");
-    std::fs::write(&newpass, "a new long passphrase\n").unwrap();
+    carnet_tests::write_secret(&newpass, "a new long passphrase\n");
     let (imp, np) = (import.to_str().unwrap(), newpass.to_str().unwrap());
     // (command, clinician's exit, auditor's exit)
     let table: Vec<(Vec<&str>, i32, i32)> = vec![
@@ -101,7 +101,7 @@ fn users_are_added_listed_and_removed() {
         json!([{"name": "admin", "role": "admin"}, {"name": "clin", "role": "clinician"}, {"name": "aud", "role": "auditor"}])
     );
     let f = v.tmp.path().join("x.pass");
-    std::fs::write(&f, "short\n").unwrap();
+    carnet_tests::write_secret(&f, "short\n");
     v.run(&[
         "user",
         "add",
@@ -175,7 +175,7 @@ fn recovery_drill_lose_every_passphrase_recover_set_a_new_one() {
     // Recover with the key (no passphrase is read), and set a new passphrase.
     let key = key_file.to_str().unwrap();
     let new = v.tmp.path().join("new");
-    std::fs::write(&new, "the new admin passphrase\n").unwrap();
+    carnet_tests::write_secret(&new, "the new admin passphrase\n");
     assert_eq!(
         v.run(&["--recovery-key-file", key, "note", "show", "p1", &n])
             .expect(0)
@@ -201,7 +201,7 @@ fn recovery_drill_lose_every_passphrase_recover_set_a_new_one() {
     let mut typo: Vec<char> = text.trim().chars().collect();
     typo[3] = if typo[3] == 'Z' { 'Y' } else { 'Z' };
     let typo_file = v.tmp.path().join("typo.txt");
-    std::fs::write(&typo_file, typo.into_iter().collect::<String>()).unwrap();
+    carnet_tests::write_secret(&typo_file, typo.into_iter().collect::<String>());
     let r = v
         .run(&[
             "--recovery-key-file",

@@ -65,6 +65,24 @@ pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
     ))
 }
 
+/// Removes what restores killed before their end left beside the target: directories named
+/// `prefix…` (only directories, never followed if they are links).
+fn remove_stale_staging(parent: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(prefix))
+            && e.file_type().is_ok_and(|t| t.is_dir());
+        if stale {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
     let dir = context::vault_dir(g)?;
     if dir.exists()
@@ -77,27 +95,38 @@ pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
     }
     let input = fs::File::open(file)
         .map_err(|e| CliError::failure(format!("cannot open {}: {e}", file.display())))?;
-    // Restore beside the target, then rename it into place: a failed restore leaves nothing.
+    // Restore into a fresh private directory beside the target (mkdtemp: 0700, a new random
+    // name nobody could plant), then rename it into place: a failed restore leaves nothing.
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let staging = dir.with_file_name(format!(".{name}.restoring"));
-    let _ = fs::remove_dir_all(&staging);
-    let result = (|| {
-        let store = SledStore::create(&staging)?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent)
+        .map_err(|e| CliError::failure(format!("cannot create {}: {e}", parent.display())))?;
+    let prefix = format!(".{name}.restoring-");
+    remove_stale_staging(&parent, &prefix);
+    let staging = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            CliError::failure(format!(
+                "cannot create a directory in {}: {e}",
+                parent.display()
+            ))
+        })?;
+    let summary = (|| {
+        let store = SledStore::create(staging.path())?;
         let s = restore_backup(BufReader::new(input), &store)?;
         drop(store);
-        let _ = fs::remove_file(staging.join("carnet.lock"));
+        let _ = fs::remove_file(staging.path().join("carnet.lock"));
         Ok::<_, CliError>(s)
-    })();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
+    })()?;
+    // From here on the directory is the restored vault: it must not be deleted on drop.
+    let staging = staging.keep();
     if dir.exists() {
         fs::remove_dir(&dir)
             .map_err(|e| CliError::failure(format!("cannot replace {}: {e}", dir.display())))?;

@@ -8,10 +8,16 @@
 //!                   or appended to with write + fsync
 //! DIR/store/        sled's files; every space lives in sled's default tree
 //! ```
+//!
+//! Everything is private to its owner whatever the process umask: the directories are made
+//! 0700 and the files Carnet writes 0600, and opening a store makes an older one private too
+//! (its directories 0700, its files 0600). Temporary files are created exclusively (never
+//! through a link planted in their place), and no file is opened through a symbolic link.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -25,6 +31,56 @@ const STORE_NEW: &str = "store.new";
 const STORE_OLD: &str = "store.old";
 /// sled's page cache: bounded, so memory does not grow with the vault.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Directories are their owner's only.
+const DIR_MODE: u32 = 0o700;
+/// Files are their owner's only.
+const FILE_MODE: u32 = 0o600;
+
+/// `opts` creating files readable by their owner only, and never opening a symbolic link.
+fn private(opts: &mut OpenOptions) -> &mut OpenOptions {
+    opts.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW)
+}
+
+/// Creates `dir` (and its parents) private to its owner, or makes an existing one so.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+        .map_err(|e| StoreError::io(format!("cannot restrict {}", dir.display()), e))
+}
+
+/// Makes the store in `dir` private to its owner, as a store made before Carnet did so may not
+/// be: the directories 0700, every file 0600. Links are left alone; a file this process does
+/// not own is reported.
+fn make_private(dir: &Path) -> Result<(), StoreError> {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        restrict(&d, DIR_MODE)?;
+        for name in list(&d)? {
+            let path = d.join(name);
+            let meta = fs::symlink_metadata(&path)
+                .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+            if meta.is_dir() {
+                todo.push(path);
+            } else if meta.is_file() && meta.permissions().mode() & 0o777 != FILE_MODE {
+                restrict(&path, FILE_MODE)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| {
+        StoreError::io(
+            format!("cannot make {} private to its owner", path.display()),
+            e,
+        )
+    })
+}
 
 /// A [`Store`] on disk, backed by sled.
 ///
@@ -86,10 +142,8 @@ impl SledStore {
             if entries.next().is_some() {
                 return Err(StoreError::NotEmpty(dir.display().to_string()));
             }
-        } else {
-            fs::create_dir_all(dir)
-                .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
         }
+        create_private_dir(dir)?;
         let store = Self::open_inner(dir)?;
         sync_dir(dir)?;
         Ok(store)
@@ -134,21 +188,23 @@ impl SledStore {
 
     fn open_inner(dir: &Path) -> Result<Self, StoreError> {
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| {
-                StoreError::io(
-                    format!(
-                        "cannot open {} (is the vault directory writable?)",
-                        lock_path.display()
-                    ),
-                    e,
-                )
-            })?;
+        let lock = private(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::io(
+                format!(
+                    "cannot open {} (is the vault directory writable?)",
+                    lock_path.display()
+                ),
+                e,
+            )
+        })?;
         // A lock can also look taken for a moment when a process that just released it had
         // forked (a child inherits the lock until it execs): try for up to a second before
         // calling the vault in use.
@@ -172,8 +228,11 @@ impl SledStore {
                 ))
             }
         }
+        restrict(dir, DIR_MODE)?;
         recover_replacement(dir)?;
         let db = open_sled(&dir.join(STORE_DIR))?;
+        // After sled's open, which writes a snapshot with the process's umask.
+        make_private(dir)?;
         Ok(SledStore {
             dir: dir.to_path_buf(),
             db: std::sync::RwLock::new(db),
@@ -240,6 +299,8 @@ fn fsync_store_files(
         let mut new = Vec::new();
         for entry in list(&blobs)? {
             if !synced.contains(&entry) {
+                // sled creates blob files with the process's umask.
+                restrict(&blobs.join(&entry), FILE_MODE)?;
                 fsync_file(&blobs.join(&entry))?;
                 new.push(entry);
             }
@@ -410,7 +471,14 @@ impl Store for SledStore {
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(name.name());
         let tmp = self.dir.join(format!("{}.tmp", name.name()));
-        let mut f = File::create(&tmp)
+        // A temporary file left by a crash, or anything planted in its place (a link to another
+        // file), is removed, not followed; the new one is created exclusively.
+        if fs::symlink_metadata(&tmp).is_ok() {
+            fs::remove_file(&tmp)
+                .map_err(|e| StoreError::io(format!("cannot remove {}", tmp.display()), e))?;
+        }
+        let mut f = private(OpenOptions::new().write(true).create_new(true))
+            .open(&tmp)
             .map_err(|e| StoreError::io(format!("cannot create {}", tmp.display()), e))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
@@ -456,6 +524,7 @@ impl Store for SledStore {
                 &Mutex::new(HashSet::new()),
                 &Mutex::new(HashSet::new()),
             )?;
+            make_private(&new_path)?;
         }
         sync_dir(&self.dir)?;
         // 2. Swap, while no reader or writer of this store runs. A crash between the two
@@ -489,9 +558,7 @@ impl Store for SledStore {
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(name.name());
         let existed = path.exists();
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
+        let mut f = private(OpenOptions::new().append(true).create(true))
             .open(&path)
             .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), e))?;
         f.write_all(bytes)

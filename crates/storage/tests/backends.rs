@@ -225,3 +225,65 @@ fn sled_opens_after_a_kill_while_it_was_writing_a_snapshot() {
         assert!(!store.join(name).exists(), "the torn file is gone");
     }
 }
+
+/// The mode bits (permissions) of `p`, not following a link.
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn sled_keeps_everything_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    // A directory the user made beforehand, open to everyone.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = SledStore::create(&dir).unwrap();
+    s.replace_doc(ROOT, b"keyring").unwrap();
+    s.append_doc(DocName::new("keys"), b"entry").unwrap();
+    let mut b = Batch::new();
+    b.put(S, b"k".to_vec(), vec![7; 100_000]);
+    s.commit(b).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    // A store made by an older Carnet under umask 022: opening it makes it private.
+    let planted = dir.join("store").join("old-file");
+    std::fs::write(&planted, b"x").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.join("root"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = SledStore::open(&dir).unwrap();
+    drop(s);
+    assert_eq!(mode(&dir), 0o700);
+    let mut checked = 0;
+    for p in walk(&dir) {
+        let m = mode(&p);
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(m, want, "{} is {m:o}", p.display());
+        checked += 1;
+    }
+    assert!(checked >= 6, "the walk saw the store's files: {checked}");
+}
+
+#[test]
+fn sled_never_writes_a_document_through_a_planted_link() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let s = SledStore::create(&dir).unwrap();
+    s.replace_doc(ROOT, b"first").unwrap();
+    // Someone who can write the directory plants `root.tmp` pointing at another file.
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("root.tmp")).unwrap();
+    s.replace_doc(ROOT, b"second").unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    assert_eq!(s.read_doc(ROOT).unwrap().unwrap(), b"second");
+    assert!(!dir.join("root.tmp").exists(), "the link is gone");
+    // A document replaced by a link is not followed either.
+    std::fs::remove_file(dir.join("keys")).ok();
+    std::os::unix::fs::symlink(&victim, dir.join("keys")).unwrap();
+    assert!(s.append_doc(DocName::new("keys"), b"entry").is_err());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+}

@@ -1,0 +1,166 @@
+//! A storage host that can write (issue 12): what a local user or the host of the vault's
+//! directory can no longer do against the built binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use carnet_tests::{files_under, run_cmd, write_secret, TestVault, INIT};
+
+/// Runs `carnet args` under umask 022, the common default that made the vault world-readable.
+fn under_umask_022(v: &TestVault, args: &[&str]) -> carnet_tests::Run {
+    run_cmd(
+        v.cmd_via(&["sh", "-c", "umask 022; exec \"$0\" \"$@\""], args),
+        None,
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Every directory under `dir` (and `dir` itself) is 0700 and every file 0600.
+fn assert_private(dir: &Path) {
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                assert_eq!(mode(&p), 0o700, "{}", p.display());
+                stack.push(p);
+            }
+        }
+    }
+    let files = files_under(dir);
+    assert!(!files.is_empty());
+    for (p, _) in files {
+        assert_eq!(mode(&p), 0o600, "{} is {:o}", p.display(), mode(&p));
+    }
+}
+
+#[test]
+fn everything_carnet_creates_is_private_whatever_the_umask() {
+    let v = TestVault::new();
+    let rk = v.tmp.path().join("recovery.txt");
+    let mut init = INIT.to_vec();
+    init.extend(["--recovery-key-out", rk.to_str().unwrap()]);
+    under_umask_022(&v, &init).expect(0);
+    under_umask_022(&v, &["patient", "add", "P1", "--name", "Camille"]).expect(0);
+    let note = v.tmp.path().join("note");
+    std::fs::write(&note, vec![b'x'; 200_000]).unwrap();
+    under_umask_022(&v, &["note", "add", "P1", "--file", note.to_str().unwrap()]).expect(0);
+    under_umask_022(&v, &["key", "rotate-master"]).expect(0);
+    under_umask_022(&v, &["key", "rotate-patient", "--all"]).expect(0);
+    let backup = v.tmp.path().join("b.carnet");
+    under_umask_022(&v, &["backup", backup.to_str().unwrap()]).expect(0);
+    let rk2 = v.tmp.path().join("recovery2.txt");
+    under_umask_022(
+        &v,
+        &[
+            "key",
+            "rotate-recovery",
+            "--recovery-key-out",
+            rk2.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    assert_private(&v.dir);
+    for f in [&rk, &rk2, &backup] {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    let restored = v.tmp.path().join("restored");
+    let mut c = v.cmd_via(
+        &["sh", "-c", "umask 022; exec \"$0\" \"$@\""],
+        &["restore", backup.to_str().unwrap()],
+    );
+    c.env("CARNET_VAULT", &restored);
+    run_cmd(c, None).expect(0);
+    assert_private(&restored);
+    // Nothing of the restore's staging is left beside it.
+    let left: Vec<_> = std::fs::read_dir(v.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restoring"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_vault_made_before_is_made_private_when_opened() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    for (p, _) in files_under(&v.dir) {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&v.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    v.run(&["patient", "list"]).expect(0);
+    assert_private(&v.dir);
+}
+
+#[test]
+fn a_link_planted_as_a_temporary_file_is_never_written_through() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let victim = v.tmp.path().join("victim");
+    std::fs::write(&victim, b"the host's file").unwrap();
+    for tmp in ["root.tmp", "keys.tmp"] {
+        std::os::unix::fs::symlink(&victim, v.dir.join(tmp)).unwrap();
+    }
+    v.run(&["key", "rotate-master"]).expect(0);
+    v.run(&["key", "rotate-patient", "--all"]).expect(0);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"the host's file");
+    v.run(&["verify"]).expect(0);
+    v.run(&["patient", "show", "P1"]).expect(0);
+}
+
+#[test]
+fn secret_files_others_can_read_are_refused() {
+    let v = TestVault::init();
+    let rk = v.tmp.path().join("rk");
+    v.run(&[
+        "key",
+        "rotate-recovery",
+        "--recovery-key-out",
+        rk.to_str().unwrap(),
+    ])
+    .expect(0);
+    for (file, args) in [
+        (v.pass_file.clone(), vec!["patient", "list"]),
+        (
+            rk.clone(),
+            vec![
+                "--recovery-key-file",
+                rk.to_str().unwrap(),
+                "patient",
+                "list",
+            ],
+        ),
+    ] {
+        for open in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(open)).unwrap();
+            let r = v.run(&args).expect(2);
+            assert!(
+                r.stderr.contains("chmod 600") && r.stderr.contains("other users"),
+                "{}",
+                r.stderr
+            );
+            assert!(r.stdout.is_empty());
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        v.run(&args).expect(0);
+    }
+    // A new passphrase given in a file is a secret too.
+    let np = v.tmp.path().join("np");
+    write_secret(&np, "another long passphrase\n");
+    std::fs::set_permissions(&np, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = v
+        .run(&[
+            "key",
+            "change-passphrase",
+            "--new-passphrase-file",
+            np.to_str().unwrap(),
+        ])
+        .expect(2);
+    assert!(r.stderr.contains("chmod 600"), "{}", r.stderr);
+}
