@@ -155,10 +155,27 @@ pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
     let store = open_store(&dir)?;
     if let Some(f) = &global.recovery_key_file {
         let key = recovery_key_from_file(f)?;
-        return Ok(Vault::unlock_with_recovery_key(store, &global.user, &key)?);
+        let vault = Vault::unlock_with_recovery_key(store, &global.user, &key)?;
+        warn_unfinished(&vault);
+        return Ok(vault);
     }
     let pass = passphrase(global)?;
-    Ok(Vault::unlock(store, &global.user, &pass)?)
+    let vault = Vault::unlock(store, &global.user, &pass)?;
+    warn_unfinished(&vault);
+    Ok(vault)
+}
+
+/// A warning on stderr for each key operation left unfinished: until it is finished, writes
+/// are refused. (Shown even with --quiet: it is about the vault's safety, not progress.)
+fn warn_unfinished(vault: &Vault<SledStore>) {
+    if let Ok(unfinished) = vault.unfinished() {
+        for u in unfinished {
+            eprintln!(
+                "carnet: warning: {u} is unfinished (an administrator must run {} to finish it)",
+                crate::render::finish_command(&u)
+            );
+        }
+    }
 }
 
 /// A recovery key from a file, as printed by `init` or `key rotate-recovery`.

@@ -105,6 +105,10 @@ impl From<CoreError> for CliError {
             CoreError::NotAVault => CliError::failure("no vault here")
                 .hint("run `carnet init` first, or pass --vault DIR"),
             CoreError::Foreign => CliError::failure("this directory does not hold a Carnet vault (unrecognized files)"),
+            CoreError::Unfinished(u) => CliError::failure(format!(
+                "{u} is unfinished: nothing new may be written until it is, as it would be sealed under keys it retires"
+            ))
+            .hint(format!("an administrator must finish it first: {}", crate::render::finish_command(&u))),
             other => CliError::failure(other.to_string()),
         }
     }

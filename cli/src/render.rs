@@ -62,6 +62,17 @@ pub fn log_user(e: &LogEntry) -> String {
     }
 }
 
+/// The command that finishes an unfinished operation.
+pub fn finish_command(u: &Unfinished) -> &'static str {
+    match u {
+        Unfinished::MasterRotation { .. } => "`carnet key rotate-master`",
+        Unfinished::AllPatientsRotation => "`carnet key rotate-patient --all`",
+        Unfinished::Revocation => "`carnet user remove NAME` again",
+        Unfinished::PatientRotations { .. } => "`carnet key rotate-patient ID` or `--all`",
+        _ => "the same command again",
+    }
+}
+
 /// An unfinished operation, with the command that finishes it.
 pub fn unfinished_words(u: &Unfinished) -> String {
     match u {

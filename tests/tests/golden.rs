@@ -74,7 +74,11 @@ fn format_1_vault_opens_and_reads_exactly() {
     // 7 reads of this test on top of what the generator's verify counted.
     let mut want = expected("v1", "verify.json");
     want["records_checked"] = (want["records_checked"].as_u64().unwrap() + 1 + 7).into();
-    assert_eq!(v.run(&["verify", "--json"]).expect(0).json(), want);
+    let mut got = v.run(&["verify", "--json"]).expect(0).json();
+    // Fields added since the golden vault was made (the output is only ever extended).
+    assert_eq!(got["unfinished"], serde_json::json!([]), "no operation left unfinished");
+    got.as_object_mut().unwrap().remove("unfinished");
+    assert_eq!(got, want);
 }
 
 #[test]

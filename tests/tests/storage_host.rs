@@ -164,3 +164,73 @@ fn secret_files_others_can_read_are_refused() {
         .expect(2);
     assert!(r.stderr.contains("chmod 600"), "{}", r.stderr);
 }
+
+#[test]
+fn an_unfinished_revocation_stops_writes_and_warns_on_every_command() {
+    use carnet_core::{Passphrase, Vault};
+    use carnet_storage::{FaultyStore, SledStore};
+    let v = TestVault::init();
+    let bob = v.tmp.path().join("bob.pass");
+    write_secret(&bob, "bob's long passphrase\n");
+    v.run(&[
+        "user",
+        "add",
+        "bob",
+        "--new-passphrase-file",
+        bob.to_str().unwrap(),
+    ])
+    .expect(0);
+    v.run(&["patient", "add", "P1"]).expect(0);
+    v.add_note("P1", "before the revocation", &[]);
+    // `user remove bob` interrupted after its first durable step (the role gone, the job
+    // record written), as a kill there would leave it.
+    {
+        let store = FaultyStore::new(SledStore::open(&v.dir).unwrap(), 3);
+        let mut vault =
+            Vault::unlock(store, "admin", &Passphrase::new(carnet_tests::PASS.into())).unwrap();
+        assert!(vault.remove_user("bob", &mut |_, _| {}).is_err());
+    }
+    let r = v.run(&["key", "status", "--json"]).expect(0);
+    assert!(
+        !r.json()["unfinished"].as_array().unwrap().is_empty(),
+        "the revocation is unfinished"
+    );
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("revocation"),
+        "{}",
+        r.stderr
+    );
+
+    // Writes are refused with a reason that names the command that finishes it.
+    let r = v
+        .run_stdin(&["note", "add", "P1"], b"under a retired key?")
+        .expect(1);
+    assert!(
+        r.stderr.contains("revocation") && r.stderr.contains("carnet user remove NAME"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.is_empty());
+    v.run(&["patient", "add", "P2"]).expect(1);
+    let import = v.tmp.path().join("in.jsonl");
+    std::fs::write(&import, "{\"patient_id\":\"P1\",\"body\":\"imported\"}\n").unwrap();
+    v.run(&["import", import.to_str().unwrap()]).expect(1);
+    v.run(&["key", "rotate-patient", "--all"]).expect(1);
+    // Reads go on, with the warning; verify reports it.
+    let r = v.run(&["note", "list", "P1", "--json"]).expect(0);
+    assert_eq!(r.json().as_array().unwrap().len(), 1, "nothing was added");
+    assert!(r.stderr.contains("warning"), "{}", r.stderr);
+    let r = v.run(&["verify", "--json"]).expect(0);
+    assert!(!r.json()["unfinished"].as_array().unwrap().is_empty());
+    let r = v.run(&["verify"]).expect(0);
+    assert!(r.stdout_str().contains("UNFINISHED"), "{}", r.stdout_str());
+
+    // Finishing it lets writes through again, without a warning.
+    v.run(&["user", "remove", "bob"]).expect(0);
+    let r = v
+        .run_stdin(&["note", "add", "P1"], b"after the revocation")
+        .expect(0);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    let r = v.run(&["verify", "--json"]).expect(0);
+    assert!(r.json()["unfinished"].as_array().unwrap().is_empty());
+}

@@ -35,11 +35,18 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<(), CliError> {
                 "kind": render::problem_kind_words(p.kind()),
                 "problem": p.problem(),
             })).collect::<Vec<_>>(),
+            "unfinished": report.unfinished.iter().map(render::unfinished_words).collect::<Vec<_>>(),
         }))?;
     } else {
         let mut out = String::new();
         for p in &report.problems {
             out.push_str(&format!("PROBLEM  {}: {}\n", p.location(), p.problem()));
+        }
+        for u in &report.unfinished {
+            out.push_str(&format!(
+                "UNFINISHED  {} (no new record may be written until it is)\n",
+                render::unfinished_words(u)
+            ));
         }
         if report.is_ok() {
             out.push_str(&format!(

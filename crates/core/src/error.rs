@@ -131,6 +131,12 @@ pub enum Error {
     /// An input is larger than Carnet accepts.
     #[error("{0}")]
     TooLarge(String),
+    /// A key operation left unfinished (a user's revocation, a master-key rotation) must be
+    /// finished before anything new is written: until then, new records would be sealed under
+    /// keys that the operation retires (a removed user may hold them). Running the same
+    /// operation again finishes it. Nothing was changed.
+    #[error("{0} is unfinished: finish it before anything new is written")]
+    Unfinished(crate::unfinished::Unfinished),
     /// A stored record failed authentication, is missing, or is out of place.
     #[error("integrity check failed: {0}")]
     Integrity(IntegrityError),

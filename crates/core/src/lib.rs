@@ -93,6 +93,7 @@ mod records;
 mod recovery;
 mod sealing;
 mod secret;
+mod unfinished;
 mod vault;
 #[cfg(test)]
 mod vectors;
@@ -109,7 +110,8 @@ pub use model::{
 };
 pub use recovery::RecoveryKey;
 pub use secret::Passphrase;
+pub use unfinished::Unfinished;
 pub use vault::{
-    is_vault, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation, Patients,
-    Unfinished, Vault, VerifyReport,
+    is_vault, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation, Patients, Vault,
+    VerifyReport,
 };

@@ -214,6 +214,7 @@ fn an_interrupted_removal_is_finished_by_running_it_again() {
         .remove_user("bob", &mut |_, _| {})
         .unwrap();
     let total = counting.writes();
+    let mut pending = 0;
     for n in 1..=total {
         let mem = clinic();
         let faulty = Arc::new(FaultyStore::new(mem.clone(), n));
@@ -230,6 +231,35 @@ fn an_interrupted_removal_is_finished_by_running_it_again() {
         for p in ["p1", "p2"] {
             assert_eq!(v.notes(&pid(p)).unwrap().len(), 1);
         }
+        // While the revocation (or its master rotation) is unfinished, nothing new is written
+        // under keys the removed user may hold; reads go on, and verify says so.
+        let unfinished = v.unfinished().unwrap();
+        if !unfinished.is_empty() {
+            pending += 1;
+            assert!(
+                matches!(
+                    v.add_note(&pid("p1"), note("under a retired key?")),
+                    Err(Error::Unfinished(_))
+                ),
+                "a note is refused after a failure at write {n}"
+            );
+            assert!(matches!(
+                v.add_patient(NewPatient::new(pid("p9"))),
+                Err(Error::Unfinished(_))
+            ));
+            assert!(matches!(
+                v.rotate_patients(Patients::All, &mut |_, _| {}),
+                Err(Error::Unfinished(_))
+            ));
+            let mut import = v.import();
+            assert!(matches!(
+                import.add(NewPatient::new(pid("p1")), note("imported")),
+                Err(Error::Unfinished(_))
+            ));
+            drop(import);
+            assert_eq!(v.verify(&mut |_, _| {}).unwrap().unfinished, unfinished);
+            assert_eq!(v.notes(&pid("p1")).unwrap().len(), 1, "nothing was added");
+        }
         // Running it again finishes the job (or says the user is gone, when only the final
         // acknowledgment was lost).
         match v.remove_user("bob", &mut |_, _| {}) {
@@ -245,7 +275,14 @@ fn an_interrupted_removal_is_finished_by_running_it_again() {
             "bob is out ({n})"
         );
         assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
+        assert!(v.unfinished().unwrap().is_empty());
+        v.add_note(&pid("p1"), note("after the revocation"))
+            .unwrap();
     }
+    assert!(
+        pending > total / 2,
+        "most failures leave a revocation to finish: {pending} of {total}"
+    );
 }
 
 /// The access log names a recovery-key unlock as a flag of the entry (format 1 stores it as a

@@ -5,7 +5,6 @@ use carnet_storage::Store;
 
 use super::write::{Logged, Prepared, Txn};
 use super::Vault;
-use crate::access::Duty;
 use crate::access_log::Action;
 use crate::error::{integrity, ProblemKind};
 use crate::model::{NewNote, NewPatient, NoteId, Timestamp};
@@ -34,6 +33,9 @@ pub struct ImportSummary {
 /// After any error the import must be dropped: what was committed stays, whole.
 pub struct Import<'v, S: Store> {
     txn: Txn<'v, S>,
+    /// Whether the checks before writing passed (once per import: see
+    /// `Vault::require_writable`).
+    writable: bool,
     pending_notes: usize,
     pending_bytes: usize,
     committed: ImportSummary,
@@ -60,6 +62,7 @@ impl<S: Store> Vault<S> {
     pub fn import(&self) -> Import<'_, S> {
         Import {
             txn: Txn::new(self),
+            writable: false,
             pending_notes: 0,
             pending_bytes: 0,
             committed: ImportSummary::default(),
@@ -80,7 +83,7 @@ impl<S: Store> Vault<S> {
     /// once more, so re-running an import whose acknowledgment was lost adds no duplicate. An
     /// interrupted import of the same file is always resumed, with or without `again`.
     pub fn import_resumable(&self, source: [u8; 32], again: bool) -> Result<Import<'_, S>, Error> {
-        self.require(Duty::Clinical)?;
+        self.require_writable()?;
         let mut import = self.import();
         let mut job = ImportJob {
             source,
@@ -191,7 +194,10 @@ impl<S: Store> Import<'_, S> {
 
     /// Stages one note; true when the batch is full.
     fn stage(&mut self, patient: NewPatient, note: NewNote) -> Result<(NoteId, bool), Error> {
-        self.txn.vault.require(Duty::Clinical)?;
+        if !self.writable {
+            self.txn.vault.require_writable()?;
+            self.writable = true;
+        }
         let blind = self.txn.vault.keys.blind(&patient.id);
         if !self.txn.patients.contains_key(&blind) {
             match self.txn.existing_patient(&patient.id) {

@@ -43,7 +43,7 @@ mod write;
 pub use import::{Import, ImportSummary};
 pub use rotate_master::MasterRotation;
 pub use rotate_patients::{PatientRotation, Patients};
-pub use status::{KeyStatus, Unfinished};
+pub use status::KeyStatus;
 pub use verify::VerifyReport;
 
 use crate::keyring::KdfParams;

@@ -176,6 +176,8 @@ impl<S: Store> Vault<S> {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PatientRotation, Error> {
         self.require(Duty::Administration)?;
+        // New patient keys would be wrapped under an epoch that the unfinished operation retires.
+        self.require_no_retiring_keys()?;
         let all = self.patient_versions()?;
         let mut summary = PatientRotation::default();
         let mut destroy: Vec<PatientKeyAt> = Vec::new();

@@ -11,6 +11,7 @@ use crate::access_log::Action;
 use crate::envelope::Sealed;
 use crate::keyring::KdfParams;
 use crate::records::{space, Blind, JobSlot, NoteAt};
+use crate::unfinished::Unfinished;
 use crate::Error;
 
 /// The state of a vault's keys, as [`Vault::key_status`] reports it.
@@ -42,29 +43,39 @@ pub struct KeyStatus {
     pub unfinished: Vec<Unfinished>,
 }
 
-/// A long operation that an interruption left unfinished. Each is finished by running the same
-/// operation again; nothing is lost meanwhile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Unfinished {
-    /// A master-key rotation to this epoch ([`Vault::rotate_master`]).
-    MasterRotation {
-        /// The epoch the rotation goes to.
-        to_epoch: u32,
-    },
-    /// A rotation of every patient's key ([`Vault::rotate_patients`] with
-    /// [`crate::Patients::All`]).
-    AllPatientsRotation,
-    /// A user's revocation ([`Vault::remove_user`] of the same user).
-    Revocation,
-    /// Rotations of single patients' keys ([`Vault::rotate_patients`], one patient or all).
-    PatientRotations {
-        /// How many patients.
-        patients: u64,
-    },
-}
-
 impl<S: Store> Vault<S> {
+    /// The key operations left unfinished that every later write would undermine: a
+    /// master-key rotation and a user's revocation (in that order), and a rotation of every
+    /// patient's key. Cheap (no record is decrypted but the job records); for a warning at
+    /// every unlock. [`Vault::key_status`] also counts single patients' rotations.
+    pub fn unfinished(&self) -> Result<Vec<Unfinished>, Error> {
+        let mut out = Vec::new();
+        if let Some(e) = self.keys.pending_epoch() {
+            out.push(Unfinished::MasterRotation { to_epoch: e });
+        }
+        if self.load_job(JobSlot::Revoke)?.is_some() {
+            out.push(Unfinished::Revocation);
+        }
+        if self.load_job(JobSlot::RotateAllPatients)?.is_some() {
+            out.push(Unfinished::AllPatientsRotation);
+        }
+        Ok(out)
+    }
+
+    /// Fails with [`Error::Unfinished`] while a master-key rotation or a user's revocation is
+    /// unfinished: what is written then would be sealed under keys it retires.
+    pub(super) fn require_no_retiring_keys(&self) -> Result<(), Error> {
+        if let Some(e) = self.keys.pending_epoch() {
+            return Err(Error::Unfinished(Unfinished::MasterRotation {
+                to_epoch: e,
+            }));
+        }
+        if self.load_job(JobSlot::Revoke)?.is_some() {
+            return Err(Error::Unfinished(Unfinished::Revocation));
+        }
+        Ok(())
+    }
+
     /// The state of the vault's keys: epochs, KDF settings, which key versions records use,
     /// and any rotation left unfinished. Reads record headers only; decrypts nothing.
     pub fn key_status(&self) -> Result<KeyStatus, Error> {

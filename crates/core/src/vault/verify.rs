@@ -22,6 +22,9 @@ pub struct VerifyReport {
     pub records_checked: u64,
     /// Every problem found; empty when the vault is intact.
     pub problems: Vec<IntegrityError>,
+    /// Key operations left unfinished ([`Vault::unfinished`]): not damage, but until they are
+    /// finished no new record may be written.
+    pub unfinished: Vec<crate::unfinished::Unfinished>,
 }
 
 impl VerifyReport {
@@ -61,6 +64,9 @@ impl<S: Store> Vault<S> {
         // Verify shows no patient data, so it logs itself after the fact; a log too damaged to
         // append to is already among the problems it reports.
         let mut report = self.verify_unlogged(checkpoint, progress)?;
+        if let Some(unfinished) = report.note(self.unfinished())? {
+            report.unfinished = unfinished;
+        }
         let outcome = if report.is_ok() {
             "ok"
         } else {
@@ -91,6 +97,7 @@ impl<S: Store> Vault<S> {
             // The keyring and the vault keys were authenticated by `unlock`.
             records_checked: 2,
             problems: Vec::new(),
+            unfinished: Vec::new(),
         };
         let registry = report.note(self.load_registry())?.map(|(r, _)| r);
         report.records_checked += 1;

@@ -23,10 +23,17 @@ use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord, RegistryRecord};
 use crate::Error;
 
 impl<S: Store> Vault<S> {
+    /// The checks before any clinical write: the role, and no key operation left unfinished
+    /// that would retire the keys the write uses ([`Error::Unfinished`]).
+    pub(super) fn require_writable(&self) -> Result<(), Error> {
+        self.require(Duty::Clinical)?;
+        self.require_no_retiring_keys()
+    }
+
     /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
     pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
         let id = patient.id.clone();
-        let result = self.require(Duty::Clinical).and_then(|()| {
+        let result = self.require_writable().and_then(|()| {
             let mut txn = Txn::new(self);
             txn.log = Some(Logged {
                 action: Action::PatientAdd,
@@ -41,7 +48,7 @@ impl<S: Store> Vault<S> {
 
     /// Stores a note for an existing patient; returns its new id once it is durable.
     pub fn add_note(&self, id: &PatientId, note: NewNote) -> Result<NoteId, Error> {
-        let result = self.require(Duty::Clinical).and_then(|()| {
+        let result = self.require_writable().and_then(|()| {
             let mut txn = Txn::new(self);
             let blind = txn.existing_patient(id)?;
             let note_id = txn.add_note(blind, note)?;
@@ -76,7 +83,7 @@ impl<S: Store> Vault<S> {
         body: NoteBody,
         author: Option<String>,
     ) -> Result<u32, Error> {
-        self.require(Duty::Clinical)?;
+        self.require_writable()?;
         check_field("the author", &author)?;
         let mut txn = Txn::new(self);
         let blind = txn.existing_patient(id)?;

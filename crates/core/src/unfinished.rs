@@ -1,0 +1,38 @@
+//! Key operations that an interruption left unfinished, as the vault reports them.
+
+/// A long operation that an interruption left unfinished. Each is finished by running the same
+/// operation again; nothing is lost meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unfinished {
+    /// A master-key rotation to this epoch ([`crate::Vault::rotate_master`]).
+    MasterRotation {
+        /// The epoch the rotation goes to.
+        to_epoch: u32,
+    },
+    /// A rotation of every patient's key ([`crate::Vault::rotate_patients`] with
+    /// [`crate::Patients::All`]).
+    AllPatientsRotation,
+    /// A user's revocation ([`crate::Vault::remove_user`] of the same user).
+    Revocation,
+    /// Rotations of single patients' keys ([`crate::Vault::rotate_patients`], one patient or all).
+    PatientRotations {
+        /// How many patients.
+        patients: u64,
+    },
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfinished::MasterRotation { to_epoch } => {
+                write!(f, "a master-key rotation to epoch {to_epoch}")
+            }
+            Unfinished::AllPatientsRotation => f.write_str("a rotation of every patient's key"),
+            Unfinished::Revocation => f.write_str("a user's revocation"),
+            Unfinished::PatientRotations { patients } => {
+                write!(f, "the key rotation of {patients} patient(s)")
+            }
+        }
+    }
+}
