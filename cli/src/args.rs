@@ -453,6 +453,15 @@ pub enum AuditCommand {
         after_help = "Examples:\n  carnet audit checkpoint > /media/usb/carnet-checkpoint.txt\n  carnet verify --checkpoint /media/usb/carnet-checkpoint.txt"
     )]
     Checkpoint,
+    /// Accept the vault as it is now, after putting it back to an older state on purpose
+    ///
+    /// Each machine remembers the newest state of the access log it saw of each vault at each
+    /// place, and refuses (exit 5) a vault whose log does not extend it: an older copy put back,
+    /// a truncated log. When that was deliberate (a database restored to a point in time, a
+    /// vault copied back by hand), this command makes this machine remember the vault as it is
+    /// now. `carnet restore` needs no such step. Administrators and auditors; logged.
+    #[command(after_help = "Example:\n  carnet --vault /srv/carnet audit accept-rewind")]
+    AcceptRewind,
 }
 
 #[derive(Args)]

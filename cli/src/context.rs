@@ -4,12 +4,13 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use carnet_core::{Passphrase, RecoveryKey, Vault};
+use carnet_core::{Checkpoint, Passphrase, RecoveryKey, Vault};
 use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
 use crate::args::Global;
 use crate::error::CliError;
+use crate::state::Memory;
 
 /// The vault directory: --vault, else $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
 pub fn vault_dir(global: &Global) -> Result<PathBuf, CliError> {
@@ -148,21 +149,112 @@ fn short_passphrase() -> CliError {
     .hint("a few unrelated words make a strong, memorable passphrase")
 }
 
+/// An unlocked vault, and what this machine remembers of it: when the command is done (the
+/// value dropped), the log's durable head is remembered for the next unlock to check.
+pub struct Unlocked {
+    vault: Vault<SledStore>,
+    memory: Option<Memory>,
+}
+
+impl std::ops::Deref for Unlocked {
+    type Target = Vault<SledStore>;
+    fn deref(&self) -> &Vault<SledStore> {
+        &self.vault
+    }
+}
+
+impl std::ops::DerefMut for Unlocked {
+    fn deref_mut(&mut self) -> &mut Vault<SledStore> {
+        &mut self.vault
+    }
+}
+
+impl Unlocked {
+    /// What this machine remembered of the vault before this command, if anything.
+    pub fn seen(&self) -> Option<Checkpoint> {
+        self.memory.as_ref().and_then(|m| m.seen().ok().flatten())
+    }
+
+    /// Remembers the vault as it is now, whatever was remembered (a deliberate rewind).
+    pub fn accept_as_is(&self) -> Result<Checkpoint, CliError> {
+        let head = self.vault.durable_head()?;
+        match &self.memory {
+            Some(m) => m.replace(&head).map_err(|why| {
+                CliError::failure(format!("cannot remember this vault's state: {why}"))
+            })?,
+            None => {
+                return Err(CliError::failure(
+                    "no state directory: set CARNET_STATE_DIR, XDG_STATE_HOME or HOME",
+                ))
+            }
+        }
+        Ok(head)
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        if let Some(m) = &self.memory {
+            // Durable first: only a head on disk is remembered.
+            if let Ok(head) = self.vault.durable_head() {
+                if let Err(why) = m.remember(&head) {
+                    warn_no_memory(&why);
+                }
+            }
+        }
+    }
+}
+
+fn warn_no_memory(why: &str) {
+    eprintln!(
+        "carnet: warning: {why}: this machine cannot remember the vault's state, so a rollback of it would go unnoticed here"
+    );
+}
+
 /// Opens the vault's store (failing fast if it is missing or in use), then asks for the
-/// passphrase and unlocks it.
-pub fn unlock(global: &Global) -> Result<Vault<SledStore>, CliError> {
+/// passphrase and unlocks it, and checks that the vault extends what this machine saw of it
+/// (exit 5 when it was rolled back behind this machine's back).
+pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
+    let unlocked = unlock_as_found(global)?;
+    if let Some(m) = &unlocked.memory {
+        match m.seen() {
+            Ok(Some(seen)) => unlocked.vault.check_extends(&seen).map_err(|e| {
+                let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)
+                    if i.kind() == carnet_core::ProblemKind::RolledBack);
+                let err = CliError::from(e);
+                if rolled_back {
+                    err.hint(format!(
+                        "this machine saw a newer state of this vault: keep a copy of it and restore your latest backup; if it was put back on purpose, accept it with `carnet audit accept-rewind` (remembered in {})",
+                        m.path().display()
+                    ))
+                } else {
+                    err
+                }
+            })?,
+            Ok(None) => {}
+            Err(why) => warn_no_memory(&why),
+        }
+    }
+    Ok(unlocked)
+}
+
+/// [`unlock`] without the check of what this machine saw (for `audit accept-rewind`).
+pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
     let dir = vault_dir(global)?;
     let store = open_store(&dir)?;
-    if let Some(f) = &global.recovery_key_file {
+    let vault = if let Some(f) = &global.recovery_key_file {
         let key = recovery_key_from_file(f)?;
-        let vault = Vault::unlock_with_recovery_key(store, &global.user, &key)?;
-        warn_unfinished(&vault);
-        return Ok(vault);
-    }
-    let pass = passphrase(global)?;
-    let vault = Vault::unlock(store, &global.user, &pass)?;
+        Vault::unlock_with_recovery_key(store, &global.user, &key)?
+    } else {
+        let pass = passphrase(global)?;
+        Vault::unlock(store, &global.user, &pass)?
+    };
     warn_unfinished(&vault);
-    Ok(vault)
+    let memory = Memory::of(vault.id(), &dir);
+    if memory.is_none() {
+        warn_no_memory("no state directory (set CARNET_STATE_DIR, XDG_STATE_HOME or HOME)");
+    }
+    Ok(Unlocked { vault, memory })
 }
 
 /// A warning on stderr for each key operation left unfinished: until it is finished, writes

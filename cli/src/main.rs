@@ -17,6 +17,7 @@ mod error;
 mod harden;
 mod progress;
 mod render;
+mod state;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -119,6 +119,7 @@ impl TestVault {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tmp.path())
             .env("CARNET_VAULT", &self.dir)
+            .env("CARNET_STATE_DIR", self.state_dir())
             .env("CARNET_PASSPHRASE_FILE", &self.pass_file)
             .args(args)
             .stdin(Stdio::null());
@@ -141,6 +142,17 @@ impl TestVault {
         let id = r.stdout_str().trim().to_string();
         assert_eq!(id.len(), 32, "a note id is 32 hex digits: {id:?}");
         id
+    }
+
+    /// Where this test's machine remembers the vaults it saw (`CARNET_STATE_DIR`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// Forgets what this test's machine saw of its vaults, as a machine that never saw them:
+    /// for tests that put an older copy back on purpose to prove something else.
+    pub fn forget_state(&self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
     }
 
     /// Every regular file under the vault directory, with its contents.

@@ -112,9 +112,12 @@ fn edited_removed_reordered_or_truncated_entries_are_detected() {
     copy_dir(&v.dir, &pristine);
     let log = entries(&v.dir);
     assert!(log.len() >= 4);
+    // Each case starts from the intact copy, on a machine that never saw the vault (which
+    // would refuse the copy as a rollback): the log's own checks are what is proved here.
     let reset = || {
         std::fs::remove_dir_all(&v.dir).unwrap();
         copy_dir(&pristine, &v.dir);
+        v.forget_state();
     };
     let detected = |what: &str| {
         let r = v.run(&["verify", "--json"]);
@@ -158,7 +161,13 @@ fn a_rollback_behind_a_checkpoint_is_detected() {
     v.run(&["verify", "--checkpoint", cp]).expect(0);
     std::fs::remove_dir_all(&v.dir).unwrap();
     copy_dir(&old, &v.dir);
+    // This machine remembers the newer state and refuses the old copy at once...
+    let r = v.run(&["verify"]).expect(5);
+    assert!(r.stderr.contains("this machine saw"), "{}", r.stderr);
+    // ...and a machine that never saw the vault learns of the rollback from the checkpoint.
+    v.forget_state();
     v.run(&["verify"]).expect(0);
+    v.forget_state();
     let r = v.run(&["verify", "--checkpoint", cp, "--json"]).expect(5);
     assert!(r.stdout_str().contains("rolled back"), "{}", r.stdout_str());
     std::fs::write(v.tmp.path().join("bad.txt"), "not a checkpoint").unwrap();

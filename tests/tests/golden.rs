@@ -76,7 +76,11 @@ fn format_1_vault_opens_and_reads_exactly() {
     want["records_checked"] = (want["records_checked"].as_u64().unwrap() + 1 + 7).into();
     let mut got = v.run(&["verify", "--json"]).expect(0).json();
     // Fields added since the golden vault was made (the output is only ever extended).
-    assert_eq!(got["unfinished"], serde_json::json!([]), "no operation left unfinished");
+    assert_eq!(
+        got["unfinished"],
+        serde_json::json!([]),
+        "no operation left unfinished"
+    );
     got.as_object_mut().unwrap().remove("unfinished");
     assert_eq!(got, want);
 }

@@ -234,3 +234,132 @@ fn an_unfinished_revocation_stops_writes_and_warns_on_every_command() {
     let r = v.run(&["verify", "--json"]).expect(0);
     assert!(r.json()["unfinished"].as_array().unwrap().is_empty());
 }
+
+/// `carnet` run on a machine whose memory is `state` (another machine's state directory).
+fn on_machine(v: &TestVault, state: &Path, args: &[&str]) -> carnet_tests::Run {
+    let mut c = v.cmd(args);
+    c.env("CARNET_STATE_DIR", state);
+    run_cmd(c, None)
+}
+
+#[test]
+fn an_older_copy_put_back_is_refused_by_a_machine_that_saw_a_newer_state() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let allergy = v.add_note("P1", "Allergic to penicillin.", &[]);
+    let old = v.tmp.path().join("old-copy");
+    carnet_tests::copy_dir(&v.dir, &old);
+    let correction = v.add_note("P1", "Dosage corrected to 5 mg.", &[]);
+    v.run(&["note", "show", "P1", &correction]).expect(0);
+
+    // The storage host puts the older copy back: this machine refuses it, whatever the command.
+    std::fs::remove_dir_all(&v.dir).unwrap();
+    carnet_tests::copy_dir(&old, &v.dir);
+    for args in [
+        vec!["patient", "list"],
+        vec!["note", "show", "P1", allergy.as_str()],
+        vec!["note", "list", "P1"],
+        vec!["verify"],
+    ] {
+        let r = v.run(&args).expect(5);
+        assert!(r.stdout.is_empty(), "{args:?} showed nothing");
+        assert!(
+            r.stderr.contains("this machine saw") && r.stderr.contains("accept-rewind"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // A machine that never saw the vault here accepts it (trust on first use).
+    let elsewhere = v.tmp.path().join("other-machine");
+    on_machine(&v, &elsewhere, &["patient", "list"]).expect(0);
+    // A deliberate rewind is accepted with one command, then everything works again.
+    let r = v.run(&["audit", "accept-rewind", "--json"]).expect(0);
+    assert!(r.json()["seen"]
+        .as_str()
+        .unwrap()
+        .starts_with("carnet-log-checkpoint v1 "));
+    v.run(&["note", "list", "P1"]).expect(0);
+    v.run(&["verify"]).expect(0);
+}
+
+#[test]
+fn a_log_truncated_behind_the_machine_is_refused() {
+    use carnet_storage::{Batch, SledStore, Space, Store};
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let old = v.tmp.path().join("old-copy");
+    carnet_tests::copy_dir(&v.dir, &old);
+    v.add_note("P1", "a note the host wants gone from the log", &[]);
+    v.run(&["patient", "list"]).expect(0);
+    // The log and its head put back as they were in the older copy (the rest left newer).
+    fn records(s: &SledStore, sp: Space) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.scan_prefix(sp, &[]).map(|r| r.unwrap()).collect()
+    }
+    let (log, meta) = (Space::new("log"), Space::new("meta"));
+    let (old_log, old_head) = {
+        let s = SledStore::open(&old).unwrap();
+        let head = records(&s, meta)
+            .into_iter()
+            .find(|(k, _)| k == b"log-head")
+            .unwrap()
+            .1;
+        (records(&s, log), head)
+    };
+    {
+        let s = SledStore::open(&v.dir).unwrap();
+        let mut b = Batch::new();
+        for (k, _) in records(&s, log) {
+            if !old_log.iter().any(|(o, _)| *o == k) {
+                b.delete(log, k);
+            }
+        }
+        b.put(meta, b"log-head".to_vec(), old_head);
+        s.commit(b).unwrap();
+        s.flush().unwrap();
+    }
+    let r = v.run(&["patient", "list"]).expect(5);
+    assert!(r.stderr.contains("this machine saw"), "{}", r.stderr);
+    v.run(&["verify"]).expect(5);
+}
+
+#[test]
+fn a_restore_is_accepted_where_it_was_restored() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let backup = v.tmp.path().join("b.carnet");
+    v.run(&["backup", backup.to_str().unwrap()]).expect(0);
+    v.add_note("P1", "after the backup", &[]);
+    v.run(&["patient", "list"]).expect(0);
+    std::fs::remove_dir_all(&v.dir).unwrap();
+    v.run(&["restore", backup.to_str().unwrap()]).expect(0);
+    let r = v.run(&["patient", "list", "--json"]).expect(0);
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    v.run(&["verify"]).expect(0);
+}
+
+#[test]
+fn a_damaged_or_unwritable_state_directory_is_only_a_warning() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    // Damaged: every file in it replaced by garbage.
+    for e in std::fs::read_dir(v.state_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if !p.to_string_lossy().ends_with(".lock") {
+            std::fs::write(&p, b"garbage").unwrap();
+        }
+    }
+    let r = v.run(&["patient", "list"]).expect(0);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("damaged"),
+        "{}",
+        r.stderr
+    );
+    // And replaced by the state seen now.
+    let r = v.run(&["patient", "list"]).expect(0);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    // Unwritable: a file where the directory should be.
+    let blocked = v.tmp.path().join("blocked");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let r = on_machine(&v, &blocked, &["patient", "list"]).expect(0);
+    assert!(r.stderr.contains("warning"), "{}", r.stderr);
+}

@@ -10,6 +10,28 @@ use crate::error::CliError;
 use crate::render::{self, or_dash};
 
 pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
+    if let Some(AuditCommand::AcceptRewind) = a.command {
+        let vault = context::unlock_as_found(g)?;
+        // The same duty as reading the log's head; and the step is itself logged.
+        vault.log_checkpoint()?;
+        let seen = vault.seen();
+        let found = vault.accept_as_is()?;
+        if g.json {
+            return render::print_json(&json!({
+                "seen": seen.map(|c| c.to_line()),
+                "accepted": found.to_line(),
+            }));
+        }
+        let before = match seen {
+            Some(s) if s == found => "this machine already saw exactly this state".to_string(),
+            Some(s) => format!("this machine had seen {} access-log entries", s.count),
+            None => "this machine had not seen this vault here".to_string(),
+        };
+        return render::print(&format!(
+            "Accepted the vault as it is now ({} access-log entries; {before}).\n",
+            found.count
+        ));
+    }
     if let Some(AuditCommand::Checkpoint) = a.command {
         let vault = context::unlock(g)?;
         let c = vault.log_checkpoint()?;

@@ -136,6 +136,16 @@ pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
     if let Some(parent) = dir.parent() {
         let _ = fs::File::open(parent).and_then(|d| d.sync_all());
     }
+    // A restore is a deliberate return to an older state, here and only here: this machine
+    // forgets what it saw of the vault at this location, and accepts it as restored.
+    let forgotten = carnet_core::vault_id(&SledStore::documents(&dir))
+        .ok()
+        .flatten()
+        .and_then(|id| crate::state::Memory::of(id, &dir))
+        .map(|m| m.forget());
+    if let Some(Err(why)) = forgotten {
+        eprintln!("carnet: warning: {why}: this machine may refuse the restored vault as rolled back (accept it with `carnet audit accept-rewind`)");
+    }
     if g.json {
         return render::print_json(&serde_json::json!({
             "records": summary.records, "documents": summary.documents,

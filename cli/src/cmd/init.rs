@@ -34,6 +34,16 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     let store = SledStore::create(&dir)?;
     let mut vault = Vault::create(store, &a.admin, &pass, kdf)?;
     let recovery = vault.rotate_recovery_key()?;
+    // This machine remembers the new vault from its first state on.
+    if let Some(m) = crate::state::Memory::of(vault.id(), &dir) {
+        if let Err(why) = vault
+            .durable_head()
+            .map_err(|e| e.to_string())
+            .and_then(|h| m.remember(&h))
+        {
+            eprintln!("carnet: warning: {why}: this machine cannot remember the vault's state, so a rollback of it would go unnoticed here");
+        }
+    }
     let shown = context::deliver_recovery_key(&recovery, a.recovery_key_out.as_deref())?;
     if g.json {
         render::print_json(&serde_json::json!({

@@ -112,6 +112,6 @@ pub use recovery::RecoveryKey;
 pub use secret::Passphrase;
 pub use unfinished::Unfinished;
 pub use vault::{
-    is_vault, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation, Patients, Vault,
-    VerifyReport,
+    is_vault, vault_id, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation,
+    Patients, Vault, VerifyReport,
 };

@@ -623,3 +623,41 @@ fn note_ids_sort_in_the_order_notes_were_created() {
     assert_ne!(bob, ids[0]);
     assert_eq!(bob.as_bytes()[..8], ids[0].as_bytes()[..8]);
 }
+
+/// What a machine remembers of the access log's head proves, at its next unlock, that the vault
+/// was not put back behind its back: the log must extend it.
+#[test]
+fn a_log_that_does_not_extend_a_head_seen_before_is_refused() {
+    use carnet_core::ProblemKind;
+    let (v, notes) = populated(Arc::new(MemStore::new()));
+    let seen = v.durable_head().unwrap();
+    v.check_extends(&seen).unwrap();
+    let older = clone_mem(v.store());
+    v.add_note(&pid("alice"), note("written after the head was seen"))
+        .unwrap();
+    v.check_extends(&seen).unwrap();
+    let later = v.durable_head().unwrap();
+    assert!(later.count > seen.count);
+    v.check_extends(&later).unwrap();
+    // The older copy put back: it does not extend the later head.
+    let old = Vault::unlock(older, "admin", &pass(PASS)).unwrap();
+    match old.check_extends(&later) {
+        Err(Error::Integrity(e)) => {
+            assert_eq!(e.kind(), ProblemKind::RolledBack);
+            assert!(e.problem().contains("this machine saw"), "{e}");
+        }
+        other => panic!("an older copy must be refused: {other:?}"),
+    }
+    // A copy that went its own way from the same start, with as many entries or more: refused.
+    old.note(&pid("alice"), &notes[0].1).unwrap();
+    old.note(&pid("alice"), &notes[0].1).unwrap();
+    let forked = old.durable_head().unwrap();
+    assert!(forked.count >= later.count);
+    assert!(old.check_extends(&later).is_err());
+    assert!(v.check_extends(&forked).is_err());
+    // A head of no entries is extended by anything.
+    let none =
+        carnet_core::Checkpoint::parse(&format!("carnet-log-checkpoint v1 0 {}", "00".repeat(32)))
+            .unwrap();
+    old.check_extends(&none).unwrap();
+}

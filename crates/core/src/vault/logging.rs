@@ -335,6 +335,80 @@ impl<S: Store> Vault<S> {
         })
     }
 
+    /// The access log's head, made durable first (entries that [`ReadLog::Grouped`] left
+    /// unflushed are flushed): what a machine remembers of the vault after working on it, to
+    /// check at its next unlock with [`Vault::check_extends`]. It reveals a count and a hash
+    /// only: any role may ask, and it is not logged.
+    pub fn durable_head(&self) -> Result<Checkpoint, Error> {
+        self.sync_log()?;
+        let (head, _) = self.log_head()?;
+        Ok(Checkpoint::new(head.count, head.head))
+    }
+
+    /// Checks that the access log extends `seen`, a head this machine saw earlier
+    /// ([`Vault::durable_head`]): it holds at least as many entries, and the entry after them
+    /// is chained to `seen` (or the heads are equal). O(1). Fails with an
+    /// [`Error::Integrity`] of kind [`crate::ProblemKind::RolledBack`] when the vault was put
+    /// back to an older state, truncated or replaced behind this machine's back.
+    pub fn check_extends(&self, seen: &Checkpoint) -> Result<(), Error> {
+        let (head, _) = self.log_head()?;
+        let found = Checkpoint::new(head.count, head.head);
+        let short = |c: &Checkpoint| {
+            format!(
+                "{} entries, head {}",
+                c.count,
+                c.head[..4]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            )
+        };
+        let rolled_back = || {
+            integrity(
+                "access log",
+                ProblemKind::RolledBack,
+                format!(
+                    "does not extend what this machine saw ({}; found {}): the vault was rolled back, truncated or replaced by another copy",
+                    short(seen),
+                    short(&found)
+                ),
+            )
+        };
+        if found.count < seen.count || (found.count == seen.count && found.head != seen.head) {
+            return Err(rolled_back());
+        }
+        if found.count == seen.count || seen.count == 0 {
+            return Ok(());
+        }
+        // The entry after the seen ones must be bound to the seen head: its associated data
+        // holds its position and the chain value before it.
+        let Some(stored) = self.store.get(space::LOG, &seen.count.to_be_bytes())? else {
+            return Err(rolled_back());
+        };
+        let at = LogAt {
+            seq: seen.count,
+            prev: seen.head,
+        };
+        let chained = Sealed::parse(&stored).ok().is_some_and(|sealed| {
+            self.keys.log_key(sealed.key_version).is_ok_and(|key| {
+                sealed
+                    .open::<LogEntryRecord>(key, self.vault_id(), &at)
+                    .is_some()
+            })
+        });
+        if chained {
+            Ok(())
+        } else {
+            Err(rolled_back())
+        }
+    }
+
+    /// The vault's id: not secret (the keyring holds it in clear). With the vault's location
+    /// it names what a machine remembers of the vault.
+    pub fn id(&self) -> [u8; 16] {
+        *self.vault_id()
+    }
+
     /// The log's current head, to keep off the server (administrators and auditors).
     pub fn log_checkpoint(&self) -> Result<Checkpoint, Error> {
         self.logged(Action::AuditCheckpoint, None, None, || {

@@ -60,6 +60,19 @@ pub fn is_vault(docs: &impl DocReader) -> Result<bool, crate::Error> {
     Ok(docs.document(crate::keystore::ROOT_DOC)?.is_some())
 }
 
+/// The id of the vault whose documents `docs` reads, without unlocking anything (the keyring
+/// names it in clear): `None` when there is no vault; an error when its keyring is damaged.
+pub fn vault_id(docs: &impl DocReader) -> Result<Option<[u8; 16]>, crate::Error> {
+    let Some(root) = docs.document(crate::keystore::ROOT_DOC)? else {
+        return Ok(None);
+    };
+    crate::keyring::Keyring::parse(&root)
+        .map(|k| Some(k.vault_id))
+        .map_err(|_| {
+            crate::error::integrity("keyring", crate::error::ProblemKind::Malformed, "malformed")
+        })
+}
+
 /// An unlocked vault over any [`Store`].
 ///
 /// Every read authenticates what it returns, including that no record of the patient was

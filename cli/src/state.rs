@@ -1,0 +1,233 @@
+//! What this machine remembers of each vault it works on: the newest durable head of the
+//! vault's access log, per vault and location, in a state directory outside the vault
+//! (`CARNET_STATE_DIR`, else `$XDG_STATE_HOME/carnet`, else `~/.local/state/carnet`). At the next
+//! unlock the vault's log must extend it (`Vault::check_extends`), so that a vault put back to
+//! an older copy, or truncated, behind this machine's back is refused (docs/threat-model.md,
+//! "An attacker who can write the storage").
+//!
+//! Written only after the head is durable, never moved backwards (but by `audit
+//! accept-rewind`), and replaced atomically under a lock, so that two processes updating it at
+//! once keep the newer head. A state directory that is damaged or cannot be written is a
+//! warning, never a failure.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use carnet_core::Checkpoint;
+use sha2::{Digest, Sha256};
+
+/// The state directory: `CARNET_STATE_DIR`, else `$XDG_STATE_HOME/carnet`, else
+/// `~/.local/state/carnet`; `None` when none can be named.
+pub fn state_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(d) = var("CARNET_STATE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(x) = var("XDG_STATE_HOME") {
+        return Some(PathBuf::from(x).join("carnet"));
+    }
+    var("HOME").map(|h| PathBuf::from(h).join(".local/state/carnet"))
+}
+
+/// What this machine remembers of one vault at one location.
+pub struct Memory {
+    dir: PathBuf,
+    name: String,
+    id: [u8; 16],
+    location: PathBuf,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Memory {
+    /// Where this machine remembers the vault `id` at `location` (made absolute and real).
+    pub fn of(id: [u8; 16], location: &Path) -> Option<Memory> {
+        Some(Self::at(state_dir()?, id, location))
+    }
+
+    /// [`Memory::of`], in the state directory `dir`.
+    fn at(dir: PathBuf, id: [u8; 16], location: &Path) -> Memory {
+        let location = fs::canonicalize(location).unwrap_or_else(|_| location.to_path_buf());
+        let mut h = Sha256::new();
+        h.update(b"carnet/v1/state");
+        h.update(id);
+        h.update(location.as_os_str().as_encoded_bytes());
+        Memory {
+            dir,
+            name: hex(&h.finalize()[..16]),
+            id,
+            location,
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// The state file, for messages.
+    pub fn path(&self) -> PathBuf {
+        self.file()
+    }
+
+    /// The head remembered: `None` if this machine never saw the vault at this location; an
+    /// error (to warn about) if the state cannot be read.
+    pub fn seen(&self) -> Result<Option<Checkpoint>, String> {
+        let text = match fs::read_to_string(self.file()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.file().display())),
+        };
+        let line = text.lines().next().unwrap_or("");
+        Checkpoint::parse(line)
+            .map(Some)
+            .map_err(|_| format!("{} is damaged", self.file().display()))
+    }
+
+    /// Remembers `head` unless what is remembered is newer (another process went further).
+    pub fn remember(&self, head: &Checkpoint) -> Result<(), String> {
+        self.update(|seen| seen.is_none_or(|s| head.count > s.count), head)
+    }
+
+    /// Remembers `head` whatever was remembered: a deliberate return to an older state.
+    pub fn replace(&self, head: &Checkpoint) -> Result<(), String> {
+        self.update(|_| true, head)
+    }
+
+    /// Forgets the vault at this location: the next unlock accepts it as it finds it.
+    pub fn forget(&self) -> Result<(), String> {
+        let _lock = self.lock()?;
+        match fs::remove_file(self.file()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", self.file().display())),
+        }
+    }
+
+    /// Holds this vault's lock in the state directory (created private if need be).
+    fn lock(&self) -> Result<File, String> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let path = self.dir.join(format!("{}.lock", self.name));
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        f.lock()
+            .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+        Ok(f)
+    }
+
+    /// Under the lock: writes `head` if `wanted(what is remembered)`, atomically.
+    fn update(
+        &self,
+        wanted: impl FnOnce(Option<Checkpoint>) -> bool,
+        head: &Checkpoint,
+    ) -> Result<(), String> {
+        let _lock = self.lock()?;
+        // A damaged state is replaced: it says nothing.
+        if !wanted(self.seen().unwrap_or(None)) {
+            return Ok(());
+        }
+        let tmp = self.dir.join(format!("{}.tmp", self.name));
+        if fs::symlink_metadata(&tmp).is_ok() {
+            fs::remove_file(&tmp).map_err(|e| format!("cannot remove {}: {e}", tmp.display()))?;
+        }
+        let text = format!(
+            "{}\nvault {}\nlocation {}\n",
+            head.to_line(),
+            hex(&self.id),
+            self.location.display()
+        );
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.file())?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", self.file().display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn head(count: u64, b: u8) -> Checkpoint {
+        Checkpoint::parse(&format!(
+            "carnet-log-checkpoint v1 {count} {}",
+            format!("{b:02x}").repeat(32)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_memory_never_moves_backwards_but_on_purpose() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Memory::at(tmp.path().join("state"), [1; 16], tmp.path());
+        assert_eq!(m.seen().unwrap(), None, "never seen");
+        m.remember(&head(5, 0xaa)).unwrap();
+        m.remember(&head(3, 0xbb)).unwrap();
+        assert_eq!(
+            m.seen().unwrap(),
+            Some(head(5, 0xaa)),
+            "an older head is not remembered"
+        );
+        m.remember(&head(9, 0xcc)).unwrap();
+        assert_eq!(m.seen().unwrap(), Some(head(9, 0xcc)));
+        m.replace(&head(2, 0xdd)).unwrap();
+        assert_eq!(
+            m.seen().unwrap(),
+            Some(head(2, 0xdd)),
+            "a deliberate rewind"
+        );
+        // Another vault, or the same vault at another place, is remembered apart.
+        let other = Memory::at(tmp.path().join("state"), [2; 16], tmp.path());
+        assert_eq!(other.seen().unwrap(), None);
+        let elsewhere = Memory::at(tmp.path().join("state"), [1; 16], Path::new("/elsewhere"));
+        assert_eq!(elsewhere.seen().unwrap(), None);
+        m.forget().unwrap();
+        assert_eq!(m.seen().unwrap(), None);
+        // A damaged state says so, and is replaced by the next head.
+        m.remember(&head(1, 0xee)).unwrap();
+        std::fs::write(m.path(), "garbage").unwrap();
+        assert!(m.seen().is_err());
+        m.remember(&head(1, 0xee)).unwrap();
+        assert_eq!(m.seen().unwrap(), Some(head(1, 0xee)));
+    }
+
+    #[test]
+    fn two_processes_remembering_at_once_keep_the_newer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let dir = dir.clone();
+                s.spawn(move || {
+                    let m = Memory::at(dir, [1; 16], Path::new("/v"));
+                    for i in 0..25 {
+                        m.remember(&head(i * 4 + t, t as u8)).unwrap();
+                    }
+                });
+            }
+        });
+        let m = Memory::at(dir, [1; 16], Path::new("/v"));
+        assert_eq!(m.seen().unwrap().unwrap().count, 99);
+    }
+}
