@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use carnet_core::{Checkpoint, Passphrase, RecoveryKey, Vault};
+use carnet_core::{Checkpoint, Passphrase, RecoveryKey, Strength, Vault};
 use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
@@ -117,8 +117,10 @@ pub fn passphrase(global: &Global) -> Result<Passphrase, CliError> {
     Ok(p)
 }
 
-/// A new passphrase: from `file`, or asked twice on the terminal.
-pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, CliError> {
+/// A new passphrase for `user`'s slot: from `file`, or asked twice on the terminal. Too short
+/// or too easy to guess is refused before anything else happens; guessable with some effort
+/// is a warning.
+pub fn new_passphrase(file: Option<&Path>, user: &str) -> Result<Passphrase, CliError> {
     let p = if let Some(f) = file {
         passphrase_from_file(f)?
     } else {
@@ -126,27 +128,28 @@ pub fn new_passphrase(file: Option<&Path>) -> Result<Passphrase, CliError> {
             return Err(no_passphrase());
         }
         let p = prompt("New passphrase (at least 12 characters): ")?;
-        if !p.is_strong_enough() {
-            return Err(short_passphrase());
-        }
+        check_new(&p, user)?;
         let again = prompt("Repeat the passphrase: ")?;
         if !p.ct_eq(&again) {
             return Err(CliError::usage("the two passphrases differ"));
         }
         p
     };
-    if !p.is_strong_enough() {
-        return Err(short_passphrase());
-    }
+    check_new(&p, user)?;
     Ok(p)
 }
 
-fn short_passphrase() -> CliError {
-    CliError::usage(format!(
-        "the passphrase is too short: use at least {} characters",
-        Passphrase::MIN_CHARS
-    ))
-    .hint("a few unrelated words make a strong, memorable passphrase")
+fn check_new(p: &Passphrase, user: &str) -> Result<(), CliError> {
+    match p.check_new(user) {
+        Ok(Strength::Weak) => {
+            eprintln!("carnet: warning: this passphrase could be guessed with some effort; a few more unrelated words would make it strong");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            Err(CliError::from(e).hint("a few unrelated words make a strong, memorable passphrase"))
+        }
+    }
 }
 
 /// An unlocked vault, and what this machine remembers of it: when the command is done (the

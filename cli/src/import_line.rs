@@ -87,7 +87,11 @@ pub fn parse(bytes: &[u8]) -> Result<(NewPatient, NewNote), String> {
         .map(BirthDate::parse)
         .transpose()
         .map_err(|e| format!("birth_date: {e}"))?;
-    let mut note = NewNote::new(NoteBody::new(line.body.into_bytes()).map_err(|e| e.to_string())?);
+    let body = NoteBody::new(line.body.into_bytes()).map_err(|e| e.to_string())?;
+    if body.is_blank() {
+        return Err("body is empty (or only blanks)".to_string());
+    }
+    let mut note = NewNote::new(body);
     for (what, v) in [
         ("name", &patient.name),
         ("author", &line.author),

@@ -47,6 +47,18 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let bad_json = v.tmp.path().join("bad.jsonl");
     std::fs::write(&bad_json, "{\"patient_id\":\"p1\",\"body\":\"ok\"}\n{not json}\n{\"patient_id\":\"p1\"}\n{\"patient_id\":1,\"body\":\"x\"}\n{\"patient_id\":\"p1\",\"body\":\"x\",\"birth_date\":\"2001-02-30\"}\n{\"patient_id\":\"p1\",\"body\":\"trunc").unwrap();
     let long_id = "x".repeat(257);
+    let blank = v.tmp.path().join("blank");
+    std::fs::write(&blank, " \n\t\n").unwrap();
+    let empty_import = v.tmp.path().join("empty.jsonl");
+    std::fs::write(
+        &empty_import,
+        "{\"patient_id\":\"p1\",\"body\":\"fine\"}\n{\"patient_id\":\"p1\",\"body\":\"  \"}\n",
+    )
+    .unwrap();
+    let weakest = v.tmp.path().join("weakest");
+    carnet_tests::write_secret(&weakest, "aaaaaaaaaaaa\n");
+    let common = v.tmp.path().join("common");
+    carnet_tests::write_secret(&common, "password1234\n");
     let cases: Vec<Case<'_>> = vec![
         (
             "wrong passphrase",
@@ -118,6 +130,74 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             2,
             "real date",
         ),
+        // Input a clinic would not mean.
+        (
+            "an empty note",
+            vec!["note", "add", "p1", "--file", "/dev/null"],
+            None,
+            2,
+            "empty",
+        ),
+        (
+            "a note of blanks",
+            vec!["note", "add", "p1", "--file", blank.to_str().unwrap()],
+            None,
+            2,
+            "empty",
+        ),
+        (
+            "an amendment of blanks",
+            vec!["note", "amend", "p1", &n, "--file", blank.to_str().unwrap()],
+            None,
+            2,
+            "empty",
+        ),
+        (
+            "an import with an empty body",
+            vec!["import", empty_import.to_str().unwrap()],
+            None,
+            1,
+            "empty",
+        ),
+        (
+            "a blank patient id",
+            vec!["patient", "add", "   "],
+            None,
+            2,
+            "blank",
+        ),
+        (
+            "a birth date in the future",
+            vec!["patient", "add", "p2", "--birth-date", "2999-01-01"],
+            None,
+            2,
+            "future",
+        ),
+        (
+            "the weakest new passphrase",
+            vec![
+                "key",
+                "change-passphrase",
+                "--new-passphrase-file",
+                weakest.to_str().unwrap(),
+            ],
+            None,
+            2,
+            "too easy to guess",
+        ),
+        (
+            "a common new passphrase",
+            vec![
+                "user",
+                "add",
+                "nurse",
+                "--new-passphrase-file",
+                common.to_str().unwrap(),
+            ],
+            None,
+            2,
+            "too easy to guess",
+        ),
         ("unknown command", vec!["frobnicate"], None, 2, ""),
         (
             "bad since",
@@ -178,7 +258,8 @@ fn broken_or_foreign_vault_directories_get_clear_errors() {
     let root = v.dir.join("root");
     let good = std::fs::read(&root).unwrap();
     for (what, bytes, codes) in [
-        ("a foreign keyring", b"SQLite format 3\0".to_vec(), &[1][..]),
+        // Beside the vault's key store and records: a damaged keyring (exit 5), not "no vault".
+        ("a foreign keyring", b"SQLite format 3\0".to_vec(), &[5][..]),
         (
             "a truncated keyring",
             good[..good.len() / 2].to_vec(),

@@ -531,3 +531,17 @@ fn importing_the_same_file_twice_adds_nothing_unless_asked() {
         4
     );
 }
+
+#[test]
+fn a_guessable_new_passphrase_is_accepted_with_a_warning() {
+    let v = carnet_tests::TestVault::new();
+    // Thirteen letters of one word: zxcvbn's "somewhat guessable" (under 10^8 guesses).
+    carnet_tests::write_secret(&v.pass_file, "monmotdepasse\n");
+    let r = v.run(&carnet_tests::INIT).expect(0);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("guessed"),
+        "{}",
+        r.stderr
+    );
+    v.run(&["patient", "list"]).expect(0);
+}

@@ -1,7 +1,7 @@
 //! `carnet backup FILE` and `carnet restore FILE`: no passphrase needed, ciphertext only.
 
 use std::fs::{self, OpenOptions};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -120,7 +120,20 @@ pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
         })?;
     let summary = (|| {
         let store = SledStore::create(staging.path())?;
-        let s = restore_backup(BufReader::new(input), &store)?;
+        let s = restore_backup(input, &store).map_err(|e| match e {
+            carnet_core::Error::Integrity(i) => CliError::new(
+                crate::error::Exit::Integrity,
+                format!(
+                    "the archive is damaged ({}): nothing was restored",
+                    i.problem()
+                ),
+            )
+            .hint("use another copy of the backup"),
+            carnet_core::Error::Foreign => {
+                CliError::failure(format!("{} is not a Carnet backup", file.display()))
+            }
+            other => other.into(),
+        })?;
         drop(store);
         let _ = fs::remove_file(staging.path().join("carnet.lock"));
         Ok::<_, CliError>(s)

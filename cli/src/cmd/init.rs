@@ -24,7 +24,7 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
         ))
         .hint("it holds no data: remove the directory and run init again"));
     }
-    let pass = context::new_passphrase(g.passphrase_file.as_deref())?;
+    let pass = context::new_passphrase(g.passphrase_file.as_deref(), &a.admin)?;
     if kdf.is_below_default() && !g.quiet {
         eprintln!(
             "carnet: warning: key derivation below the recommended 64 MiB / 3 passes / 4 lanes; \

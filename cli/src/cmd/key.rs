@@ -166,7 +166,7 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
             new_passphrase_file,
         } => {
             let mut vault = context::unlock(g)?;
-            let new = context::new_passphrase(new_passphrase_file.as_deref())?;
+            let new = context::new_passphrase(new_passphrase_file.as_deref(), &g.user)?;
             vault.change_passphrase(&new)?;
             if g.json {
                 render::print_json(&json!({"changed": true}))

@@ -12,9 +12,11 @@ mod search;
 mod user;
 mod verify;
 
-use carnet_core::{PatientId, MAX_BODY_BYTES};
+use carnet_core::{NoteBody, PatientId, MAX_BODY_BYTES};
 use std::io::{IsTerminal, Read};
+use std::os::fd::AsFd;
 use std::path::Path;
+use zeroize::Zeroizing;
 
 use crate::args::{Cli, Command};
 use crate::error::CliError;
@@ -83,31 +85,77 @@ pub fn patient_id(id: &str) -> Result<PatientId, CliError> {
 }
 
 /// A note body from FILE or standard input, refusing more than 16 MiB without reading it all.
-pub fn read_body(file: Option<&Path>) -> Result<Vec<u8>, CliError> {
-    let mut buf = Vec::new();
-    let limit = MAX_BODY_BYTES as u64 + 1;
-    let res = match file {
+/// Read without any buffer but its own (standard input through its file descriptor, not std's
+/// buffered handle), which is zeroized whenever it grows and if the body is refused: no copy
+/// of the note is left in freed memory.
+pub fn read_body(file: Option<&Path>) -> Result<NoteBody, CliError> {
+    let limit = MAX_BODY_BYTES + 1;
+    let body = match file {
         Some(f) => std::fs::File::open(f)
-            .and_then(|f| f.take(limit).read_to_end(&mut buf))
-            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", f.display()))),
+            .and_then(|mut input| {
+                let hint = input.metadata().map_or(0, |m| m.len() as usize);
+                read_secret(&mut input, limit, hint)
+            })
+            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", f.display())))?,
         None => {
-            let stdin = std::io::stdin();
-            if stdin.is_terminal() {
+            if std::io::stdin().is_terminal() {
                 eprintln!("Type the note, then press Ctrl-D on a new line:");
             }
-            stdin
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::fs::File::from)
+                .and_then(|mut input| read_secret(&mut input, limit, 0))
+                .map_err(|e| CliError::failure(format!("cannot read standard input: {e}")))?
         }
-        .lock()
-        .take(limit)
-        .read_to_end(&mut buf)
-        .map_err(|e| CliError::failure(format!("cannot read standard input: {e}"))),
     };
-    res?;
-    if buf.len() > MAX_BODY_BYTES {
+    if body.len() > MAX_BODY_BYTES {
         return Err(CliError::failure(format!(
             "the note is larger than 16 MiB ({MAX_BODY_BYTES} bytes)"
         ))
         .hint("split it into several notes"));
     }
-    Ok(buf)
+    let mut body = body;
+    let body = NoteBody::new(std::mem::take(&mut *body))?;
+    if body.is_blank() {
+        return Err(CliError::usage("the note is empty (or only blanks)")
+            .hint("write the note's text, or give it with --file FILE"));
+    }
+    Ok(body)
+}
+
+/// Reads at most `limit` bytes of `input` into one zeroizing buffer, starting at `hint` bytes
+/// of room: when it must grow, the old buffer is zeroized after the copy.
+fn read_secret(
+    input: &mut impl Read,
+    limit: usize,
+    hint: usize,
+) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(hint.clamp(4096, limit) + 1));
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= limit {
+                return Ok(buf);
+            }
+            let mut bigger =
+                Zeroizing::new(Vec::with_capacity((buf.capacity() * 2).min(limit + 1)));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        let len = buf.len();
+        let room = (buf.capacity() - len).min(limit + 1 - len);
+        buf.resize(len + room, 0);
+        match input.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+        if buf.len() > limit {
+            return Ok(buf);
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `carnet note add|list|show|amend|history`
 
-use carnet_core::{NewNote, Note, NoteBody, NoteId};
+use carnet_core::{NewNote, Note, NoteId};
 use serde_json::Value;
 
 use super::{patient_id, read_body};
@@ -22,7 +22,7 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
             kind,
         } => {
             let id = patient_id(&id)?;
-            let body = NoteBody::new(read_body(file.as_deref())?)?;
+            let body = read_body(file.as_deref())?;
             let vault = context::unlock(g)?;
             let mut note = NewNote::new(body);
             note.author = author;
@@ -76,7 +76,7 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
         } => {
             let id = patient_id(&id)?;
             let nid = note_id(&nid)?;
-            let body = NoteBody::new(read_body(file.as_deref())?)?;
+            let body = read_body(file.as_deref())?;
             let vault = context::unlock(g)?;
             let version = vault.amend_note(&id, &nid, body, author)?;
             if g.json {

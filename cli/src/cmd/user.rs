@@ -21,7 +21,7 @@ pub fn run(g: &Global, c: UserCommand) -> Result<(), CliError> {
             if vault.role() != Role::Admin {
                 return Err(carnet_core::Error::NotPermitted(vault.role().name()).into());
             }
-            let pass = context::new_passphrase(new_passphrase_file.as_deref())?;
+            let pass = context::new_passphrase(new_passphrase_file.as_deref(), &name)?;
             vault.add_user(&name, role, &pass)?;
             if g.json {
                 render::print_json(&json!({"name": name, "role": role.name()}))

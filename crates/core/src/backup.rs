@@ -3,7 +3,7 @@
 //! only), so making one needs no passphrase, and restoring one into any backend gives back the
 //! same vault; it is also the migration path when the engine changes.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use carnet_storage::{Batch, DocName, Space, Store};
 use sha2::{Digest, Sha256};
@@ -141,137 +141,196 @@ fn damaged(why: &str) -> Error {
     crate::error::integrity("backup archive", ProblemKind::Malformed, why)
 }
 
-/// A parsed, fully checked archive.
-struct Parsed {
-    docs: Vec<(DocName, Vec<u8>)>,
-    records: Vec<(Space, Vec<u8>, Vec<u8>)>,
+/// One part of an archive, as read.
+enum Part {
+    Doc(DocName, Vec<u8>),
+    Record(Space, Vec<u8>, Vec<u8>),
 }
 
-/// Reads and checks a whole archive: structure, every part's checksum, the count, the overall
-/// checksum. Nothing is written before all of it passed.
-fn parse(mut input: impl Read) -> Result<Parsed, Error> {
-    let mut bytes = Vec::new();
-    input
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::Storage(carnet_storage::StoreError::io("cannot read the backup", e)))?;
-    if bytes.len() < 10 || bytes[..8] != MAGIC {
-        return Err(Error::Foreign);
+/// Reads an archive part by part, in bounded memory (one part at a time, a part at most
+/// [`MAX_PART`] bytes), checking each part's checksum, the count and the overall checksum.
+struct Reader<R: Read> {
+    input: R,
+    all: Sha256,
+    parts: u64,
+    done: bool,
+}
+
+fn read_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        damaged("truncated")
+    } else {
+        Error::Storage(carnet_storage::StoreError::io("cannot read the backup", e))
     }
-    let version = u16::from_be_bytes([bytes[8], bytes[9]]);
-    if version > VERSION {
-        return Err(Error::UnsupportedFormat {
-            found: u32::from(version),
-            supported: u32::from(VERSION),
-        });
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the header: a Carnet archive of a version this code reads.
+    fn new(mut input: R) -> Result<Self, Error> {
+        let mut header = [0u8; 10];
+        input.read_exact(&mut header).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Foreign,
+            _ => read_error(e),
+        })?;
+        if header[..8] != MAGIC {
+            return Err(Error::Foreign);
+        }
+        let version = u16::from_be_bytes([header[8], header[9]]);
+        if version > VERSION {
+            return Err(Error::UnsupportedFormat {
+                found: u32::from(version),
+                supported: u32::from(VERSION),
+            });
+        }
+        if version != VERSION {
+            return Err(damaged("unknown archive version"));
+        }
+        let mut all = Sha256::new();
+        all.update(header);
+        Ok(Reader {
+            input,
+            all,
+            parts: 0,
+            done: false,
+        })
     }
-    let mut at = 10usize;
-    let mut out = Parsed {
-        docs: Vec::new(),
-        records: Vec::new(),
-    };
-    let take = |at: &mut usize, n: usize| -> Result<std::ops::Range<usize>, Error> {
-        let end = at
-            .checked_add(n)
-            .filter(|e| *e <= bytes.len())
-            .ok_or_else(|| damaged("truncated"))?;
-        let r = *at..end;
-        *at = end;
-        Ok(r)
-    };
-    let mut parts = 0u64;
-    loop {
-        let start = at;
-        let tag = bytes[take(&mut at, 1)?][0];
+
+    /// Reads `n` bytes, counted in the overall checksum (and in `part`'s, if given).
+    fn take(&mut self, n: usize, part: Option<&mut Sha256>) -> Result<Vec<u8>, Error> {
+        let mut b = vec![0u8; n];
+        self.input.read_exact(&mut b).map_err(read_error)?;
+        self.all.update(&b);
+        if let Some(h) = part {
+            h.update(&b);
+        }
+        Ok(b)
+    }
+
+    /// The next part, or `None` after the end (whose count and overall checksum matched).
+    fn next_part(&mut self) -> Result<Option<Part>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut h = Sha256::new();
+        let tag = self.take(1, Some(&mut h))?[0];
         if tag == TAG_END {
             let count = u64::from_be_bytes(
-                bytes[take(&mut at, 8)?]
+                self.take(8, None)?
                     .try_into()
                     .map_err(|_| damaged("truncated"))?,
             );
-            let body_end = at;
-            let digest = take(&mut at, 32)?;
-            if count != parts {
+            let want: [u8; 32] = self.all.clone().finalize().into();
+            let mut digest = [0u8; 32];
+            self.input.read_exact(&mut digest).map_err(read_error)?;
+            if count != self.parts {
                 return Err(damaged(
                     "the number of parts does not match (parts missing or added)",
                 ));
             }
-            let want: [u8; 32] = Sha256::digest(&bytes[..body_end]).into();
-            if bytes[digest] != want {
+            if digest != want {
                 return Err(damaged("the overall checksum does not match"));
             }
-            if at != bytes.len() {
-                return Err(damaged("bytes after the end"));
+            let mut rest = [0u8; 1];
+            match self.input.read(&mut rest) {
+                Ok(0) => {}
+                Ok(_) => return Err(damaged("bytes after the end")),
+                Err(e) => return Err(read_error(e)),
             }
-            break;
+            self.done = true;
+            return Ok(None);
         }
-        let name_len = bytes[take(&mut at, 1)?][0] as usize;
-        let name = take(&mut at, name_len)?;
+        let name_len = self.take(1, Some(&mut h))?[0] as usize;
+        let name = self.take(name_len, Some(&mut h))?;
         let len = u64::from_be_bytes(
-            bytes[take(&mut at, 8)?]
+            self.take(8, Some(&mut h))?
                 .try_into()
                 .map_err(|_| damaged("truncated"))?,
         );
         if len > MAX_PART {
             return Err(damaged("a part is larger than any vault record"));
         }
-        let body = take(&mut at, len as usize)?;
-        let checksum = take(&mut at, 32)?;
-        let want: [u8; 32] = Sha256::digest(&bytes[start..body.end]).into();
-        if bytes[checksum] != want {
-            return Err(damaged(&format!("part {parts} fails its checksum")));
+        // `len` is at most MAX_PART (64 MiB): bounded.
+        let body = self.take(len as usize, Some(&mut h))?;
+        let checksum = self.take(32, None)?;
+        let want: [u8; 32] = h.finalize().into();
+        if checksum[..] != want {
+            return Err(damaged(&format!("part {} fails its checksum", self.parts)));
         }
-        let name = &bytes[name];
-        let body = &bytes[body];
-        match tag {
+        let part = match tag {
             TAG_DOC => {
-                let doc = doc_named(name).ok_or_else(|| damaged("an unknown document"))?;
-                out.docs.push((doc, body.to_vec()));
+                let doc = doc_named(&name).ok_or_else(|| damaged("an unknown document"))?;
+                Part::Doc(doc, body)
             }
             TAG_RECORD => {
-                let sp = space_named(name).ok_or_else(|| damaged("an unknown record space"))?;
+                let sp = space_named(&name).ok_or_else(|| damaged("an unknown record space"))?;
                 let klen = u32::from_be_bytes(
                     body.get(..4)
                         .ok_or_else(|| damaged("record"))?
                         .try_into()
                         .map_err(|_| damaged("record"))?,
                 ) as usize;
-                let key = body.get(4..4 + klen).ok_or_else(|| damaged("record key"))?;
-                out.records
-                    .push((sp, key.to_vec(), body[4 + klen..].to_vec()));
+                let key = body
+                    .get(4..4usize.saturating_add(klen))
+                    .ok_or_else(|| damaged("record key"))?
+                    .to_vec();
+                let value = body[4 + klen..].to_vec();
+                Part::Record(sp, key, value)
             }
             _ => return Err(damaged("an unknown part")),
-        }
-        parts += 1;
+        };
+        self.parts += 1;
+        Ok(Some(part))
     }
-    if !out.docs.iter().any(|(d, _)| *d == ROOT_DOC) {
-        return Err(damaged("no keyring"));
-    }
-    Ok(out)
 }
 
-/// Restores an archive into an empty `store`. The whole archive is checked first; then the
-/// records are written, then the key store, and the keyring last, so an interrupted restore
-/// leaves no vault that opens. Needs no key; run `verify` afterwards.
-pub fn restore_backup<S: Store, R: Read>(input: R, store: &S) -> Result<BackupSummary, Error> {
+/// Restores an archive into an empty `store`. The whole archive is read and checked first
+/// (structure, every part's checksum, the count, the overall checksum), in bounded memory;
+/// nothing is written before all of it passed. Then it is read again and written: the records,
+/// then the key store, and the keyring last, so an interrupted restore leaves no vault that
+/// opens. Needs no key; run `verify` afterwards.
+pub fn restore_backup<S: Store, R: Read + Seek>(
+    mut input: R,
+    store: &S,
+) -> Result<BackupSummary, Error> {
     if store.read_doc(ROOT_DOC)?.is_some() {
         return Err(Error::AlreadyAVault);
     }
-    let parsed = parse(input)?;
+    let seek_error =
+        |e| Error::Storage(carnet_storage::StoreError::io("cannot read the backup", e));
+    let start = input.stream_position().map_err(seek_error)?;
+    // Pass 1: check everything; keep nothing.
+    let mut check = Reader::new(std::io::BufReader::new(&mut input))?;
+    let mut keyring = false;
+    while let Some(part) = check.next_part()? {
+        keyring |= matches!(part, Part::Doc(d, _) if d == ROOT_DOC);
+    }
+    drop(check);
+    if !keyring {
+        return Err(damaged("no keyring"));
+    }
+    // Pass 2: write.
+    input.seek(SeekFrom::Start(start)).map_err(seek_error)?;
+    let mut read = Reader::new(std::io::BufReader::new(&mut input))?;
     let mut summary = BackupSummary::default();
+    let mut docs = Vec::new();
     let mut batch = Batch::new();
     let mut pending = 0usize;
-    for (sp, k, v) in parsed.records {
-        pending += k.len() + v.len();
-        batch.put(sp, k, v);
-        summary.records += 1;
-        if pending > 8 << 20 {
-            store.commit(std::mem::take(&mut batch))?;
-            pending = 0;
+    while let Some(part) = read.next_part()? {
+        match part {
+            Part::Doc(d, bytes) => docs.push((d, bytes)),
+            Part::Record(sp, k, v) => {
+                pending += k.len() + v.len();
+                batch.put(sp, k, v);
+                summary.records += 1;
+                if pending > 8 << 20 {
+                    store.commit(std::mem::take(&mut batch))?;
+                    pending = 0;
+                }
+            }
         }
     }
     store.commit(batch)?;
     store.flush()?;
-    let mut docs = parsed.docs;
     docs.sort_by_key(|(d, _)| *d == ROOT_DOC);
     for (d, bytes) in docs {
         store.replace_doc(d, &bytes)?;
@@ -298,7 +357,7 @@ mod tests {
         let sum = write_backup(&s, &mut archive).unwrap();
         assert_eq!((sum.records, sum.documents), (2, 2));
         let to = MemStore::new();
-        restore_backup(&archive[..], &to).unwrap();
+        restore_backup(std::io::Cursor::new(&archive[..]), &to).unwrap();
         assert_eq!(
             to.get(space::NOTES, b"k1").unwrap().as_deref(),
             Some(&b"v1"[..])
@@ -308,22 +367,34 @@ mod tests {
             Some(&b"keyring"[..])
         );
         assert!(matches!(
-            restore_backup(&archive[..], &to),
+            restore_backup(std::io::Cursor::new(&archive[..]), &to),
             Err(Error::AlreadyAVault)
         ));
         for i in 0..archive.len() {
             let mut bad = archive.clone();
             bad[i] ^= 0x10;
             let to = MemStore::new();
-            assert!(restore_backup(&bad[..], &to).is_err(), "byte {i}");
+            assert!(
+                restore_backup(std::io::Cursor::new(&bad[..]), &to).is_err(),
+                "byte {i}"
+            );
             assert!(
                 to.read_doc(ROOT_DOC).unwrap().is_none()
                     && to.scan_prefix(space::NOTES, &[]).next().is_none()
             );
         }
+        // A part claiming more bytes than any record is refused before anything is read.
+        let mut huge = archive[..10].to_vec();
+        huge.extend_from_slice(&[TAG_DOC, 4]);
+        huge.extend_from_slice(b"root");
+        huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        match restore_backup(std::io::Cursor::new(&huge[..]), &MemStore::new()) {
+            Err(Error::Integrity(e)) => assert!(e.problem().contains("larger"), "{e}"),
+            other => panic!("an oversized part: {other:?}"),
+        }
         for cut in [0, 9, 10, archive.len() / 2, archive.len() - 1] {
             assert!(
-                restore_backup(&archive[..cut], &MemStore::new()).is_err(),
+                restore_backup(std::io::Cursor::new(&archive[..cut]), &MemStore::new()).is_err(),
                 "cut at {cut}"
             );
         }

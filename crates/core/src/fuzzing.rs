@@ -52,7 +52,7 @@ pub fn envelope_and_frame(data: &[u8]) {
 
 /// The backup archive reader, restoring into memory.
 pub fn backup(data: &[u8]) {
-    let _ = crate::restore_backup(data, &MemStore::new());
+    let _ = crate::restore_backup(std::io::Cursor::new(data), &MemStore::new());
 }
 
 /// The recovery key and checkpoint text parsers.

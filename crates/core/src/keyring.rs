@@ -355,6 +355,15 @@ impl Slot {
             return Ok(None);
         };
         let shared = sk.diffie_hellman(&PublicKey::from(seal.ephemeral));
+        // As when sealing: an ephemeral key of low order (crafted) gives a shared secret that
+        // does not depend on the slot's key.
+        if !shared.was_contributory() {
+            return Err(integrity(
+                "keyring",
+                ProblemKind::FailedAuthentication,
+                "sealed master key: degenerate ephemeral key",
+            ));
+        }
         let (key, commit) = seal_keys(
             shared.as_bytes(),
             &seal.ephemeral,
@@ -737,6 +746,23 @@ mod tests {
             Keyring::parse(&bad),
             Err(KeyringParseError::Malformed)
         ));
+    }
+
+    #[test]
+    fn a_seal_with_a_low_order_ephemeral_key_is_refused() {
+        let (mut k, _, master) = keyring();
+        // The identity point: X25519 with it gives all zeros, whatever the slot's key.
+        k.slots[0].seals[0].ephemeral = [0u8; 32];
+        let bytes = k.encode(&master);
+        let k = Keyring::parse(&bytes).ok().unwrap();
+        match k.unlock(
+            "admin",
+            &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
+        ) {
+            Err(Error::Integrity(e)) => assert!(e.problem().contains("degenerate"), "{e}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a degenerate seal must not open"),
+        }
     }
 
     #[test]

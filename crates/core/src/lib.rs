@@ -109,7 +109,7 @@ pub use model::{
     Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,
 };
 pub use recovery::RecoveryKey;
-pub use secret::Passphrase;
+pub use secret::{Passphrase, Strength};
 pub use unfinished::Unfinished;
 pub use vault::{
     is_vault, vault_id, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation,

@@ -18,9 +18,20 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 pub struct PatientId(String);
 
 impl PatientId {
-    /// Validates an identifier: 1 to [`MAX_PATIENT_ID_BYTES`] bytes.
+    /// Validates an identifier: 1 to [`MAX_PATIENT_ID_BYTES`] bytes, not only blanks.
     pub fn new(id: impl Into<String>) -> Result<Self, Error> {
-        let id = id.into();
+        let id = Self::from_stored(id.into())?;
+        if id.0.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "a patient id cannot be blank (only spaces)".into(),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// An identifier read back from the vault: only its length is checked (vaults made before
+    /// blank identifiers were refused may hold one).
+    pub(crate) fn from_stored(id: String) -> Result<Self, Error> {
         if id.is_empty() || id.len() > MAX_PATIENT_ID_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "a patient id must be 1 to {MAX_PATIENT_ID_BYTES} bytes of UTF-8"
@@ -115,8 +126,21 @@ impl Timestamp {
 pub struct BirthDate(String);
 
 impl BirthDate {
-    /// Parses `YYYY-MM-DD` (years 0001 to 9999).
+    /// Parses `YYYY-MM-DD` (years 0001 to 9999), refusing a date after today (UTC).
     pub fn parse(s: &str) -> Result<Self, Error> {
+        let date = Self::from_stored(s)?;
+        // Same-width, zero-padded dates compare as text.
+        if date.0.as_str() > today().as_str() {
+            return Err(Error::InvalidArgument(
+                "a birth date cannot be in the future".into(),
+            ));
+        }
+        Ok(date)
+    }
+
+    /// A date read back from the vault: a real calendar date (vaults made before dates in the
+    /// future were refused may hold one).
+    pub(crate) fn from_stored(s: &str) -> Result<Self, Error> {
         let bad =
             || Error::InvalidArgument("a birth date must be a real date written YYYY-MM-DD".into());
         let b = s.as_bytes();
@@ -155,6 +179,26 @@ impl fmt::Debug for BirthDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BirthDate(<redacted>)")
     }
+}
+
+/// Today's date in UTC, `YYYY-MM-DD` (the civil calendar of days since 1970-01-01, after Howard
+/// Hinnant's `civil_from_days`).
+fn today() -> String {
+    civil_date(Timestamp::now().unix_millis().div_euclid(86_400_000))
+}
+
+/// The date `days` after 1970-01-01, `YYYY-MM-DD`.
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 pub(crate) fn check_field(what: &str, v: &Option<String>) -> Result<(), Error> {
@@ -230,6 +274,12 @@ impl NoteBody {
     /// The body's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// Whether the body is empty or only blanks (ASCII spaces, tabs, line breaks): a note a
+    /// clinician would not mean to write, refused by every write.
+    pub fn is_blank(&self) -> bool {
+        self.0.iter().all(u8::is_ascii_whitespace)
     }
 }
 
@@ -354,8 +404,29 @@ mod tests {
     }
 
     #[test]
+    fn today_is_the_civil_date() {
+        for (days, date) in [
+            (0, "1970-01-01"),
+            (-1, "1969-12-31"),
+            (11_016, "2000-02-29"),
+            (20_788, "2026-12-01"),
+            (47_541, "2100-03-01"),
+        ] {
+            assert_eq!(civil_date(days), date);
+        }
+        let t = today();
+        assert!(BirthDate::from_stored(&t).is_ok(), "{t}");
+        assert!(BirthDate::parse(&t).is_ok(), "today is not in the future");
+        assert!(BirthDate::parse("9999-12-31").is_err(), "the future");
+        assert!(BirthDate::from_stored("9999-12-31").is_ok(), "as stored");
+    }
+
+    #[test]
     fn patient_ids_are_bounded_and_redacted() {
         assert!(PatientId::new("").is_err());
+        assert!(PatientId::new("   ").is_err(), "blank");
+        assert!(PatientId::new(" \t").is_err(), "blank");
+        assert!(PatientId::from_stored("   ".into()).is_ok(), "as stored");
         assert!(PatientId::new("x".repeat(256)).is_ok());
         assert!(PatientId::new("x".repeat(257)).is_err());
         assert_eq!(

@@ -79,6 +79,29 @@ impl Passphrase {
         self.0.chars().count() >= Self::MIN_CHARS
     }
 
+    /// Checks a passphrase for a new key slot of `user`: at least [`Passphrase::MIN_CHARS`]
+    /// characters, and not among the easiest to guess. The estimate is zxcvbn's (ADR 0014),
+    /// which knows common passwords, names, keyboard rows, repeats and dates, and is told the
+    /// user's name: under 10^6 guesses (`aaaaaaaaaaaa`, `password1234`) is refused
+    /// ([`Error::InvalidArgument`]); under 10^8 is [`Strength::Weak`]: accepted, but say so.
+    pub fn check_new(&self, user: &str) -> Result<Strength, crate::Error> {
+        if !self.is_strong_enough() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "the passphrase is too short: use at least {} characters",
+                Self::MIN_CHARS
+            )));
+        }
+        let estimate = zxcvbn::zxcvbn(&self.0, &[user]);
+        match estimate.score() {
+            zxcvbn::Score::Zero | zxcvbn::Score::One => Err(crate::Error::InvalidArgument(
+                "the passphrase is too easy to guess (a repeat, a keyboard row, a common word or password)"
+                    .into(),
+            )),
+            zxcvbn::Score::Two => Ok(Strength::Weak),
+            _ => Ok(Strength::Strong),
+        }
+    }
+
     /// Whether the passphrase is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -92,6 +115,17 @@ impl Passphrase {
     pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
+}
+
+/// How hard a new passphrase is to guess ([`Passphrase::check_new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Strength {
+    /// Guessable with some effort (fewer than about 10^8 guesses): accepted, but a longer one
+    /// (a few unrelated words) is better.
+    Weak,
+    /// Safely unguessable by that estimate.
+    Strong,
 }
 
 impl std::fmt::Debug for Passphrase {

@@ -126,7 +126,14 @@ impl Keychain {
         secret: &SlotSecret<'_>,
     ) -> Result<Keychain, Error> {
         let root = store.read_doc(ROOT_DOC)?.ok_or(Error::NotAVault)?;
+        // A keyring that is not one, beside a key store, is a vault's damaged keyring.
+        let has_key_store = store.read_doc(KEYS_DOC)?.is_some();
         let keyring = Keyring::parse(&root).map_err(|e| match e {
+            KeyringParseError::Foreign if has_key_store => integrity(
+                "keyring",
+                ProblemKind::Malformed,
+                "damaged: its header is not a Carnet keyring's",
+            ),
             KeyringParseError::Foreign => Error::Foreign,
             KeyringParseError::FutureVersion(v) => Error::UnsupportedFormat {
                 found: u32::from(v),

@@ -32,13 +32,8 @@ impl<S: Store> Vault<S> {
         if store.read_doc(ROOT_DOC)?.is_some() {
             return Err(Error::AlreadyAVault);
         }
-        if !passphrase.is_strong_enough() {
-            return Err(Error::InvalidArgument(format!(
-                "the passphrase is too short: use at least {} characters",
-                Passphrase::MIN_CHARS
-            )));
-        }
         check_user_name(user)?;
+        passphrase.check_new(user)?;
         let mut keys = Keychain::generate(user, passphrase, kdf)?;
         let vault_id = *keys.vault_id();
         let users = UsersV1 {

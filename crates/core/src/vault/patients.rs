@@ -42,10 +42,10 @@ impl PatientState {
             )
         };
         Ok(Patient {
-            id: PatientId::new(self.info.id.clone()).map_err(|_| bad())?,
+            id: PatientId::from_stored(self.info.id.clone()).map_err(|_| bad())?,
             name: self.info.name.clone(),
             birth_date: match self.info.birth_date.as_deref() {
-                Some(d) => Some(BirthDate::parse(d).map_err(|_| bad())?),
+                Some(d) => Some(BirthDate::from_stored(d).map_err(|_| bad())?),
                 None => None,
             },
             created_at: Timestamp::from_unix_millis(self.info.created_at),

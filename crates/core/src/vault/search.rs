@@ -38,7 +38,7 @@ impl<S: Store> Vault<S> {
                 let Some(body) = &n.body else { continue };
                 if let Some(snippet) = find_snippet(body.as_bytes(), &needle) {
                     hits.push(SearchHit {
-                        patient_id: PatientId::new(st.info.id.clone())?,
+                        patient_id: PatientId::from_stored(st.info.id.clone())?,
                         note_id: n.id,
                         version: n.version,
                         snippet,

@@ -16,13 +16,6 @@ use crate::sealing::UsersRecord;
 use crate::secret::Passphrase;
 use crate::Error;
 
-fn too_short() -> Error {
-    Error::InvalidArgument(format!(
-        "the passphrase is too short: use at least {} characters",
-        Passphrase::MIN_CHARS
-    ))
-}
-
 impl<S: Store> Vault<S> {
     /// The users record and its stored bytes.
     pub(super) fn load_users(&self) -> Result<(UsersV1, Vec<u8>), Error> {
@@ -94,9 +87,7 @@ impl<S: Store> Vault<S> {
     ) -> Result<(), Error> {
         self.require(Duty::Administration)?;
         check_user_name(name)?;
-        if !passphrase.is_strong_enough() {
-            return Err(too_short());
-        }
+        passphrase.check_new(name)?;
         if self.keys.has_slot(name) {
             return Err(Error::InvalidArgument(
                 "a user with this name already exists".into(),
@@ -131,10 +122,8 @@ impl<S: Store> Vault<S> {
     }
 
     fn change_passphrase_unlogged(&mut self, new: &Passphrase) -> Result<(), Error> {
-        if !new.is_strong_enough() {
-            return Err(too_short());
-        }
         let user = self.session.user().to_string();
+        new.check_new(&user)?;
         let kdf = self.keys.slot_kdf(&user).ok_or(Error::UnknownUser)?;
         self.keys
             .put_slot(&self.store, &user, SlotSecret::Passphrase(new, kdf))

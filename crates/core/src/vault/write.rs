@@ -102,7 +102,7 @@ impl<S: Store> Vault<S> {
             author: author.or_else(|| latest.meta.author.clone()),
             kind: latest.meta.kind.clone(),
         };
-        txn.add_version(blind, note.0, version, meta, body.as_bytes())?;
+        txn.add_version(blind, note.0, version, meta, &body)?;
         txn.log = Some(Logged {
             action: Action::NoteAmend,
             patient: Some(id.as_str().to_string()),
@@ -229,7 +229,7 @@ impl<'v, S: Store> Txn<'v, S> {
             author: note.author.clone(),
             kind: note.kind.clone(),
         };
-        self.add_version(blind, id.0, 1, meta, note.body.as_bytes())?;
+        self.add_version(blind, id.0, 1, meta, &note.body)?;
         Ok(id)
     }
 
@@ -240,8 +240,13 @@ impl<'v, S: Store> Txn<'v, S> {
         note: [u8; 16],
         version: u32,
         mut meta: NoteMetaV1,
-        body: &[u8],
+        body: &NoteBody,
     ) -> Result<(), Error> {
+        if body.is_blank() {
+            return Err(Error::InvalidArgument(
+                "a note cannot be empty (or only blanks)".into(),
+            ));
+        }
         let v = self.vault;
         let st = self
             .patients
@@ -257,7 +262,7 @@ impl<'v, S: Store> Txn<'v, S> {
             &st.keys.note,
             v.vault_id(),
             &at,
-            &frame::encode(&meta, body)?,
+            &frame::encode(&meta, body.as_bytes())?,
         )?;
         // No "absent" precondition per note: the patient's manifest is guarded by
         // compare-and-swap in the same batch, and every note version extends that manifest, so
