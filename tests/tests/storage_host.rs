@@ -363,3 +363,34 @@ fn a_damaged_or_unwritable_state_directory_is_only_a_warning() {
     let r = on_machine(&v, &blocked, &["patient", "list"]).expect(0);
     assert!(r.stderr.contains("warning"), "{}", r.stderr);
 }
+
+#[test]
+fn a_document_replaced_by_a_link_is_never_archived_nor_read() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    // The host replaces the key store by a link to the passphrase file of whoever runs the
+    // nightly backup, hoping to find it in the archive.
+    let keys = v.dir.join("keys");
+    std::fs::rename(&keys, v.tmp.path().join("keys.real")).unwrap();
+    std::os::unix::fs::symlink(&v.pass_file, &keys).unwrap();
+    let archive = v.tmp.path().join("nightly.carnet");
+    let r = v.run(&["backup", archive.to_str().unwrap()]).expect(5);
+    assert!(r.stderr.contains("link"), "{}", r.stderr);
+    assert!(!archive.exists(), "no archive");
+    let partial: Vec<_> = std::fs::read_dir(v.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+    v.run(&["patient", "list"]).expect(5);
+    // Also through a link planted among sled's files.
+    std::fs::remove_file(&keys).unwrap();
+    std::fs::rename(v.tmp.path().join("keys.real"), &keys).unwrap();
+    v.run(&["patient", "list"]).expect(0);
+    let conf = v.dir.join("store/conf");
+    std::fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink(v.tmp.path().join("created-through-a-link"), &conf).unwrap();
+    v.run(&["patient", "list"]).expect(5);
+    assert!(!v.tmp.path().join("created-through-a-link").exists());
+}

@@ -93,6 +93,19 @@ impl<W: Write> Writer<W> {
 /// sled backend's lock guarantees it for the command line). Needs no key.
 pub fn write_backup<S: Store, W: Write>(store: &S, out: W) -> Result<BackupSummary, Error> {
     let root = store.read_doc(ROOT_DOC)?.ok_or(Error::NotAVault)?;
+    let keys = store.read_doc(KEYS_DOC)?;
+    // Only a vault's own documents go into an archive: a file put in their place (a link to a
+    // passphrase file, anything else) is refused, not archived.
+    let keyring = crate::keyring::Keyring::parse(&root).map_err(|_| {
+        crate::error::integrity(
+            "keyring",
+            ProblemKind::Malformed,
+            "not a Carnet keyring: nothing was archived",
+        )
+    })?;
+    if let Some(k) = &keys {
+        crate::keystore::KeyStore::parse(k, &keyring.vault_id)?;
+    }
     let mut w = Writer {
         out,
         all: Sha256::new(),
@@ -102,10 +115,7 @@ pub fn write_backup<S: Store, W: Write>(store: &S, out: W) -> Result<BackupSumma
     w.put(&MAGIC)?;
     w.put(&VERSION.to_be_bytes())?;
     let mut parts = 0u64;
-    for (doc, bytes) in [
-        (ROOT_DOC, Some(root)),
-        (KEYS_DOC, store.read_doc(KEYS_DOC)?),
-    ] {
+    for (doc, bytes) in [(ROOT_DOC, Some(root)), (KEYS_DOC, keys)] {
         if let Some(bytes) = bytes {
             w.part(TAG_DOC, doc.name().as_bytes(), &[&bytes])?;
             summary.documents += 1;
@@ -154,6 +164,10 @@ struct Reader<R: Read> {
     all: Sha256,
     parts: u64,
     done: bool,
+    /// Where the last part was, to hold parts to the order archives are written in (the
+    /// keyring, then the key store, then each space in order, keys strictly ascending): no
+    /// part twice, and at most two documents in memory.
+    last: Option<(usize, Vec<u8>)>,
 }
 
 fn read_error(e: std::io::Error) -> Error {
@@ -192,6 +206,7 @@ impl<R: Read> Reader<R> {
             all,
             parts: 0,
             done: false,
+            last: None,
         })
     }
 
@@ -259,6 +274,12 @@ impl<R: Read> Reader<R> {
         let part = match tag {
             TAG_DOC => {
                 let doc = doc_named(&name).ok_or_else(|| damaged("an unknown document"))?;
+                // Documents come first: the keyring (0), then the key store (1), once each.
+                let rank = usize::from(doc == KEYS_DOC);
+                if self.last.as_ref().is_some_and(|(r, _)| *r >= rank) {
+                    return Err(damaged("a document out of order or twice"));
+                }
+                self.last = Some((rank, Vec::new()));
                 Part::Doc(doc, body)
             }
             TAG_RECORD => {
@@ -274,6 +295,15 @@ impl<R: Read> Reader<R> {
                     .ok_or_else(|| damaged("record key"))?
                     .to_vec();
                 let value = body[4 + klen..].to_vec();
+                // Then the records, space by space, keys strictly ascending.
+                let rank = 2 + SPACES.iter().position(|s| *s == sp).unwrap_or(0);
+                let in_order = self.last.as_ref().is_none_or(|(r, k)| {
+                    *r < rank || (*r == rank && k.as_slice() < key.as_slice())
+                });
+                if !in_order {
+                    return Err(damaged("a record out of order or twice"));
+                }
+                self.last = Some((rank, key.clone()));
                 Part::Record(sp, key, value)
             }
             _ => return Err(damaged("an unknown part")),
@@ -284,10 +314,12 @@ impl<R: Read> Reader<R> {
 }
 
 /// Restores an archive into an empty `store`. The whole archive is read and checked first
-/// (structure, every part's checksum, the count, the overall checksum), in bounded memory;
-/// nothing is written before all of it passed. Then it is read again and written: the records,
-/// then the key store, and the keyring last, so an interrupted restore leaves no vault that
-/// opens. Needs no key; run `verify` afterwards.
+/// (structure and order, every part's checksum, the count, the overall checksum), in bounded
+/// memory; nothing is written before all of it passed. Then it is read again, checked again,
+/// and written: the records, then the key store, and the keyring last, so an interrupted restore
+/// leaves no vault that opens. If the archive changes between the two reads, the second fails
+/// its checks and leaves records but no keyring: restore into a fresh store, as the command line
+/// does, and drop it on error. Needs no key; run `verify` afterwards.
 pub fn restore_backup<S: Store, R: Read + Seek>(
     mut input: R,
     store: &S,
@@ -329,6 +361,9 @@ pub fn restore_backup<S: Store, R: Read + Seek>(
             }
         }
     }
+    if !docs.iter().any(|(d, _)| *d == ROOT_DOC) {
+        return Err(damaged("no keyring"));
+    }
     store.commit(batch)?;
     store.flush()?;
     docs.sort_by_key(|(d, _)| *d == ROOT_DOC);
@@ -344,18 +379,143 @@ mod tests {
     use super::*;
     use carnet_storage::MemStore;
 
-    #[test]
-    fn any_damage_is_refused_before_anything_is_written() {
-        let s = MemStore::new();
-        s.replace_doc(ROOT_DOC, b"keyring").unwrap();
-        s.replace_doc(KEYS_DOC, b"keys").unwrap();
+    /// A store holding a real (small) vault and one extra record.
+    fn vault_store() -> std::sync::Arc<MemStore> {
+        let s = std::sync::Arc::new(MemStore::new());
+        let pass = crate::Passphrase::new("a passphrase for the backup test".into());
+        let kdf = crate::KdfParams::new(8, 1, 1).unwrap();
+        drop(crate::Vault::create(s.clone(), "admin", &pass, kdf).unwrap());
         let mut b = Batch::new();
         b.put(space::NOTES, b"k1".to_vec(), b"v1".to_vec());
-        b.put(space::META, b"m".to_vec(), b"v2".to_vec());
         s.commit(b).unwrap();
+        s
+    }
+
+    #[test]
+    fn only_a_vaults_own_documents_are_archived() {
+        let s = vault_store();
+        let mut out = Vec::new();
+        write_backup(&*s, &mut out).unwrap();
+        for (doc, junk) in [
+            (ROOT_DOC, &b"a passphrase file"[..]),
+            (KEYS_DOC, b"ssh key"),
+        ] {
+            let s = vault_store();
+            s.replace_doc(doc, junk).unwrap();
+            let mut out = Vec::new();
+            assert!(
+                matches!(write_backup(&*s, &mut out), Err(Error::Integrity(_))),
+                "{}",
+                doc.name()
+            );
+            assert!(
+                !out.windows(junk.len()).any(|w| w == junk),
+                "nothing archived"
+            );
+        }
+    }
+
+    /// A well-checksummed archive of `parts` (tag, name, body), as an attacker would build one.
+    fn crafted(parts: &[(u8, &[u8], Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = Writer {
+            out: &mut out,
+            all: Sha256::new(),
+            bytes: 0,
+        };
+        w.put(&MAGIC).unwrap();
+        w.put(&VERSION.to_be_bytes()).unwrap();
+        for (tag, name, body) in parts {
+            w.part(*tag, name, &[body]).unwrap();
+        }
+        w.put(&[TAG_END]).unwrap();
+        w.put(&(parts.len() as u64).to_be_bytes()).unwrap();
+        let digest: [u8; 32] = w.all.clone().finalize().into();
+        w.put(&digest).unwrap();
+        out
+    }
+
+    #[test]
+    fn parts_out_of_order_or_twice_are_refused() {
+        let s = vault_store();
+        let root = s.read_doc(ROOT_DOC).unwrap().unwrap();
+        let keys = s.read_doc(KEYS_DOC).unwrap().unwrap();
+        let record = |k: &[u8]| [&(k.len() as u32).to_be_bytes()[..], k, b"v"].concat();
+        let docs = || {
+            vec![
+                (TAG_DOC, &b"root"[..], root.clone()),
+                (TAG_DOC, &b"keys"[..], keys.clone()),
+            ]
+        };
+        let ok = [docs(), vec![(TAG_RECORD, &b"notes"[..], record(b"a"))]].concat();
+        restore_backup(std::io::Cursor::new(crafted(&ok)), &MemStore::new()).unwrap();
+        for (what, parts) in [
+            (
+                "the key store twice (a big document repeated)",
+                [docs(), vec![(TAG_DOC, &b"keys"[..], keys.clone())]].concat(),
+            ),
+            (
+                "a record twice",
+                [
+                    docs(),
+                    vec![
+                        (TAG_RECORD, &b"notes"[..], record(b"a")),
+                        (TAG_RECORD, &b"notes"[..], record(b"a")),
+                    ],
+                ]
+                .concat(),
+            ),
+            (
+                "keys out of order",
+                [
+                    docs(),
+                    vec![
+                        (TAG_RECORD, &b"notes"[..], record(b"b")),
+                        (TAG_RECORD, &b"notes"[..], record(b"a")),
+                    ],
+                ]
+                .concat(),
+            ),
+            (
+                "spaces out of order",
+                [
+                    docs(),
+                    vec![
+                        (TAG_RECORD, &b"notes"[..], record(b"a")),
+                        (TAG_RECORD, &b"meta"[..], record(b"a")),
+                    ],
+                ]
+                .concat(),
+            ),
+            (
+                "a document after the records",
+                [
+                    vec![(TAG_DOC, &b"root"[..], root.clone())],
+                    vec![(TAG_RECORD, &b"notes"[..], record(b"a"))],
+                    vec![(TAG_DOC, &b"keys"[..], keys.clone())],
+                ]
+                .concat(),
+            ),
+        ] {
+            let to = MemStore::new();
+            match restore_backup(std::io::Cursor::new(crafted(&parts)), &to) {
+                Err(Error::Integrity(e)) => assert!(e.problem().contains("order"), "{what}: {e}"),
+                other => panic!("{what}: {other:?}"),
+            }
+            assert!(to.read_doc(ROOT_DOC).unwrap().is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn any_damage_is_refused_before_anything_is_written() {
+        let s = vault_store();
+        let records: u64 = SPACES
+            .iter()
+            .map(|sp| s.scan_prefix(*sp, &[]).count() as u64)
+            .sum();
         let mut archive = Vec::new();
-        let sum = write_backup(&s, &mut archive).unwrap();
-        assert_eq!((sum.records, sum.documents), (2, 2));
+        let sum = write_backup(&*s, &mut archive).unwrap();
+        assert_eq!((sum.records, sum.documents), (records, 2));
         let to = MemStore::new();
         restore_backup(std::io::Cursor::new(&archive[..]), &to).unwrap();
         assert_eq!(
@@ -363,8 +523,8 @@ mod tests {
             Some(&b"v1"[..])
         );
         assert_eq!(
-            to.read_doc(ROOT_DOC).unwrap().as_deref(),
-            Some(&b"keyring"[..])
+            to.read_doc(ROOT_DOC).unwrap(),
+            s.read_doc(ROOT_DOC).unwrap()
         );
         assert!(matches!(
             restore_backup(std::io::Cursor::new(&archive[..]), &to),

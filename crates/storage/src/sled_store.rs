@@ -53,9 +53,27 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Makes the store in `dir` private to its owner, as a store made before Carnet did so may not
-/// be: the directories 0700, every file 0600. Links are left alone; a file this process does
-/// not own is reported.
+/// be: the directories 0700, every file 0600, each changed through its own descriptor (never
+/// through a link). A link in the vault directory is left alone (documents are never opened
+/// through one); a link in sled's files is refused ([`refuse_links`]).
 fn make_private(dir: &Path) -> Result<(), StoreError> {
+    restrict_vault_dir(dir)?;
+    for name in list(dir)? {
+        let path = dir.join(&name);
+        let meta = fs::symlink_metadata(&path)
+            .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+        if meta.is_dir() {
+            refuse_links(&path)?;
+            make_tree_private(&path)?;
+        } else if meta.is_file() && meta.permissions().mode() & 0o777 != FILE_MODE {
+            restrict(&path, FILE_MODE)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`make_private`] for a directory of sled's (which [`refuse_links`] checked).
+fn make_tree_private(dir: &Path) -> Result<(), StoreError> {
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         restrict(&d, DIR_MODE)?;
@@ -65,7 +83,7 @@ fn make_private(dir: &Path) -> Result<(), StoreError> {
                 .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
             if meta.is_dir() {
                 todo.push(path);
-            } else if meta.is_file() && meta.permissions().mode() & 0o777 != FILE_MODE {
+            } else if meta.permissions().mode() & 0o777 != FILE_MODE {
                 restrict(&path, FILE_MODE)?;
             }
         }
@@ -73,13 +91,72 @@ fn make_private(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses a directory of sled's files (`store/`, `store.new/`) that is, or holds, anything but
+/// plain directories and regular files: sled opens its files by name, so a link planted among
+/// them would be followed (a file created or changed anywhere the user, or root, can write).
+fn refuse_links(dir: &Path) -> Result<(), StoreError> {
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let meta = match fs::symlink_metadata(&d) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io(format!("cannot read {}", d.display()), e)),
+        };
+        if !meta.is_dir() {
+            return Err(not_plain(&d));
+        }
+        for name in list(&d)? {
+            let path = d.join(name);
+            let meta = fs::symlink_metadata(&path)
+                .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+            if meta.is_dir() {
+                todo.push(path);
+            } else if !meta.is_file() {
+                return Err(not_plain(&path));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn not_plain(path: &Path) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{} is a link or a special file where the storage engine keeps its own files",
+        path.display()
+    ))
+}
+
+/// Opens `path` without following a link (a link is refused: ELOOP).
+fn open_no_follow(path: &Path, dir: bool) -> std::io::Result<File> {
+    let flags = libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 };
+    OpenOptions::new().read(true).custom_flags(flags).open(path)
+}
+
+/// Makes the vault directory itself 0700: the path the user chose, which may be a link of
+/// theirs (followed).
+fn restrict_vault_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+        .map_err(|e| StoreError::io(format!("cannot restrict {}", dir.display()), e))
+}
+
+/// Sets `path`'s mode through a descriptor opened without following links.
 fn restrict(path: &Path, mode: u32) -> Result<(), StoreError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| {
+    let fail = |e| {
         StoreError::io(
             format!("cannot make {} private to its owner", path.display()),
             e,
         )
-    })
+    };
+    let is_dir = fs::symlink_metadata(path).map_err(fail)?.is_dir();
+    let f = open_no_follow(path, is_dir).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            not_plain(path)
+        } else {
+            fail(e)
+        }
+    })?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(fail)
 }
 
 /// A [`Store`] on disk, backed by sled.
@@ -115,14 +192,27 @@ impl DocReader for SledDocuments {
     }
 }
 
-/// The document `name` of the store in `dir`, if it exists.
+/// The document `name` of the store in `dir`, if it exists: a regular file, never read
+/// through a link (a link planted there could pull any file of the user's into a backup).
 fn read_doc_in(dir: &Path, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+    use std::io::Read;
     let path = dir.join(name.name());
-    match fs::read(&path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+    let mut f = match open_no_follow(&path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_plain(&path)),
+        Err(e) => return Err(StoreError::io(format!("cannot read {}", path.display()), e)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(not_plain(&path));
     }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+    Ok(Some(bytes))
 }
 
 impl std::fmt::Debug for SledStore {
@@ -170,7 +260,7 @@ impl SledStore {
     /// Whether `dir` holds the document `name`, checked without opening (and so without
     /// writing) anything.
     pub fn has_doc(dir: &Path, name: DocName) -> bool {
-        dir.join(name.name()).is_file()
+        fs::symlink_metadata(dir.join(name.name())).is_ok_and(|m| m.is_file())
     }
 
     /// The documents of the store in `dir`, read without opening sled or taking the lock (and
@@ -228,8 +318,9 @@ impl SledStore {
                 ))
             }
         }
-        restrict(dir, DIR_MODE)?;
+        restrict_vault_dir(dir)?;
         recover_replacement(dir)?;
+        refuse_links(&dir.join(STORE_DIR))?;
         let db = open_sled(&dir.join(STORE_DIR))?;
         // After sled's open, which writes a snapshot with the process's umask.
         make_private(dir)?;
@@ -293,7 +384,12 @@ fn fsync_store_files(
 ) -> Result<(), StoreError> {
     fsync_file(&store.join("db"))?;
     let blobs = store.join("blobs");
-    if blobs.is_dir() {
+    let blobs_dir = match fs::symlink_metadata(&blobs) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => return Err(not_plain(&blobs)),
+        Err(_) => false,
+    };
+    if blobs_dir {
         // Poisoning cannot leave the set inconsistent: at worst a blob is fsynced twice.
         let mut synced = synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
         let mut new = Vec::new();
@@ -384,7 +480,7 @@ fn remove_unfinished_snapshots(store: &Path) -> Result<(), StoreError> {
 }
 
 fn fsync_file(path: &Path) -> Result<(), StoreError> {
-    match File::open(path) {
+    match open_no_follow(path, false) {
         Ok(f) => f
             .sync_all()
             .map_err(|e| StoreError::io(format!("cannot fsync {}", path.display()), e)),

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use carnet_storage::{
-    conformance, Batch, DocName, FaultyStore, MemStore, SledStore, Space, Store, StoreError,
+    conformance, Batch, DocName, DocReader, FaultyStore, MemStore, SledStore, Space, Store,
+    StoreError,
 };
 
 const S: Space = Space::new("s");
@@ -286,4 +287,59 @@ fn sled_never_writes_a_document_through_a_planted_link() {
     std::os::unix::fs::symlink(&victim, dir.join("keys")).unwrap();
     assert!(s.append_doc(DocName::new("keys"), b"entry").is_err());
     assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+}
+
+#[test]
+fn sled_refuses_links_among_its_files_and_never_reads_a_document_through_one() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("v");
+    let s = SledStore::create(&dir).unwrap();
+    s.replace_doc(ROOT, b"keyring").unwrap();
+    let mut b = Batch::new();
+    b.put(S, b"k".to_vec(), vec![7; 100_000]);
+    s.commit(b).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    // A secret of the user's, and a directory of theirs, that links must not reach.
+    let secret = d.path().join("secret.pass");
+    std::fs::write(&secret, b"a passphrase").unwrap();
+    let victim = d.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A document replaced by a link to another file is refused, not read.
+    std::fs::rename(dir.join("root"), d.path().join("root.real")).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("root")).unwrap();
+    assert!(matches!(
+        SledStore::documents(&dir).document(ROOT),
+        Err(StoreError::Corrupt(_))
+    ));
+    let s = SledStore::open(&dir).unwrap();
+    assert!(matches!(s.read_doc(ROOT), Err(StoreError::Corrupt(_))));
+    drop(s);
+    std::fs::remove_file(dir.join("root")).unwrap();
+    std::fs::rename(d.path().join("root.real"), dir.join("root")).unwrap();
+
+    // Links among sled's files: the store is refused and nothing is changed through them.
+    for planted in ["store/conf", "store/blobs/evil", "store/blobs"] {
+        let p = dir.join(planted);
+        let saved = d.path().join("saved");
+        let existed = std::fs::symlink_metadata(&p).is_ok();
+        if existed {
+            std::fs::rename(&p, &saved).unwrap();
+        }
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        assert!(
+            matches!(SledStore::open(&dir), Err(StoreError::Corrupt(_))),
+            "{planted}"
+        );
+        assert_eq!(mode(&victim), 0o755, "{planted}: the victim is untouched");
+        std::fs::remove_file(&p).unwrap();
+        if existed {
+            std::fs::rename(&saved, &p).unwrap();
+        }
+    }
+    let s = SledStore::open(&dir).unwrap();
+    assert_eq!(s.get(S, b"k").unwrap().unwrap().len(), 100_000);
 }
