@@ -157,6 +157,9 @@ fn check_new(p: &Passphrase, user: &str) -> Result<(), CliError> {
 pub struct Unlocked {
     vault: Vault<SledStore>,
     memory: Option<Memory>,
+    /// Whether what this machine remembered was checked (or deliberately set aside): only then
+    /// may the vault's head be remembered, or a refused rollback would be accepted next time.
+    trusted: bool,
 }
 
 impl std::ops::Deref for Unlocked {
@@ -178,8 +181,27 @@ impl Unlocked {
         self.memory.as_ref().and_then(|m| m.seen().ok().flatten())
     }
 
+    /// Remembers the vault's head now, if it was checked: after each durable step of a long
+    /// command (a kill or Ctrl-C skips the end of the command). A failure is a warning.
+    pub fn remember_now(&self) {
+        if !self.trusted {
+            return;
+        }
+        if let Some(m) = &self.memory {
+            match self.vault.durable_head() {
+                Ok(head) => {
+                    if let Err(why) = m.remember(&head) {
+                        warn_no_memory(&why);
+                    }
+                }
+                Err(e) => warn_no_memory(&format!("cannot read the vault's log head: {e}")),
+            }
+        }
+    }
+
     /// Remembers the vault as it is now, whatever was remembered (a deliberate rewind).
-    pub fn accept_as_is(&self) -> Result<Checkpoint, CliError> {
+    pub fn accept_as_is(&mut self) -> Result<Checkpoint, CliError> {
+        self.trusted = true;
         let head = self.vault.durable_head()?;
         match &self.memory {
             Some(m) => m.replace(&head).map_err(|why| {
@@ -197,14 +219,8 @@ impl Unlocked {
 
 impl Drop for Unlocked {
     fn drop(&mut self) {
-        if let Some(m) = &self.memory {
-            // Durable first: only a head on disk is remembered.
-            if let Ok(head) = self.vault.durable_head() {
-                if let Err(why) = m.remember(&head) {
-                    warn_no_memory(&why);
-                }
-            }
-        }
+        // Durable first: only a head on disk is remembered, and only a checked one.
+        self.remember_now();
     }
 }
 
@@ -218,7 +234,7 @@ fn warn_no_memory(why: &str) {
 /// passphrase and unlocks it, and checks that the vault extends what this machine saw of it
 /// (exit 5 when it was rolled back behind this machine's back).
 pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
-    let unlocked = unlock_as_found(global)?;
+    let mut unlocked = unlock_as_found(global)?;
     if let Some(m) = &unlocked.memory {
         match m.seen() {
             Ok(Some(seen)) => unlocked.vault.check_extends(&seen).map_err(|e| {
@@ -234,11 +250,25 @@ pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
                     err
                 }
             })?,
-            Ok(None) => {}
+            Ok(None) => warn_if_newer_elsewhere(&unlocked.vault, m),
             Err(why) => warn_no_memory(&why),
         }
     }
+    unlocked.trusted = true;
     Ok(unlocked)
+}
+
+/// On first use at a location: a warning when this machine saw the same vault newer at another
+/// location and this copy does not extend it (an older copy, or the vault reached through
+/// another path). Not a refusal: a backup restored elsewhere to check it is older too.
+fn warn_if_newer_elsewhere(vault: &Vault<SledStore>, memory: &Memory) {
+    for (location, head) in memory.elsewhere() {
+        if vault.check_extends(&head).is_err() {
+            eprintln!(
+                "carnet: warning: this machine saw this vault in a newer state at {location}; this copy is older or diverged (if it should be the same vault, keep it aside and check it)"
+            );
+        }
+    }
 }
 
 /// [`unlock`] without the check of what this machine saw (for `audit accept-rewind`).
@@ -257,7 +287,11 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
     if memory.is_none() {
         warn_no_memory("no state directory (set CARNET_STATE_DIR, XDG_STATE_HOME or HOME)");
     }
-    Ok(Unlocked { vault, memory })
+    Ok(Unlocked {
+        vault,
+        memory,
+        trusted: false,
+    })
 }
 
 /// A warning on stderr for each key operation left unfinished: until it is finished, writes

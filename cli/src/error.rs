@@ -7,6 +7,8 @@ use carnet_storage::StoreError;
 /// Exit codes of docs/cli.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
+    /// Success without a word: the reader of stdout went away (a broken pipe).
+    Quiet = 0,
     Failure = 1,
     Usage = 2,
     Auth = 3,

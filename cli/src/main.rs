@@ -70,6 +70,7 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse_from(audit_user_filter(std::env::args_os().collect()));
     match std::panic::catch_unwind(|| cmd::run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) if e.exit == error::Exit::Quiet => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("{}", e.line());
             ExitCode::from(e.exit as u8)

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::error::CliError;
+use crate::error::{CliError, Exit};
 
 /// RFC 3339 in UTC, e.g. `2026-11-29T08:27:43.120Z`.
 pub fn rfc3339(t: Timestamp) -> String {
@@ -162,8 +162,9 @@ pub fn print(s: &str) -> Result<(), CliError> {
 
 pub fn stdout_error(e: std::io::Error) -> CliError {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        // The reader went away (`carnet note list X | head`): stop quietly, as Unix tools do.
-        std::process::exit(0);
+        // The reader went away (`carnet note list X | head`): stop quietly, as Unix tools do,
+        // but by returning, so that the command ends as usual (the vault's head remembered).
+        return CliError::new(Exit::Quiet, "");
     }
     CliError::failure(format!("cannot write to standard output: {e}"))
 }

@@ -39,6 +39,43 @@ pub struct Memory {
     location: PathBuf,
 }
 
+/// `path` made absolute and lexically normal (`.` and `..` folded), without resolving links:
+/// the location is the path the user names, so a link swapped in its place (an older copy
+/// behind `vault -> vault.old`) is still the same location.
+fn location_of(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Refuses a state directory that others could change (writable by its group or others, or
+/// owned by another user): what it says could not be trusted.
+fn check_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        fs::symlink_metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if meta.mode() & 0o022 != 0 || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(format!(
+            "{} can be changed by other users (it must be yours, and not writable by others)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -51,17 +88,41 @@ impl Memory {
 
     /// [`Memory::of`], in the state directory `dir`.
     fn at(dir: PathBuf, id: [u8; 16], location: &Path) -> Memory {
-        let location = fs::canonicalize(location).unwrap_or_else(|_| location.to_path_buf());
+        let location = location_of(location);
         let mut h = Sha256::new();
         h.update(b"carnet/v1/state");
         h.update(id);
         h.update(location.as_os_str().as_encoded_bytes());
         Memory {
             dir,
-            name: hex(&h.finalize()[..16]),
+            // The vault's id first: every location of one vault can be found.
+            name: format!("{}-{}", hex(&id), hex(&h.finalize()[..16])),
             id,
             location,
         }
+    }
+
+    /// What this machine remembers of the same vault at its other locations: (location, head).
+    pub fn elsewhere(&self) -> Vec<(String, Checkpoint)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let prefix = format!("{}-", hex(&self.id));
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix) && !n.contains('.') && *n != self.name)
+            .filter_map(|n| {
+                let text = fs::read_to_string(self.dir.join(&n)).ok()?;
+                let head = Checkpoint::parse(text.lines().next()?).ok()?;
+                let at = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("location "))
+                    .unwrap_or("?")
+                    .to_string();
+                Some((at, head))
+            })
+            .collect()
     }
 
     fn file(&self) -> PathBuf {
@@ -76,6 +137,11 @@ impl Memory {
     /// The head remembered: `None` if this machine never saw the vault at this location; an
     /// error (to warn about) if the state cannot be read.
     pub fn seen(&self) -> Result<Option<Checkpoint>, String> {
+        match check_private_dir(&self.dir) {
+            Ok(()) => {}
+            Err(_) if !self.dir.exists() => return Ok(None),
+            Err(why) => return Err(why),
+        }
         let text = match fs::read_to_string(self.file()) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -114,6 +180,7 @@ impl Memory {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        check_private_dir(&self.dir)?;
         let path = self.dir.join(format!("{}.lock", self.name));
         let f = OpenOptions::new()
             .write(true)

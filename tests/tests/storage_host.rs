@@ -394,3 +394,160 @@ fn a_document_replaced_by_a_link_is_never_archived_nor_read() {
     v.run(&["patient", "list"]).expect(5);
     assert!(!v.tmp.path().join("created-through-a-link").exists());
 }
+
+#[test]
+fn a_link_swapped_in_place_of_the_vault_is_still_the_same_location() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let old = v.tmp.path().join("vault.old");
+    carnet_tests::copy_dir(&v.dir, &old);
+    v.add_note("P1", "written after the copy", &[]);
+    // The host moves the vault aside and puts a link to the older copy at its path.
+    std::fs::rename(&v.dir, v.tmp.path().join("vault.real")).unwrap();
+    std::os::unix::fs::symlink(&old, &v.dir).unwrap();
+    let r = v.run(&["note", "list", "P1"]).expect(5);
+    assert!(r.stderr.contains("this machine saw"), "{}", r.stderr);
+    // A refused rollback is still refused the next time (it was not remembered).
+    v.run(&["note", "list", "P1"]).expect(5);
+    v.run(&["patient", "list"]).expect(5);
+}
+
+#[test]
+fn an_older_copy_found_at_a_new_path_is_warned_about() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let old = v.tmp.path().join("old-copy");
+    carnet_tests::copy_dir(&v.dir, &old);
+    v.add_note("P1", "written after the copy", &[]);
+    let mut c = v.cmd(&["patient", "list"]);
+    c.env("CARNET_VAULT", &old);
+    let r = run_cmd(c, None).expect(0);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("newer state"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_command_whose_output_pipe_closes_is_still_remembered() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    v.add_note("P1", "first", &[]);
+    let old = v.tmp.path().join("old-copy");
+    carnet_tests::copy_dir(&v.dir, &old);
+    let note = v.tmp.path().join("note");
+    std::fs::write(&note, b"written while the reader went away").unwrap();
+    for _ in 0..2 {
+        // Standard output is a pipe whose reader is already gone: printing the id fails
+        // (EPIPE), and carnet stops quietly.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = v
+            .cmd(&["note", "add", "P1", "--file", note.to_str().unwrap()])
+            .stdout(writer)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    // No other command ran since: only the two quiet ones can have remembered the notes.
+    let newer = v.tmp.path().join("newer-copy");
+    carnet_tests::copy_dir(&v.dir, &newer);
+    std::fs::remove_dir_all(&v.dir).unwrap();
+    carnet_tests::copy_dir(&old, &v.dir);
+    v.run(&["note", "list", "P1"]).expect(5);
+    std::fs::remove_dir_all(&v.dir).unwrap();
+    carnet_tests::copy_dir(&newer, &v.dir);
+    let r = v.run(&["note", "list", "P1", "--json"]).expect(0);
+    assert_eq!(
+        r.json().as_array().unwrap().len(),
+        3,
+        "both notes were written"
+    );
+}
+
+#[test]
+fn a_state_directory_others_can_change_is_not_trusted() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    std::fs::set_permissions(v.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = v.run(&["patient", "list"]).expect(0);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("other users"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn older_records_behind_the_whole_log_fail_verify_with_a_checkpoint() {
+    use carnet_storage::{Batch, SledStore, Space, Store};
+    let v = TestVault::init();
+    v.run(&["patient", "add", "P1"]).expect(0);
+    let dose = v.add_note("P1", "Dosage: 10 mg.", &[]);
+    let old = v.tmp.path().join("old-copy");
+    carnet_tests::copy_dir(&v.dir, &old);
+    let fix = v.tmp.path().join("fix");
+    std::fs::write(&fix, b"Dosage corrected: 5 mg.").unwrap();
+    v.run(&[
+        "note",
+        "amend",
+        "P1",
+        &dose,
+        "--file",
+        fix.to_str().unwrap(),
+    ])
+    .expect(0);
+    v.add_note("P1", "Allergic to penicillin.", &[]);
+    let cp = v.tmp.path().join("cp.txt");
+    let line = v.run(&["audit", "checkpoint"]).expect(0).stdout_str();
+    std::fs::write(&cp, line).unwrap();
+    // The host puts the older patients, manifests and notes back, and leaves the log whole.
+    fn records(s: &SledStore, sp: Space) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.scan_prefix(sp, &[]).map(|r| r.unwrap()).collect()
+    }
+    let spaces = [
+        Space::new("patients"),
+        Space::new("manifests"),
+        Space::new("notes"),
+    ];
+    let older: Vec<_> = {
+        let s = SledStore::open(&old).unwrap();
+        spaces.iter().map(|sp| (*sp, records(&s, *sp))).collect()
+    };
+    {
+        let s = SledStore::open(&v.dir).unwrap();
+        let mut b = Batch::new();
+        for sp in spaces {
+            for (k, _) in records(&s, sp) {
+                b.delete(sp, k);
+            }
+        }
+        s.commit(b).unwrap();
+        let mut b = Batch::new();
+        for (sp, rs) in older {
+            for (k, val) in rs {
+                b.put(sp, k, val);
+            }
+        }
+        s.commit(b).unwrap();
+        s.flush().unwrap();
+    }
+    // The chart reads as before the correction...
+    let r = v.run(&["note", "show", "P1", &dose]).expect(0);
+    assert_eq!(r.stdout, b"Dosage: 10 mg.");
+    // ...but verify, holding the log against the records, says what was lost.
+    let r = v
+        .run(&["verify", "--checkpoint", cp.to_str().unwrap(), "--json"])
+        .expect(5);
+    let problems = r.json()["problems"].as_array().unwrap().clone();
+    assert_eq!(
+        problems
+            .iter()
+            .filter(|p| p["kind"] == "rolled_back")
+            .count(),
+        2,
+        "{problems:?}"
+    );
+}

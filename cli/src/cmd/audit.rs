@@ -11,7 +11,7 @@ use crate::render::{self, or_dash};
 
 pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
     if let Some(AuditCommand::AcceptRewind) = a.command {
-        let vault = context::unlock_as_found(g)?;
+        let mut vault = context::unlock_as_found(g)?;
         // The same duty as reading the log's head; and the step is itself logged.
         vault.log_checkpoint()?;
         let seen = vault.seen();

@@ -154,7 +154,16 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
             ))
         }));
     });
-    let result = import.add_all(items, &mut |c| bar.set(skip + c.notes_imported, total));
+    // What this machine remembers moves with the import, at most once a second (a kill or
+    // Ctrl-C would skip the end of the command).
+    let mut remembered = Instant::now();
+    let result = import.add_all(items, &mut |c| {
+        bar.set(skip + c.notes_imported, total);
+        if remembered.elapsed() >= std::time::Duration::from_secs(1) {
+            vault.remember_now();
+            remembered = Instant::now();
+        }
+    });
     if let Some(e) = changed {
         return Err(e);
     }

@@ -661,3 +661,58 @@ fn a_log_that_does_not_extend_a_head_seen_before_is_refused() {
             .unwrap();
     old.check_extends(&none).unwrap();
 }
+
+/// The storage host puts back older patients, manifests and notes (and the registry) from an
+/// older copy, leaving the current log whole: consistent records, a whole log, but the log
+/// records writes that are no longer there. `verify` finds each.
+#[test]
+fn older_records_behind_a_whole_log_are_found_by_verify() {
+    use carnet_core::ProblemKind;
+    let (v, notes) = populated(Arc::new(MemStore::new()));
+    let older = clone_mem(v.store());
+    // After the copy: a correction, a new note, a new patient.
+    v.amend_note(
+        &pid("alice"),
+        &notes[1].1,
+        NoteBody::new(b"a2: dosage corrected to 5 mg".to_vec()).unwrap(),
+        None,
+    )
+    .unwrap();
+    v.add_note(&pid("bob"), note("b2: allergic to penicillin"))
+        .unwrap();
+    v.add_patient(NewPatient::new(pid("carol"))).unwrap();
+    assert!(v.verify(&mut |_, _| {}).unwrap().is_ok());
+    // Everything but the log and its head put back as it was.
+    let store = v.store();
+    let mut b = Batch::new();
+    for sp in ["patients", "manifests", "notes"] {
+        for (k, _) in store
+            .scan_prefix(Space::new(sp), &[])
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>()
+        {
+            b.delete(Space::new(sp), k);
+        }
+    }
+    store.commit(b).unwrap();
+    let mut b = Batch::new();
+    for (sp, k, val) in all_records(&older) {
+        if sp.name() != "log" && k != b"log-head" {
+            b.put(sp, k, val);
+        }
+    }
+    store.commit(b).unwrap();
+    let report = v.verify(&mut |_, _| {}).unwrap();
+    let rolled: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind() == ProblemKind::RolledBack)
+        .collect();
+    assert_eq!(
+        rolled.len(),
+        3,
+        "the undone amendment, the lost note, the lost patient: {:?}",
+        report.problems
+    );
+    assert!(rolled.iter().any(|p| p.problem().contains("version 2")));
+}

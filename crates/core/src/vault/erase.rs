@@ -3,6 +3,7 @@
 
 use carnet_storage::{SpacedEntry, Store, StoreError};
 
+use super::logging::Event;
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::Action;
@@ -40,6 +41,14 @@ impl<S: Store> Vault<S> {
         if !exists && keys.is_empty() {
             return Err(Error::NoSuchPatient);
         }
+        // Logged before anything is destroyed: a log that names a patient whose records are
+        // gone must also say that an erasure began (verify holds the log against the records).
+        self.log_event(&Event {
+            action: Action::PatientErase,
+            patient: Some(id.as_str()),
+            note: None,
+            outcome: "started".into(),
+        })?;
         if exists {
             self.rewrite_without(&blind)?;
         }

@@ -419,12 +419,12 @@ impl<S: Store> Vault<S> {
     }
 
     /// Checks the whole log (and, with `checkpoint`, that it still contains that head).
-    /// Returns the records checked.
+    /// Returns its entries, as far as they could be read.
     pub(super) fn verify_log(
         &self,
         checkpoint: Option<&Checkpoint>,
         problems: &mut Vec<IntegrityError>,
-    ) -> Result<u64, Error> {
+    ) -> Result<Vec<LogEntry>, Error> {
         let entries = self.read_log(problems)?;
         if let Some(c) = checkpoint {
             let ok = c.count == 0
@@ -442,6 +442,6 @@ impl<S: Store> Vault<S> {
                 ));
             }
         }
-        Ok(entries.len() as u64 + 1)
+        Ok(entries.into_iter().map(|(e, _)| e).collect())
     }
 }
