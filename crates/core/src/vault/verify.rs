@@ -107,6 +107,8 @@ impl<S: Store> Vault<S> {
         report.records_checked += 1;
         let log = self.verify_log(checkpoint, &mut report.problems)?;
         report.records_checked += log.len() as u64 + 1;
+        // What the log says must be stored; the note scan below keeps what it needs of it.
+        let expected = self.expected_from_log(&log);
         // Job records (an unfinished rotation or import) must open too.
         for slot in JobSlot::ALL {
             match self.load_job(slot) {
@@ -179,8 +181,15 @@ impl<S: Store> Vault<S> {
             let stored = raw.len() as u64;
             match owner.and_then(|b| patients.get(&b)) {
                 Some(st) => self.check_notes(st, &raw, Bodies::None).map(|scan| {
-                    let notes: Vec<([u8; 16], u32)> =
-                        scan.decoded.iter().map(|d| (d.note, d.version)).collect();
+                    let notes: Vec<([u8; 16], u32)> = match expected.get(&st.blind) {
+                        Some(exp) if !exp.notes.is_empty() => scan
+                            .decoded
+                            .iter()
+                            .filter(|d| exp.notes.contains_key(&d.note))
+                            .map(|d| (d.note, d.version))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
                     (owner, scan.stored, scan.problems, notes)
                 }),
                 None => {
@@ -222,29 +231,17 @@ impl<S: Store> Vault<S> {
         }
         report
             .problems
-            .extend(self.check_log_against_state(&log, &seen_blinds, &versions));
+            .extend(missing_from_state(&expected, &seen_blinds, &versions));
         Ok(report)
     }
 
-    /// What the access log says was written must still be stored: every patient registered
+    /// What the access log says was written and must still be stored: every patient registered
     /// (`patient add`) and every note added or amended (`note add`, `note amend`), with as many
     /// versions as were written, unless the patient was erased since. So the log, whose head a
     /// checkpoint or this machine's memory pins, also covers the records it describes: an older
-    /// copy of a patient's records put back behind a whole log is found here. (Notes of an
-    /// import are not named in a format-1 log entry: format 2 covers them.)
-    fn check_log_against_state(
-        &self,
-        log: &[LogEntry],
-        stored: &HashSet<Blind>,
-        versions: &HashMap<(Blind, [u8; 16]), u32>,
-    ) -> Vec<IntegrityError> {
-        // Per patient: the entry that registered it (if logged), and per note the versions
-        // written and the entry that wrote the last of them.
-        #[derive(Default)]
-        struct Expected {
-            registered: Option<u64>,
-            notes: HashMap<[u8; 16], (u32, u64)>,
-        }
+    /// copy of a patient's records put back behind a whole log is found. (Notes of an import are
+    /// not named in a format-1 log entry: format 2 covers them.)
+    fn expected_from_log(&self, log: &[LogEntry]) -> HashMap<Blind, Expected> {
         let mut expected: HashMap<Blind, Expected> = HashMap::new();
         // An erasure may have destroyed the patient's records whatever its outcome says (it
         // logs "started" before destroying anything); every other write counts only if ok.
@@ -290,42 +287,59 @@ impl<S: Store> Vault<S> {
                 _ => {}
             }
         }
-        let mut problems = Vec::new();
-        let mut blinds: Vec<&Blind> = expected.keys().collect();
-        blinds.sort();
-        for blind in blinds {
-            let exp = &expected[blind];
-            if !stored.contains(blind) {
-                let seq = exp
-                    .registered
-                    .or_else(|| exp.notes.values().map(|(_, s)| *s).max())
-                    .unwrap_or(0);
+        expected
+    }
+}
+
+/// Per patient, what the log says must be stored: the entry that registered it (if logged),
+/// and per note the versions written and the entry that wrote the last of them.
+#[derive(Default)]
+struct Expected {
+    registered: Option<u64>,
+    notes: HashMap<[u8; 16], (u32, u64)>,
+}
+
+/// What `expected` names and the store lacks: each a rollback.
+fn missing_from_state(
+    expected: &HashMap<Blind, Expected>,
+    stored: &HashSet<Blind>,
+    versions: &HashMap<(Blind, [u8; 16]), u32>,
+) -> Vec<IntegrityError> {
+    let mut problems = Vec::new();
+    let mut blinds: Vec<&Blind> = expected.keys().collect();
+    blinds.sort();
+    for blind in blinds {
+        let exp = &expected[blind];
+        if !stored.contains(blind) {
+            let seq = exp
+                .registered
+                .or_else(|| exp.notes.values().map(|(_, s)| *s).max())
+                .unwrap_or(0);
+            problems.push(IntegrityError::new(
+                patient_location(blind),
+                ProblemKind::RolledBack,
+                format!(
+                    "the access log records it (entry {seq}) but it is not stored: the patient's records were rolled back or removed"
+                ),
+            ));
+            continue;
+        }
+        let mut notes: Vec<(&[u8; 16], &(u32, u64))> = exp.notes.iter().collect();
+        notes.sort();
+        for (note, (want, seq)) in notes {
+            let have = versions.get(&(*blind, *note)).copied().unwrap_or(0);
+            if have < *want {
                 problems.push(IntegrityError::new(
-                    patient_location(blind),
+                    format!("note {}/{}", blind.short(), NoteId(*note)),
                     ProblemKind::RolledBack,
                     format!(
-                        "the access log records it (entry {seq}) but it is not stored: the patient's records were rolled back or removed"
+                        "the access log records version {want} (entry {seq}) but {have} are stored: the note was rolled back or removed"
                     ),
                 ));
-                continue;
-            }
-            let mut notes: Vec<(&[u8; 16], &(u32, u64))> = exp.notes.iter().collect();
-            notes.sort();
-            for (note, (want, seq)) in notes {
-                let have = versions.get(&(*blind, *note)).copied().unwrap_or(0);
-                if have < *want {
-                    problems.push(IntegrityError::new(
-                        format!("note {}/{}", blind.short(), NoteId(*note)),
-                        ProblemKind::RolledBack,
-                        format!(
-                            "the access log records version {want} (entry {seq}) but {have} are stored: the note was rolled back or removed"
-                        ),
-                    ));
-                }
             }
         }
-        problems
     }
+    problems
 }
 
 /// Groups a scan of the notes space into runs of one patient each: (the blind the storage
