@@ -34,6 +34,9 @@ pub(crate) const LABEL_LOG_CHAIN: &[u8] = b"carnet/v1/chain/log";
 pub(crate) const LABEL_RECORD_AAD: &[u8] = b"carnet/v1/record";
 pub(crate) const LABEL_SLOT_AAD: &[u8] = b"carnet/v1/slot";
 pub(crate) const LABEL_SEAL_AAD: &[u8] = b"carnet/v1/seal";
+// Format 2's keyring (docs/format.md, "Keyring", version 2).
+pub(crate) const LABEL_SLOT_AAD_V2: &[u8] = b"carnet/v2/slot";
+pub(crate) const LABEL_KEYRING_KEY_MAC: &[u8] = b"carnet/v2/keyring/mac";
 // The recovery key (docs/format.md, "Recovery key").
 pub(crate) const LABEL_RECOVERY_KDF: &[u8] = b"carnet/v1/recovery/kdf";
 pub(crate) const LABEL_RECOVERY_CHECKSUM: &[u8] = b"carnet/v1/recovery/checksum";

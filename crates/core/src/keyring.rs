@@ -7,6 +7,11 @@
 //! age's X25519 recipients). So the master can be re-sealed for every slot without any
 //! passphrase. Both sealings carry an HKDF-derived key commitment, checked in constant time
 //! before decryption.
+//!
+//! Version 2 (format 2, ADR 0015) also puts a keyring key inside each slot's protected part and
+//! MACs the keyring under it, so that a master sealed to the slots by someone who never held one
+//! is refused; it carries the users record's serial and any revocation under way, both
+//! authenticated. Version 1 is still read, and written for a vault not upgraded.
 
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -14,18 +19,19 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{
     self, LABEL_RECOVERY_KDF, LABEL_SEAL_AAD, LABEL_SEAL_COMMIT, LABEL_SEAL_KEY, LABEL_SLOT_AAD,
-    LABEL_SLOT_NAME, NONCE_LEN, TAG_LEN,
+    LABEL_SLOT_AAD_V2, LABEL_SLOT_NAME, NONCE_LEN, TAG_LEN,
 };
 use crate::error::{integrity, ProblemKind};
-use crate::keys::{EpochKey, SlotKey};
+use crate::keys::{EpochKey, KeyringKey, SlotKey};
 use crate::recovery::RecoveryKey;
 use crate::secret::{Passphrase, SecretKey};
 use crate::Error;
 
 /// `"CARNETKR"`: the first bytes of a keyring.
 pub(crate) const MAGIC: [u8; 8] = *b"CARNETKR";
-/// The keyring format this code writes and reads.
-pub(crate) const VERSION: u16 = 1;
+/// The newest keyring version this code reads (and writes for new vaults): 2. Version 1 is
+/// read too, and written for a vault not upgraded yet.
+pub(crate) const VERSION: u16 = 2;
 const SLOT_KIND_PASSPHRASE: u8 = 1;
 const SLOT_KIND_RECOVERY: u8 = 2;
 const KDF_ARGON2ID_13: u8 = 1;
@@ -42,10 +48,11 @@ pub(crate) enum SlotSecret<'a> {
     Recovery(&'a RecoveryKey),
 }
 const SEAL_LEN: usize = 4 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN;
-/// Fixed part of a passphrase slot, after its 2-byte length and before its seals.
-const SLOT_FIXED_LEN: usize = 32 + 1 + 1 + 12 + 16 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN + 1;
 const MAX_SLOTS: usize = 1024;
 const MAX_SEALS: usize = 8;
+/// MACs a version-2 keyring carries at most: the master's and one per keyring-key version a
+/// slot holds.
+const MAX_MACS: usize = 16;
 
 /// Argon2id cost parameters of a passphrase slot.
 ///
@@ -141,17 +148,36 @@ impl KdfParams {
     }
 }
 
-/// The master key sealed to a slot's public key, for one epoch.
+/// The master key of one epoch sealed to a slot's public key (docs/format.md, 2.2).
 #[derive(Clone)]
 struct Seal {
-    epoch: u32,
+    /// The master key's epoch.
+    version: u32,
     ephemeral: [u8; 32],
     commit: [u8; 32],
     nonce: [u8; NONCE_LEN],
     ct: [u8; 32 + TAG_LEN],
 }
 
-/// One passphrase slot.
+/// How a slot's passphrase-protected part is made (keyring version 2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protection {
+    /// The X25519 private key only, under format 1's associated data: a slot carried over from
+    /// format 1 that its user has not reopened since (injection stays possible against it).
+    Legacy,
+    /// The private key and one version of the keyring key, under format 2's associated data.
+    Keyed {
+        /// The version of the keyring key inside.
+        version: u32,
+    },
+}
+
+const PROTECTION_LEGACY: u8 = 1;
+const PROTECTION_KEYED: u8 = 2;
+/// The keyed plaintext: private key (32), keyring-key version (4), keyring key (32).
+const KEYED_LEN: usize = 32 + 4 + 32;
+
+/// One key slot.
 #[derive(Clone)]
 pub(crate) struct Slot {
     name_tag: [u8; 32],
@@ -160,8 +186,11 @@ pub(crate) struct Slot {
     salt: [u8; 16],
     public: [u8; 32],
     commit: [u8; 32],
+    protection: Protection,
     sk_nonce: [u8; NONCE_LEN],
-    sk_ct: [u8; 32 + TAG_LEN],
+    /// The sealed protected part: 32 + 16 bytes (legacy) or 68 + 16 (keyed).
+    sealed: Vec<u8>,
+    /// The master key sealed to the slot, one per epoch it can open.
     seals: Vec<Seal>,
 }
 
@@ -173,13 +202,40 @@ pub(crate) struct Masters {
     pub(crate) pending: Option<EpochKey>,
 }
 
+/// What opening a slot yields, besides the master keys.
+pub(crate) struct Opened {
+    pub(crate) masters: Masters,
+    /// The keyring key the slot holds (keyed slots).
+    pub(crate) key: Option<KeyringKey>,
+    /// What re-protects the slot without its passphrase, in this process only.
+    pub(crate) access: SlotAccess,
+}
+
+/// The opened secrets of one slot: its key-encryption key and private key. Zeroized on drop;
+/// lets the unlocking user's own slot be re-protected (a new keyring key) without asking for
+/// the passphrase again.
+pub(crate) struct SlotAccess {
+    tag: [u8; 32],
+    kek: SlotKey,
+    sk: StaticSecret,
+}
+
 /// The parsed keyring.
 #[derive(Clone)]
 pub(crate) struct Keyring {
+    /// 1 or 2.
+    version: u16,
     pub(crate) vault_id: [u8; 16],
     pub(crate) epoch: u32,
+    /// The users record's serial number (version 2; 0 in version 1).
+    users_serial: u64,
+    /// The patient-key version a revocation under way brings every patient to (version 2);
+    /// 0: none.
+    pending_revocation: u32,
     slots: Vec<Slot>,
-    mac: [u8; 32],
+    /// (keyring-key version, MAC); version 0 is the MAC under the master, which a version-1
+    /// keyring has alone and a version-2 keyring keeps while a legacy slot remains.
+    macs: Vec<(u32, [u8; 32])>,
 }
 
 /// The tag that names a user's slot: SHA-256(label || vault id || user name).
@@ -206,15 +262,35 @@ fn seal_keys(
     (key, *commit.expose())
 }
 
+fn seal_aad(vault_id: &[u8; 16], epoch: u32, tag: &[u8; 32], ephemeral: &[u8; 32]) -> Vec<u8> {
+    [
+        LABEL_SEAL_AAD,
+        vault_id,
+        &epoch.to_be_bytes(),
+        tag,
+        ephemeral,
+    ]
+    .concat()
+}
+
 impl Slot {
+    /// The associated data of the protected part: format 1's for a legacy slot; format 2's,
+    /// with the protection and the version held, for a keyed one.
     fn aad(&self, vault_id: &[u8; 16]) -> Vec<u8> {
         let mut a = Vec::new();
-        a.extend_from_slice(LABEL_SLOT_AAD);
+        match self.protection {
+            Protection::Legacy => a.extend_from_slice(LABEL_SLOT_AAD),
+            Protection::Keyed { .. } => a.extend_from_slice(LABEL_SLOT_AAD_V2),
+        }
         a.extend_from_slice(vault_id);
         a.extend_from_slice(&self.name_tag);
         self.encode_kind(&mut a);
         a.extend_from_slice(&self.salt);
         a.extend_from_slice(&self.public);
+        if let Protection::Keyed { version } = self.protection {
+            a.push(PROTECTION_KEYED);
+            a.extend_from_slice(&version.to_be_bytes());
+        }
         a
     }
 
@@ -250,13 +326,15 @@ impl Slot {
         }
     }
 
-    /// A new slot named `user` opened by `secret`, with `master` sealed to it.
+    /// A new slot named `user` opened by `secret`, with `master` sealed to it; holding `key`
+    /// (keyring version 2), or legacy (version 1) without one.
     pub(crate) fn create(
         vault_id: &[u8; 16],
         user: &str,
         secret: SlotSecret<'_>,
         master: &EpochKey,
-    ) -> Result<Slot, Error> {
+        key: Option<&KeyringKey>,
+    ) -> Result<(Slot, SlotAccess), Error> {
         let mut salt = [0u8; 16];
         crypto::fill_random(&mut salt)?;
         let private = crypto::random_key()?;
@@ -272,17 +350,48 @@ impl Slot {
             salt,
             public,
             commit: [0u8; 32],
-            sk_nonce: crypto::random_nonce()?,
-            sk_ct: [0u8; 32 + TAG_LEN],
+            protection: Protection::Legacy,
+            sk_nonce: [0u8; NONCE_LEN],
+            sealed: Vec::new(),
             seals: Vec::new(),
         };
         let (kek, commit) = SlotKey::derive(&slot.kek_root(&secret)?, vault_id);
         slot.commit = commit;
-        let mut buf = Zeroizing::new(private.expose().to_vec());
-        crypto::seal_in_place(kek.aead(), &slot.sk_nonce, &slot.aad(vault_id), &mut buf, 0)?;
-        slot.sk_ct.copy_from_slice(&buf);
+        slot.protect(vault_id, &kek, &sk, key)?;
         slot.add_seal(vault_id, master)?;
-        Ok(slot)
+        let access = SlotAccess {
+            tag: slot.name_tag,
+            kek,
+            sk,
+        };
+        Ok((slot, access))
+    }
+
+    /// Seals the protected part under `kek`: the private key, and `key` if given.
+    fn protect(
+        &mut self,
+        vault_id: &[u8; 16],
+        kek: &SlotKey,
+        sk: &StaticSecret,
+        key: Option<&KeyringKey>,
+    ) -> Result<(), Error> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(KEYED_LEN + TAG_LEN));
+        buf.extend_from_slice(sk.as_bytes());
+        self.protection = match key {
+            Some(k) => {
+                buf.extend_from_slice(&k.version().to_be_bytes());
+                buf.extend_from_slice(k.bytes_to_wrap());
+                Protection::Keyed {
+                    version: k.version(),
+                }
+            }
+            None => Protection::Legacy,
+        };
+        self.sk_nonce = crypto::random_nonce()?;
+        let aad = self.aad(vault_id);
+        crypto::seal_in_place(kek.aead(), &self.sk_nonce, &aad, &mut buf, 0)?;
+        self.sealed = buf.to_vec();
+        Ok(())
     }
 
     /// Seals `master` to this slot's public key, for its epoch (no passphrase needed).
@@ -308,9 +417,9 @@ impl Slot {
         crypto::seal_in_place(&key, &nonce, &aad, &mut buf, 0)?;
         let mut ct = [0u8; 32 + TAG_LEN];
         ct.copy_from_slice(&buf);
-        self.seals.retain(|s| s.epoch != epoch);
+        self.seals.retain(|s| s.version != epoch);
         self.seals.push(Seal {
-            epoch,
+            version: epoch,
             ephemeral,
             commit,
             nonce,
@@ -319,7 +428,8 @@ impl Slot {
         Ok(())
     }
 
-    /// Opens this slot's private key with `passphrase`.
+    /// Opens this slot's protected part with `secret`: its private key, and the keyring key it
+    /// holds if keyed.
     ///
     /// A wrong passphrase and a damaged slot both give [`Error::WrongPassphrase`]: before the
     /// key commitment is checked nothing can tell them apart.
@@ -327,21 +437,52 @@ impl Slot {
         &self,
         vault_id: &[u8; 16],
         secret: &SlotSecret<'_>,
-    ) -> Result<StaticSecret, Error> {
+    ) -> Result<(SlotAccess, Option<KeyringKey>), Error> {
         let kek_root = self.kek_root(secret)?;
         let (kek, commit) = SlotKey::derive(&kek_root, vault_id);
         if !bool::from(commit.ct_eq(&self.commit)) {
             return Err(Error::WrongPassphrase);
         }
-        let sk_bytes = crypto::open(kek.aead(), &self.sk_nonce, &self.aad(vault_id), &self.sk_ct)
-            .ok_or(Error::WrongPassphrase)?;
+        let plain = crypto::open(
+            kek.aead(),
+            &self.sk_nonce,
+            &self.aad(vault_id),
+            &self.sealed,
+        )
+        .ok_or(Error::WrongPassphrase)?;
+        let want = match self.protection {
+            Protection::Legacy => 32,
+            Protection::Keyed { .. } => KEYED_LEN,
+        };
+        if plain.len() != want {
+            return Err(Error::WrongPassphrase);
+        }
         let mut raw = Zeroizing::new([0u8; 32]);
-        raw.copy_from_slice(&sk_bytes);
+        raw.copy_from_slice(&plain[..32]);
         let sk = StaticSecret::from(*raw);
         if !bool::from(PublicKey::from(&sk).as_bytes().ct_eq(&self.public)) {
             return Err(Error::WrongPassphrase);
         }
-        Ok(sk)
+        let key = match self.protection {
+            Protection::Legacy => None,
+            Protection::Keyed { version } => {
+                let inside = u32::from_be_bytes([plain[32], plain[33], plain[34], plain[35]]);
+                if inside != version {
+                    return Err(Error::WrongPassphrase);
+                }
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&plain[36..68]);
+                Some(KeyringKey::from_bytes(version, k))
+            }
+        };
+        Ok((
+            SlotAccess {
+                tag: self.name_tag,
+                kek,
+                sk,
+            },
+            key,
+        ))
     }
 
     /// Opens the seal of `epoch` with the slot's private key.
@@ -351,7 +492,7 @@ impl Slot {
         sk: &StaticSecret,
         epoch: u32,
     ) -> Result<Option<EpochKey>, Error> {
-        let Some(seal) = self.seals.iter().find(|s| s.epoch == epoch) else {
+        let Some(seal) = self.seals.iter().find(|s| s.version == epoch) else {
             return Ok(None);
         };
         let shared = sk.diffie_hellman(&PublicKey::from(seal.ephemeral));
@@ -396,17 +537,27 @@ impl Slot {
     pub(crate) fn kdf(&self) -> KdfParams {
         self.kdf.unwrap_or_default()
     }
+
+    /// Whether the slot was carried over from format 1 and not re-protected since.
+    pub(crate) fn is_legacy(&self) -> bool {
+        self.protection == Protection::Legacy
+    }
+
+    /// The length of the slot's bytes after its length field.
+    fn encoded_len(&self, version: u16) -> usize {
+        let fixed = 32 + 1 + 1 + 12 + 16 + 32 + 32 + NONCE_LEN + 1;
+        // Version 2: the protection and the keyring-key version held.
+        let extra = if version >= 2 { 1 + 4 } else { 0 };
+        fixed + self.sealed.len() + self.seals.len() * SEAL_LEN + extra
+    }
 }
 
-fn seal_aad(vault_id: &[u8; 16], epoch: u32, tag: &[u8; 32], ephemeral: &[u8; 32]) -> Vec<u8> {
-    [
-        LABEL_SEAL_AAD,
-        vault_id,
-        &epoch.to_be_bytes(),
-        tag,
-        ephemeral,
-    ]
-    .concat()
+fn encode_seal(b: &mut Vec<u8>, seal: &Seal) {
+    b.extend_from_slice(&seal.version.to_be_bytes());
+    b.extend_from_slice(&seal.ephemeral);
+    b.extend_from_slice(&seal.commit);
+    b.extend_from_slice(&seal.nonce);
+    b.extend_from_slice(&seal.ct);
 }
 
 /// A byte reader that fails (returns `None`) instead of panicking on short input.
@@ -433,6 +584,9 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.array()?))
     }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.array()?))
+    }
 }
 
 /// Why a keyring could not be read.
@@ -442,15 +596,35 @@ pub(crate) enum KeyringParseError {
     Malformed,
 }
 
+/// The keyring keys a writer holds, by version: every version a slot still holds must be among
+/// them for the keyring to be MAC'd.
+pub(crate) type KeyringKeys = std::collections::BTreeMap<u32, KeyringKey>;
+
+fn mac_failure() -> Error {
+    integrity(
+        "keyring",
+        ProblemKind::FailedAuthentication,
+        "MAC mismatch: the keyring was altered",
+    )
+}
+
 impl Keyring {
-    /// A keyring for a new vault with one slot.
-    pub(crate) fn new(vault_id: [u8; 16], epoch: u32, slot: Slot) -> Keyring {
+    /// A keyring of `version` (1 or 2) for a new vault with one slot.
+    pub(crate) fn new(version: u16, vault_id: [u8; 16], epoch: u32, slot: Slot) -> Keyring {
         Keyring {
+            version,
             vault_id,
             epoch,
+            users_serial: 0,
+            pending_revocation: 0,
             slots: vec![slot],
-            mac: [0u8; 32],
+            macs: Vec::new(),
         }
+    }
+
+    /// The keyring's version: 1 or 2.
+    pub(crate) fn version(&self) -> u16 {
+        self.version
     }
 
     /// The slot of `user`, if any.
@@ -459,10 +633,19 @@ impl Keyring {
         self.slots.iter().find(|s| s.name_tag == tag)
     }
 
-    /// Opens `user`'s slot with `passphrase`, checks the keyring's MAC with the master of the
-    /// current epoch, and returns that master and, if a master-key rotation is under way (the
-    /// slot holds a seal for the next epoch), the next epoch's master.
-    pub(crate) fn unlock(&self, user: &str, secret: &SlotSecret<'_>) -> Result<Masters, Error> {
+    fn slot_mut_by_tag(&mut self, tag: &[u8; 32]) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.name_tag == *tag)
+    }
+
+    /// Opens `user`'s slot with `secret`, checks the keyring's MAC, and returns the master of
+    /// the current epoch and, if a master-key rotation is under way (the slot holds a seal for
+    /// the next epoch), the next epoch's master.
+    ///
+    /// In version 2, a keyed slot checks the MAC under the keyring key it holds, before any
+    /// seal is opened: a master sealed to the slot by someone who never held one is refused. A
+    /// legacy slot (and a version-1 keyring) can only check the MAC under the master it is
+    /// given, as format 1 did.
+    pub(crate) fn unlock(&self, user: &str, secret: &SlotSecret<'_>) -> Result<Opened, Error> {
         let slot_name = match secret {
             SlotSecret::Passphrase(..) => user,
             SlotSecret::Recovery(_) => RECOVERY_SLOT,
@@ -471,30 +654,46 @@ impl Keyring {
             SlotSecret::Passphrase(..) => Error::UnknownUser,
             SlotSecret::Recovery(_) => Error::WrongPassphrase,
         })?;
-        let sk = slot.open_secret(&self.vault_id, secret)?;
-        let current = slot
-            .open_seal(&self.vault_id, &sk, self.epoch)?
-            .ok_or_else(|| {
-                integrity(
-                    "keyring",
-                    ProblemKind::Missing,
-                    "no sealed master for the current epoch",
-                )
-            })?;
-        let mac = current.keyring_mac(&self.encode_body());
-        if !bool::from(mac.ct_eq(&self.mac)) {
-            return Err(integrity(
+        let (access, key) = slot.open_secret(&self.vault_id, secret)?;
+        let body = self.encode_body();
+        if let Some(k) = &key {
+            let stored = self
+                .macs
+                .iter()
+                .find(|(v, _)| *v == k.version())
+                .ok_or_else(mac_failure)?;
+            if !bool::from(k.mac(&body).ct_eq(&stored.1)) {
+                return Err(mac_failure());
+            }
+        }
+        let open_master = |epoch| slot.open_seal(&self.vault_id, &access.sk, epoch);
+        let current = open_master(self.epoch)?.ok_or_else(|| {
+            integrity(
                 "keyring",
-                ProblemKind::FailedAuthentication,
-                "MAC mismatch: the keyring was altered",
-            ));
+                ProblemKind::Missing,
+                "no sealed master for the current epoch",
+            )
+        })?;
+        if key.is_none() {
+            let stored = self
+                .macs
+                .iter()
+                .find(|(v, _)| *v == 0)
+                .ok_or_else(mac_failure)?;
+            if !bool::from(current.keyring_mac(&body).ct_eq(&stored.1)) {
+                return Err(mac_failure());
+            }
         }
         let next = self
             .epoch
             .checked_add(1)
             .ok_or(Error::Internal("epoch overflow"))?;
-        let pending = slot.open_seal(&self.vault_id, &sk, next)?;
-        Ok(Masters { current, pending })
+        let pending = open_master(next)?;
+        Ok(Opened {
+            masters: Masters { current, pending },
+            key,
+            access,
+        })
     }
 
     /// Every slot.
@@ -511,10 +710,21 @@ impl Keyring {
         Ok(())
     }
 
+    /// Re-protects the slot `access` opened with `key` (a slot adopting a newer keyring key, or
+    /// a legacy slot upgraded): only its user's secret could do this, and it was given at
+    /// unlock.
+    pub(crate) fn reprotect(&mut self, access: &SlotAccess, key: &KeyringKey) -> Result<(), Error> {
+        let vault_id = self.vault_id;
+        let slot = self
+            .slot_mut_by_tag(&access.tag)
+            .ok_or(Error::Internal("the unlocking slot is gone"))?;
+        slot.protect(&vault_id, &access.kek, &access.sk, Some(key))
+    }
+
     /// Removes every seal of an epoch below `epoch` from every slot.
     pub(crate) fn drop_seals_before(&mut self, epoch: u32) {
         for s in &mut self.slots {
-            s.seals.retain(|seal| seal.epoch >= epoch);
+            s.seals.retain(|seal| seal.version >= epoch);
         }
     }
 
@@ -541,45 +751,111 @@ impl Keyring {
         Ok(())
     }
 
-    /// Serializes the keyring, with a fresh MAC under `master` (the current epoch's).
-    pub(crate) fn encode(&mut self, master: &EpochKey) -> Vec<u8> {
+    /// The patient-key version a revocation under way brings every patient to, if any.
+    pub(crate) fn pending_revocation(&self) -> Option<u32> {
+        (self.pending_revocation != 0).then_some(self.pending_revocation)
+    }
+
+    /// Records a revocation under way (or its end, with `None`).
+    pub(crate) fn set_pending_revocation(&mut self, target: Option<u32>) {
+        self.pending_revocation = target.unwrap_or(0);
+    }
+
+    /// The keyring-key versions some slot holds (their MACs are needed), and whether a legacy
+    /// slot remains (the MAC under the master is needed).
+    pub(crate) fn versions_held(&self) -> (std::collections::BTreeSet<u32>, bool) {
+        let mut held = std::collections::BTreeSet::new();
+        let mut legacy = false;
+        for s in &self.slots {
+            match s.protection {
+                Protection::Legacy => legacy = true,
+                Protection::Keyed { version } => {
+                    held.insert(version);
+                }
+            }
+        }
+        (held, legacy)
+    }
+
+    /// Serializes the keyring with fresh MACs: under `master` (the current epoch's) in
+    /// version 1, or where a legacy slot remains; under each keyring key a slot holds, from
+    /// `keys`, in version 2.
+    pub(crate) fn encode(
+        &mut self,
+        master: &EpochKey,
+        keys: &KeyringKeys,
+    ) -> Result<Vec<u8>, Error> {
         let mut body = self.encode_body();
-        self.mac = master.keyring_mac(&body);
-        body.extend_from_slice(&self.mac);
-        body
+        let (held, legacy) = self.versions_held();
+        let mut macs = Vec::new();
+        if self.version == 1 || legacy {
+            macs.push((0, master.keyring_mac(&body)));
+        }
+        if self.version >= 2 {
+            for v in held {
+                let k = keys
+                    .get(&v)
+                    .ok_or(Error::Internal("a keyring key a slot holds is missing"))?;
+                macs.push((v, k.mac(&body)));
+            }
+        }
+        if self.version == 1 {
+            body.extend_from_slice(&macs[0].1);
+        } else {
+            // Bounded: one per keyring-key version a slot holds, and a slot holds one.
+            body.push(macs.len() as u8);
+            for (v, m) in &macs {
+                body.extend_from_slice(&v.to_be_bytes());
+                body.extend_from_slice(m);
+            }
+        }
+        self.macs = macs;
+        Ok(body)
     }
 
     fn encode_body(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC);
-        b.extend_from_slice(&VERSION.to_be_bytes());
+        b.extend_from_slice(&self.version.to_be_bytes());
         b.extend_from_slice(&self.vault_id);
         b.extend_from_slice(&self.epoch.to_be_bytes());
+        if self.version >= 2 {
+            b.extend_from_slice(&self.users_serial.to_be_bytes());
+            b.extend_from_slice(&self.pending_revocation.to_be_bytes());
+        }
         // Bounded by MAX_SLOTS when parsed, and slots are only added one at a time.
         b.extend_from_slice(&(self.slots.len() as u16).to_be_bytes());
         for s in &self.slots {
-            let len = SLOT_FIXED_LEN + s.seals.len() * SEAL_LEN;
-            b.extend_from_slice(&(len as u16).to_be_bytes());
+            b.extend_from_slice(&(s.encoded_len(self.version) as u16).to_be_bytes());
             b.extend_from_slice(&s.name_tag);
             s.encode_kind(&mut b);
             b.extend_from_slice(&s.salt);
             b.extend_from_slice(&s.public);
             b.extend_from_slice(&s.commit);
+            if self.version >= 2 {
+                match s.protection {
+                    Protection::Legacy => {
+                        b.push(PROTECTION_LEGACY);
+                        b.extend_from_slice(&0u32.to_be_bytes());
+                    }
+                    Protection::Keyed { version } => {
+                        b.push(PROTECTION_KEYED);
+                        b.extend_from_slice(&version.to_be_bytes());
+                    }
+                }
+            }
             b.extend_from_slice(&s.sk_nonce);
-            b.extend_from_slice(&s.sk_ct);
+            b.extend_from_slice(&s.sealed);
             b.push(s.seals.len() as u8);
             for seal in &s.seals {
-                b.extend_from_slice(&seal.epoch.to_be_bytes());
-                b.extend_from_slice(&seal.ephemeral);
-                b.extend_from_slice(&seal.commit);
-                b.extend_from_slice(&seal.nonce);
-                b.extend_from_slice(&seal.ct);
+                encode_seal(&mut b, seal);
             }
         }
         b
     }
 
-    /// Parses a keyring: exact lengths, range-checked KDF parameters, no trailing bytes.
+    /// Parses a keyring (version 1 or 2): exact lengths, range-checked KDF parameters, no
+    /// trailing bytes.
     pub(crate) fn parse(bytes: &[u8]) -> Result<Keyring, KeyringParseError> {
         use KeyringParseError::*;
         let mut r = Reader(bytes);
@@ -587,15 +863,19 @@ impl Keyring {
             return Err(Foreign);
         }
         let version = r.u16().ok_or(Malformed)?;
-        if version != VERSION {
-            return Err(if version > VERSION {
-                FutureVersion(version)
-            } else {
-                Malformed
-            });
+        if version > VERSION {
+            return Err(FutureVersion(version));
+        }
+        if version == 0 {
+            return Err(Malformed);
         }
         let vault_id = r.array().ok_or(Malformed)?;
         let epoch = r.u32().ok_or(Malformed)?;
+        let (users_serial, pending_revocation) = if version >= 2 {
+            (r.u64().ok_or(Malformed)?, r.u32().ok_or(Malformed)?)
+        } else {
+            (0, 0)
+        };
         let n = r.u16().ok_or(Malformed)? as usize;
         if n == 0 || n > MAX_SLOTS {
             return Err(Malformed);
@@ -604,26 +884,59 @@ impl Keyring {
         for _ in 0..n {
             let len = r.u16().ok_or(Malformed)? as usize;
             let mut s = Reader(r.take(len).ok_or(Malformed)?);
-            let slot = parse_slot(&mut s).ok_or(Malformed)?;
-            if !s.0.is_empty() || len != SLOT_FIXED_LEN + slot.seals.len() * SEAL_LEN {
+            let slot = parse_slot(&mut s, version).ok_or(Malformed)?;
+            if !s.0.is_empty() || len != slot.encoded_len(version) {
                 return Err(Malformed);
             }
             slots.push(slot);
         }
-        let mac = r.array().ok_or(Malformed)?;
+        let macs = if version == 1 {
+            vec![(0, r.array().ok_or(Malformed)?)]
+        } else {
+            let count = r.u8().ok_or(Malformed)? as usize;
+            if count == 0 || count > MAX_MACS {
+                return Err(Malformed);
+            }
+            let mut macs = Vec::with_capacity(count);
+            for _ in 0..count {
+                macs.push((r.u32().ok_or(Malformed)?, r.array().ok_or(Malformed)?));
+            }
+            macs
+        };
         if !r.0.is_empty() {
             return Err(Malformed);
         }
         Ok(Keyring {
+            version,
             vault_id,
             epoch,
+            users_serial,
+            pending_revocation,
             slots,
-            mac,
+            macs,
         })
     }
 }
 
-fn parse_slot(r: &mut Reader<'_>) -> Option<Slot> {
+fn parse_seals(r: &mut Reader<'_>) -> Option<Vec<Seal>> {
+    let n = r.u8()? as usize;
+    if n == 0 || n > MAX_SEALS {
+        return None;
+    }
+    let mut seals = Vec::with_capacity(n);
+    for _ in 0..n {
+        seals.push(Seal {
+            version: r.u32()?,
+            ephemeral: r.array()?,
+            commit: r.array()?,
+            nonce: r.array()?,
+            ct: r.array()?,
+        });
+    }
+    Some(seals)
+}
+
+fn parse_slot(r: &mut Reader<'_>, version: u16) -> Option<Slot> {
     let name_tag = r.array()?;
     let kdf = match (r.u8()?, r.u8()?, r.u32()?, r.u32()?, r.u32()?) {
         (SLOT_KIND_PASSPHRASE, KDF_ARGON2ID_13, m, t, p) => Some(KdfParams::from_stored(m, t, p)?),
@@ -633,30 +946,31 @@ fn parse_slot(r: &mut Reader<'_>) -> Option<Slot> {
     let salt = r.array()?;
     let public = r.array()?;
     let commit = r.array()?;
+    let protection = if version >= 2 {
+        match (r.u8()?, r.u32()?) {
+            (PROTECTION_LEGACY, 0) => Protection::Legacy,
+            (PROTECTION_KEYED, v) if v > 0 => Protection::Keyed { version: v },
+            _ => return None,
+        }
+    } else {
+        Protection::Legacy
+    };
     let sk_nonce = r.array()?;
-    let sk_ct = r.array()?;
-    let nseals = r.u8()? as usize;
-    if nseals == 0 || nseals > MAX_SEALS {
-        return None;
-    }
-    let mut seals = Vec::with_capacity(nseals);
-    for _ in 0..nseals {
-        seals.push(Seal {
-            epoch: r.u32()?,
-            ephemeral: r.array()?,
-            commit: r.array()?,
-            nonce: r.array()?,
-            ct: r.array()?,
-        });
-    }
+    let sealed_len = match protection {
+        Protection::Legacy => 32 + TAG_LEN,
+        Protection::Keyed { .. } => KEYED_LEN + TAG_LEN,
+    };
+    let sealed = r.take(sealed_len)?.to_vec();
+    let seals = parse_seals(r)?;
     Some(Slot {
         name_tag,
         kdf,
         salt,
         public,
         commit,
+        protection,
         sk_nonce,
-        sk_ct,
+        sealed,
         seals,
     })
 }
@@ -664,6 +978,9 @@ fn parse_slot(r: &mut Reader<'_>) -> Option<Slot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ID: [u8; 16] = [1; 16];
+    const PASS: &str = "correct horse battery";
 
     fn small() -> KdfParams {
         KdfParams::new(8, 1, 1).unwrap()
@@ -673,92 +990,101 @@ mod tests {
         Passphrase::new(s.to_string())
     }
 
-    fn keyring() -> (Keyring, Vec<u8>, EpochKey) {
+    fn secret(p: &Passphrase) -> SlotSecret<'_> {
+        SlotSecret::Passphrase(p, small())
+    }
+
+    fn keys(k: &KeyringKey) -> KeyringKeys {
+        let mut m = KeyringKeys::new();
+        m.insert(
+            k.version(),
+            KeyringKey::from_bytes(k.version(), *k.bytes_to_wrap()),
+        );
+        m
+    }
+
+    /// A keyring of `version` with one slot, "admin"; its bytes; the master; the keyring key
+    /// (version 2).
+    fn keyring(version: u16) -> (Keyring, Vec<u8>, EpochKey, Option<KeyringKey>) {
         let master = EpochKey::from_bytes(1, [9; 32]);
-        let slot = Slot::create(
-            &[1; 16],
-            "admin",
-            SlotSecret::Passphrase(&pass("correct horse battery"), small()),
-            &master,
-        )
-        .unwrap();
-        let mut k = Keyring::new([1; 16], 1, slot);
-        let bytes = k.encode(&master);
-        (k, bytes, master)
+        let key = (version >= 2).then(|| KeyringKey::from_bytes(1, [7; 32]));
+        let p = pass(PASS);
+        let (slot, _) = Slot::create(&ID, "admin", secret(&p), &master, key.as_ref()).unwrap();
+        let mut k = Keyring::new(version, ID, 1, slot);
+        let held = key.as_ref().map(keys).unwrap_or_default();
+        let bytes = k.encode(&master, &held).unwrap();
+        (k, bytes, master, key)
+    }
+
+    fn unlock(bytes: &[u8], user: &str) -> Result<Opened, Error> {
+        let k = Keyring::parse(bytes).ok().unwrap();
+        k.unlock(user, &secret(&pass(PASS)))
     }
 
     #[test]
     fn unlock_round_trip_and_wrong_passphrase() {
-        let (_, bytes, master) = keyring();
-        let k = Keyring::parse(&bytes).ok().unwrap();
-        let m = k
-            .unlock(
-                "admin",
-                &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
-            )
-            .unwrap();
-        assert_eq!(m.current.bytes_to_wrap(), master.bytes_to_wrap());
-        assert!(m.pending.is_none());
-        assert!(matches!(
-            k.unlock(
-                "admin",
-                &SlotSecret::Passphrase(&pass("wrong horse battery"), small())
-            ),
-            Err(Error::WrongPassphrase)
-        ));
-        assert!(matches!(
-            k.unlock(
-                "bob",
-                &SlotSecret::Passphrase(&pass("correct horse battery"), small())
-            ),
-            Err(Error::UnknownUser)
-        ));
+        for version in [1, 2] {
+            let (_, bytes, master, key) = keyring(version);
+            let k = Keyring::parse(&bytes).ok().unwrap();
+            assert_eq!(k.version(), version);
+            let m = k.unlock("admin", &secret(&pass(PASS))).unwrap();
+            assert_eq!(m.masters.current.bytes_to_wrap(), master.bytes_to_wrap());
+            assert!(m.masters.pending.is_none());
+            assert_eq!(
+                m.key.map(|k| *k.bytes_to_wrap()),
+                key.map(|k| *k.bytes_to_wrap())
+            );
+            assert!(matches!(
+                k.unlock("admin", &secret(&pass("wrong horse battery"))),
+                Err(Error::WrongPassphrase)
+            ));
+            assert!(matches!(
+                k.unlock("bob", &secret(&pass(PASS))),
+                Err(Error::UnknownUser)
+            ));
+        }
     }
 
     #[test]
     fn every_flipped_byte_is_refused_or_detected() {
-        let (_, bytes, _) = keyring();
-        for i in 0..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 0x40;
-            match Keyring::parse(&bad) {
-                Err(_) => {}
-                Ok(k) => assert!(
-                    k.unlock(
-                        "admin",
-                        &SlotSecret::Passphrase(&pass("correct horse battery"), small())
-                    )
-                    .is_err(),
-                    "byte {i} altered without detection"
-                ),
+        for version in [1, 2] {
+            let (_, bytes, _, _) = keyring(version);
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0x40;
+                if let Ok(k) = Keyring::parse(&bad) {
+                    assert!(
+                        k.unlock("admin", &secret(&pass(PASS))).is_err(),
+                        "version {version}: byte {i} altered without detection"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn crafted_kdf_parameters_are_refused_before_use() {
-        let (_, bytes, _) = keyring();
-        // Memory field of the first slot: 8 magic + 2 + 16 + 4 + 2 + slot len 2 + tag 32 + 2.
-        let at = 8 + 2 + 16 + 4 + 2 + 2 + 32 + 2;
-        let mut bad = bytes.clone();
-        bad[at..at + 4].copy_from_slice(&(64u32 * 1024 * 1024).to_be_bytes());
-        assert!(matches!(
-            Keyring::parse(&bad),
-            Err(KeyringParseError::Malformed)
-        ));
+        // Memory field of the first slot: 8 magic + 2 + 16 + 4 (+ 8 + 4 in version 2) + slot
+        // count 2 + slot len 2 + tag 32 + 2.
+        for (version, extra) in [(1, 0), (2, 12)] {
+            let (_, bytes, _, _) = keyring(version);
+            let at = 8 + 2 + 16 + 4 + extra + 2 + 2 + 32 + 2;
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&(64u32 * 1024 * 1024).to_be_bytes());
+            assert!(matches!(
+                Keyring::parse(&bad),
+                Err(KeyringParseError::Malformed)
+            ));
+        }
     }
 
     #[test]
     fn a_seal_with_a_low_order_ephemeral_key_is_refused() {
-        let (mut k, _, master) = keyring();
+        let (mut k, _, master, _) = keyring(1);
         // The identity point: X25519 with it gives all zeros, whatever the slot's key.
         k.slots[0].seals[0].ephemeral = [0u8; 32];
-        let bytes = k.encode(&master);
-        let k = Keyring::parse(&bytes).ok().unwrap();
-        match k.unlock(
-            "admin",
-            &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
-        ) {
+        let bytes = k.encode(&master, &KeyringKeys::new()).unwrap();
+        match unlock(&bytes, "admin") {
             Err(Error::Integrity(e)) => assert!(e.problem().contains("degenerate"), "{e}"),
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a degenerate seal must not open"),
@@ -767,19 +1093,129 @@ mod tests {
 
     #[test]
     fn reseal_needs_no_passphrase() {
-        let (mut k, _, master) = keyring();
-        let m2 = EpochKey::from_bytes(2, [10; 32]);
-        k.slots[0].add_seal(&[1; 16], &m2).unwrap();
-        k.epoch = 2;
-        let bytes = k.encode(&m2);
+        for version in [1, 2] {
+            let (mut k, _, master, key) = keyring(version);
+            let m2 = EpochKey::from_bytes(2, [10; 32]);
+            k.slots[0].add_seal(&ID, &m2).unwrap();
+            k.epoch = 2;
+            let bytes = k
+                .encode(&m2, &key.as_ref().map(keys).unwrap_or_default())
+                .unwrap();
+            let got = unlock(&bytes, "admin").unwrap();
+            assert_eq!(got.masters.current.bytes_to_wrap(), m2.bytes_to_wrap());
+            assert_ne!(got.masters.current.bytes_to_wrap(), master.bytes_to_wrap());
+        }
+    }
+
+    /// What someone who can write the keyring but holds no key can do: seal a master of their
+    /// own to every slot's public key (public) and MAC the keyring under it, keeping the keyed
+    /// MACs (version 2) they cannot recompute.
+    fn injected_bytes(version: u16) -> (Vec<u8>, EpochKey) {
+        let (k, _, _, _) = keyring(version);
+        let mut k = k;
+        let forged = EpochKey::from_bytes(k.epoch, [0x66; 32]);
+        k.seal_to_all(&forged).unwrap();
+        let mut body = k.encode_body();
+        let mac = forged.keyring_mac(&body);
+        if version == 1 {
+            body.extend_from_slice(&mac);
+        } else {
+            let mut macs: Vec<_> = k.macs.iter().filter(|(v, _)| *v != 0).cloned().collect();
+            macs.push((0, mac));
+            body.push(macs.len() as u8);
+            for (v, m) in &macs {
+                body.extend_from_slice(&v.to_be_bytes());
+                body.extend_from_slice(m);
+            }
+        }
+        (body, forged)
+    }
+
+    #[test]
+    fn a_master_injected_by_the_host_opens_a_version_1_slot() {
+        // The finding format 2 exists for (ADR 0015): in version 1 the MAC is under the
+        // master, so a master chosen by the host, sealed to the slot and MAC'd under itself,
+        // is accepted.
+        let (bytes, forged) = injected_bytes(1);
+        let got = unlock(&bytes, "admin").unwrap();
+        assert_eq!(got.masters.current.bytes_to_wrap(), forged.bytes_to_wrap());
+    }
+
+    #[test]
+    fn a_master_injected_by_the_host_is_refused_by_a_keyed_slot() {
+        let (bytes, _) = injected_bytes(2);
+        match unlock(&bytes, "admin") {
+            Err(Error::Integrity(e)) => assert!(e.problem().contains("MAC"), "{e}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an injected master must not open a keyed slot"),
+        }
+    }
+
+    #[test]
+    fn the_keyed_mac_list_cannot_be_stripped_to_the_master_mac() {
+        // Dropping the keyed MAC and leaving only a master MAC (which the injector can make)
+        // does not downgrade a keyed slot to format 1's check.
+        let (mut k, _, master, _) = keyring(2);
+        let mut body = k.encode_body();
+        let mac = master.keyring_mac(&body);
+        body.push(1);
+        body.extend_from_slice(&0u32.to_be_bytes());
+        body.extend_from_slice(&mac);
+        k.macs.clear();
+        assert!(matches!(unlock(&body, "admin"), Err(Error::Integrity(_))));
+    }
+
+    #[test]
+    fn a_legacy_slot_upgrades_in_place_and_then_refuses_injection() {
+        // A version-1 keyring carried into version 2: the slot stays legacy (MAC under the
+        // master) until its user re-protects it with the keyring key.
+        let (k1, _, master, _) = keyring(1);
+        let mut k = k1.clone();
+        k.version = 2;
+        let bytes = k.encode(&master, &KeyringKeys::new()).unwrap();
+        let mut k = Keyring::parse(&bytes).ok().unwrap();
+        assert!(k.slots[0].is_legacy());
+        let opened = k.unlock("admin", &secret(&pass(PASS))).unwrap();
+        assert!(opened.key.is_none());
+        let key = KeyringKey::from_bytes(1, [7; 32]);
+        k.reprotect(&opened.access, &key).unwrap();
+        assert!(!k.slots[0].is_legacy());
+        let bytes = k.encode(&master, &keys(&key)).unwrap();
         let k = Keyring::parse(&bytes).ok().unwrap();
-        let got = k
-            .unlock(
-                "admin",
-                &SlotSecret::Passphrase(&pass("correct horse battery"), small()),
-            )
-            .unwrap();
-        assert_eq!(got.current.bytes_to_wrap(), m2.bytes_to_wrap());
-        assert_ne!(got.current.bytes_to_wrap(), master.bytes_to_wrap());
+        assert_eq!(k.versions_held(), ([1].into_iter().collect(), false));
+        let got = k.unlock("admin", &secret(&pass(PASS))).unwrap();
+        assert_eq!(got.key.unwrap().bytes_to_wrap(), key.bytes_to_wrap());
+        // No master MAC is written once no legacy slot remains: injection has nothing to
+        // stand on.
+        assert!(k.macs.iter().all(|(v, _)| *v != 0));
+    }
+
+    #[test]
+    fn revocation_mark_and_serial_are_authenticated() {
+        let (mut k, _, master, key) = keyring(2);
+        let held = keys(key.as_ref().unwrap());
+        k.set_pending_revocation(Some(3));
+        let bytes = k.encode(&master, &held).unwrap();
+        let k2 = Keyring::parse(&bytes).ok().unwrap();
+        assert_eq!(k2.pending_revocation(), Some(3));
+        // Clearing the mark (at 8 + 2 + 16 + 4 + 8) without the key is detected.
+        let at = 8 + 2 + 16 + 4 + 8;
+        let mut bad = bytes.clone();
+        bad[at..at + 4].copy_from_slice(&0u32.to_be_bytes());
+        let k3 = Keyring::parse(&bad).ok().unwrap();
+        assert_eq!(k3.pending_revocation(), None);
+        assert!(matches!(
+            k3.unlock("admin", &secret(&pass(PASS))),
+            Err(Error::Integrity(_))
+        ));
+    }
+
+    #[test]
+    fn encoding_needs_every_held_keyring_key() {
+        let (mut k, _, master, _) = keyring(2);
+        assert!(matches!(
+            k.encode(&master, &KeyringKeys::new()),
+            Err(Error::Internal(_))
+        ));
     }
 }

@@ -15,9 +15,9 @@
 //! the methods' callers say.
 
 use crate::crypto::{
-    self, LABEL_BLIND, LABEL_KEYRING_MAC, LABEL_PATIENT_MANIFEST, LABEL_PATIENT_NOTE,
-    LABEL_PATIENT_RECORD, LABEL_SLOT_COMMIT, LABEL_SLOT_KEK, LABEL_WRAP_PATIENT_KEY,
-    LABEL_WRAP_VAULT_KEYS,
+    self, LABEL_BLIND, LABEL_KEYRING_KEY_MAC, LABEL_KEYRING_MAC, LABEL_PATIENT_MANIFEST,
+    LABEL_PATIENT_NOTE, LABEL_PATIENT_RECORD, LABEL_SLOT_COMMIT, LABEL_SLOT_KEK,
+    LABEL_WRAP_PATIENT_KEY, LABEL_WRAP_VAULT_KEYS,
 };
 use crate::model::PatientId;
 use crate::records::Blind;
@@ -324,6 +324,47 @@ impl LogKey {
     }
 
     /// The key's bytes, to wrap them with the other vault keys.
+    pub(crate) fn bytes_to_wrap(&self) -> &[u8; 32] {
+        self.key.expose()
+    }
+}
+
+/// The keyring key of one version (format 2): held inside every key slot's passphrase-protected
+/// part, and among the vault keys, it authenticates the keyring. Someone who never held a slot
+/// cannot MAC a keyring under it, so a master key they seal to the slots is refused.
+pub(crate) struct KeyringKey {
+    version: u32,
+    key: SecretKey,
+}
+
+impl KeyringKey {
+    /// A fresh keyring key of `version`.
+    pub(crate) fn random(version: u32) -> Result<Self, Error> {
+        Ok(KeyringKey {
+            version,
+            key: crypto::random_key()?,
+        })
+    }
+
+    /// A keyring key of `version`, as opened from a slot or the vault keys.
+    pub(crate) fn from_bytes(version: u32, bytes: [u8; 32]) -> Self {
+        KeyringKey {
+            version,
+            key: SecretKey::from_bytes(bytes),
+        }
+    }
+
+    /// Its version.
+    pub(crate) fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The keyring's MAC over `body` under this key (docs/format.md, "Keyring", version 2).
+    pub(crate) fn mac(&self, body: &[u8]) -> [u8; 32] {
+        crypto::hmac(&crypto::subkey(&self.key, LABEL_KEYRING_KEY_MAC), &[body])
+    }
+
+    /// The key's bytes, to seal them to a slot or wrap them with the vault keys.
     pub(crate) fn bytes_to_wrap(&self) -> &[u8; 32] {
         self.key.expose()
     }

@@ -69,6 +69,8 @@ pub(crate) const JOB_REVOKE: u8 = 3;
 pub(crate) const PURPOSE_BLIND: u8 = 1;
 pub(crate) const PURPOSE_REGISTRY: u8 = 2;
 pub(crate) const PURPOSE_LOG: u8 = 3;
+/// Format 2: a keyring key (one per version).
+pub(crate) const PURPOSE_KEYRING: u8 = 4;
 
 /// One random vault key.
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]

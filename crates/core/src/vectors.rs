@@ -301,7 +301,7 @@ fn check(v: &Vector) {
                 .unlock(v.get("user"), &SlotSecret::Passphrase(&pass, kdf))
                 .unwrap_or_else(|e| panic!("{}: unlocks: {e}", v.name));
             assert_eq!(
-                format!("master={}", hex(masters.current.bytes_to_wrap())),
+                format!("master={}", hex(masters.masters.current.bytes_to_wrap())),
                 v.get("payload")
             );
         }
@@ -687,10 +687,14 @@ fn write_vectors() {
         "admin",
         SlotSecret::Passphrase(&pass, kdf),
         &master,
+        None,
     )
-    .unwrap();
-    let mut keyring = Keyring::new(VAULT_ID, master.epoch(), slot);
-    let bytes = keyring.encode(&master);
+    .unwrap()
+    .0;
+    let mut keyring = Keyring::new(1, VAULT_ID, master.epoch(), slot);
+    let bytes = keyring
+        .encode(&master, &Default::default())
+        .expect("a version-1 keyring needs no keyring key");
     write(
         "keyring.vector",
         "The keyring (DIR/root): one passphrase slot for `admin` (Argon2id at 8 MiB, 1 pass,\n\

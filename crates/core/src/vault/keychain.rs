@@ -9,18 +9,23 @@ use std::sync::{Mutex, MutexGuard};
 
 use carnet_storage::Store;
 
+use subtle::ConstantTimeEq;
+
 use crate::crypto;
 use crate::envelope::{self, open_frame, parse_error, seal_frame, Sealed};
 use crate::error::{integrity, ProblemKind};
-use crate::keyring::{KdfParams, Keyring, KeyringParseError, Slot, SlotSecret};
+use crate::keyring::{
+    KdfParams, Keyring, KeyringKeys, KeyringParseError, Slot, SlotAccess, SlotSecret,
+};
 use crate::keys::{
-    BlindKey, EpochKey, LogKey, PatientKey, PatientKeys, PatientWrapKey, RegistryKey, WrappedKey,
-    REGISTRY_KEY_VERSION,
+    BlindKey, EpochKey, KeyringKey, LogKey, PatientKey, PatientKeys, PatientWrapKey, RegistryKey,
+    WrappedKey, REGISTRY_KEY_VERSION,
 };
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::model::PatientId;
 use crate::records::{
-    Blind, PatientKeyAt, VaultKeyV1, VaultKeysV1, PURPOSE_BLIND, PURPOSE_LOG, PURPOSE_REGISTRY,
+    Blind, PatientKeyAt, VaultKeyV1, VaultKeysV1, PURPOSE_BLIND, PURPOSE_KEYRING, PURPOSE_LOG,
+    PURPOSE_REGISTRY,
 };
 use crate::sealing::{PatientKeyRecord, RecordKind, VaultKeysRecord};
 use crate::secret::Passphrase;
@@ -44,6 +49,12 @@ pub(super) struct Keychain {
     /// The key store's index of wrapped keys (the document `keys`, read at unlock). Every
     /// change is written to the document first.
     index: Mutex<KeyStore>,
+    /// The keyring keys by version (format 2; empty in format 1): every version a slot holds,
+    /// to MAC the keyring for each.
+    keyring_keys: KeyringKeys,
+    /// The unlocking user's slot, opened: to re-protect it (a new keyring key) without asking
+    /// for the passphrase again.
+    access: SlotAccess,
 }
 
 impl Keychain {
@@ -51,6 +62,7 @@ impl Keychain {
     /// vault id, master key (epoch 1) and vault keys, the vault keys wrapped in the key store.
     /// Nothing is written yet ([`Keychain::write_new`]).
     pub(super) fn generate(
+        format: u16,
         user: &str,
         passphrase: &Passphrase,
         kdf: KdfParams,
@@ -58,13 +70,20 @@ impl Keychain {
         let mut vault_id = [0u8; 16];
         crypto::fill_random(&mut vault_id)?;
         let master = EpochKey::random(1)?;
-        let slot = Slot::create(
+        // Format 2: a keyring key, inside the first slot and among the vault keys.
+        let keyring_key = if format >= 2 {
+            Some(KeyringKey::random(1)?)
+        } else {
+            None
+        };
+        let (slot, access) = Slot::create(
             &vault_id,
             user,
             SlotSecret::Passphrase(passphrase, kdf),
             &master,
+            keyring_key.as_ref(),
         )?;
-        let keyring = Keyring::new(vault_id, master.epoch(), slot);
+        let keyring = Keyring::new(format, vault_id, master.epoch(), slot);
         let blind = BlindKey::random()?;
         let registry = RegistryKey::random()?;
         let log = LogKey::random(1)?;
@@ -85,7 +104,14 @@ impl Keychain {
                     version: 1,
                     key: *log.bytes_to_wrap(),
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(keyring_key.as_ref().map(|k| VaultKeyV1 {
+                purpose: PURPOSE_KEYRING,
+                version: k.version(),
+                key: *k.bytes_to_wrap(),
+            }))
+            .collect(),
         };
         let mut index = KeyStore::new(master.epoch());
         index.vault_keys = Some(WrappedKey::new(seal_frame::<VaultKeysRecord, _>(
@@ -103,6 +129,8 @@ impl Keychain {
             registry,
             log: [(1, log)].into_iter().collect(),
             index: Mutex::new(index),
+            keyring_keys: keyring_key.map(|k| (k.version(), k)).into_iter().collect(),
+            access,
         })
     }
 
@@ -111,7 +139,8 @@ impl Keychain {
     pub(super) fn write_new<S: Store>(&mut self, store: &S) -> Result<(), Error> {
         let index = self.index().encode(self.vault_id());
         store.replace_doc(KEYS_DOC, &index)?;
-        store.replace_doc(ROOT_DOC, &self.keyring.encode(&self.master))?;
+        let root = self.keyring.encode(&self.master, &self.keyring_keys)?;
+        store.replace_doc(ROOT_DOC, &root)?;
         Ok(())
     }
 
@@ -143,7 +172,8 @@ impl Keychain {
                 integrity("keyring", ProblemKind::Malformed, "malformed")
             }
         })?;
-        let masters = keyring.unlock(user, secret)?;
+        let opened = keyring.unlock(user, secret)?;
+        let masters = opened.masters;
         let index = KeyStore::parse(
             &store
                 .read_doc(KEYS_DOC)?
@@ -191,7 +221,26 @@ impl Keychain {
                     integrity("vault keys", ProblemKind::Missing, "a vault key is missing")
                 })
         };
-        Ok(Keychain {
+        let keyring_keys: KeyringKeys = keys
+            .keys
+            .iter()
+            .filter(|k| k.purpose == PURPOSE_KEYRING)
+            .map(|k| (k.version, KeyringKey::from_bytes(k.version, k.key)))
+            .collect();
+        // The keyring key the slot holds must be the vault's of that version.
+        if let Some(held) = &opened.key {
+            let known = keyring_keys
+                .get(&held.version())
+                .is_some_and(|k| bool::from(k.bytes_to_wrap().ct_eq(held.bytes_to_wrap())));
+            if !known {
+                return Err(integrity(
+                    "keyring",
+                    ProblemKind::Inconsistent,
+                    "the slot's keyring key is not the vault's",
+                ));
+            }
+        }
+        let mut chain = Keychain {
             blind: BlindKey::from_bytes(find(PURPOSE_BLIND)?),
             registry: RegistryKey::from_bytes(find(PURPOSE_REGISTRY)?),
             log: keys
@@ -205,7 +254,36 @@ impl Keychain {
             master: masters.current,
             pending: masters.pending,
             index: Mutex::new(index),
-        })
+            keyring_keys,
+            access: opened.access,
+        };
+        chain.adopt_newest_keyring_key(store, opened.key.as_ref())?;
+        Ok(chain)
+    }
+
+    /// Format 2: a slot that holds an older keyring key than the vault's newest (a revocation
+    /// happened since its user last unlocked), or none (a slot carried over from format 1), is
+    /// re-protected with the newest now that its user's secret opened it. Writes the keyring.
+    fn adopt_newest_keyring_key<S: Store>(
+        &mut self,
+        store: &S,
+        held: Option<&KeyringKey>,
+    ) -> Result<(), Error> {
+        if self.keyring.version() < 2 {
+            return Ok(());
+        }
+        let Some(newest) = self.keyring_keys.values().next_back() else {
+            return Ok(());
+        };
+        if held.is_some_and(|h| h.version() >= newest.version()) {
+            return Ok(());
+        }
+        let mut keyring = self.keyring.clone();
+        keyring.reprotect(&self.access, newest)?;
+        let root = keyring.encode(&self.master, &self.keyring_keys)?;
+        store.replace_doc(ROOT_DOC, &root)?;
+        self.keyring = keyring;
+        Ok(())
     }
 
     fn index(&self) -> MutexGuard<'_, KeyStore> {
@@ -219,6 +297,11 @@ impl Keychain {
     /// The vault's id.
     pub(super) fn vault_id(&self) -> &[u8; 16] {
         &self.keyring.vault_id
+    }
+
+    /// The vault's format: its keyring's version (1 or 2).
+    pub(super) fn format(&self) -> u16 {
+        self.keyring.version()
     }
 
     /// The keyring's current epoch.
@@ -472,7 +555,8 @@ impl Keychain {
         secret: SlotSecret<'_>,
     ) -> Result<(), Error> {
         let vault_id = *self.vault_id();
-        let mut slot = Slot::create(&vault_id, name, secret, &self.master)?;
+        let current = self.keyring_keys.values().next_back();
+        let (mut slot, _) = Slot::create(&vault_id, name, secret, &self.master, current)?;
         if let Some(next) = &self.pending {
             slot.add_seal(&vault_id, next)?;
         }
@@ -481,16 +565,59 @@ impl Keychain {
         self.replace_keyring(store, keyring)
     }
 
-    /// Removes `name`'s slot (never the last user's) and replaces the keyring.
-    pub(super) fn remove_slot<S: Store>(&mut self, store: &S, name: &str) -> Result<(), Error> {
+    /// Removes `name`'s slot (never the last user's) and replaces the keyring; in format 2 the
+    /// keyring also records, authenticated, the revocation under way (`target`: the patient-key
+    /// version it brings every patient to), so that it cannot be made to look finished.
+    pub(super) fn remove_slot<S: Store>(
+        &mut self,
+        store: &S,
+        name: &str,
+        target: u32,
+    ) -> Result<(), Error> {
         let mut keyring = self.keyring.clone();
         keyring.remove_slot(name)?;
+        if keyring.version() >= 2 {
+            keyring.set_pending_revocation(Some(target));
+        }
         self.replace_keyring(store, keyring)
+    }
+
+    /// Format 2: records in the keyring the revocation under way, or its end (`None`).
+    pub(super) fn mark_revocation<S: Store>(
+        &mut self,
+        store: &S,
+        target: Option<u32>,
+    ) -> Result<(), Error> {
+        if self.keyring.version() < 2 || self.keyring.pending_revocation() == target {
+            return Ok(());
+        }
+        let mut keyring = self.keyring.clone();
+        keyring.set_pending_revocation(target);
+        self.replace_keyring(store, keyring)
+    }
+
+    /// Format 2: the revocation under way that the keyring records, if any (its target
+    /// patient-key version).
+    pub(super) fn revocation_marked(&self) -> Option<u32> {
+        self.keyring.pending_revocation()
+    }
+
+    /// Format 2: slots carried over from format 1 that their users have not reopened since
+    /// (open to master-key injection until they do).
+    pub(super) fn legacy_slots(&self) -> u64 {
+        if self.keyring.version() < 2 {
+            return 0;
+        }
+        self.keyring
+            .slots()
+            .iter()
+            .filter(|s| s.is_legacy())
+            .count() as u64
     }
 
     /// Writes `keyring`, authenticated under the current master, then holds it.
     fn replace_keyring<S: Store>(&mut self, store: &S, mut keyring: Keyring) -> Result<(), Error> {
-        store.replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
+        store.replace_doc(ROOT_DOC, &keyring.encode(&self.master, &self.keyring_keys)?)?;
         self.keyring = keyring;
         Ok(())
     }

@@ -18,6 +18,9 @@ use crate::sealing::{LogHeadRecord, RegistryRecord, UsersRecord};
 use crate::secret::Passphrase;
 use crate::Error;
 
+/// The format of new vaults: 1 until format 2 is complete (ADR 0015).
+const NEW_VAULT_FORMAT: u16 = 1;
+
 impl<S: Store> Vault<S> {
     /// Creates a new vault in an empty `store`, with one passphrase slot for `user`.
     ///
@@ -34,7 +37,7 @@ impl<S: Store> Vault<S> {
         }
         check_user_name(user)?;
         passphrase.check_new(user)?;
-        let mut keys = Keychain::generate(user, passphrase, kdf)?;
+        let mut keys = Keychain::generate(NEW_VAULT_FORMAT, user, passphrase, kdf)?;
         let vault_id = *keys.vault_id();
         let users = UsersV1 {
             users: vec![UserV1 {

@@ -80,12 +80,22 @@ impl<S: Store> Vault<S> {
     /// Adds to `b` the job record of a revocation (unless one is pending): every patient is to
     /// get key version `target`, one above every version in use.
     pub(super) fn stage_revocation_job(&self, b: &mut Batch) -> Result<(), Error> {
-        if self.load_job(JobSlot::Revoke)?.is_some() {
+        if self.revocation_target()?.is_some() {
             return Ok(());
         }
         let target = next_version(&self.patient_versions()?);
         self.stage_job(b, JobSlot::Revoke, JOB_REVOKE, target)?;
         Ok(())
+    }
+
+    /// The patient-key version a revocation under way brings every patient to: from its job
+    /// record, or, in format 2, from the keyring, which records it authenticated (a job record
+    /// deleted behind the vault's back no longer makes a revocation look finished).
+    pub(super) fn revocation_target(&self) -> Result<Option<u32>, Error> {
+        Ok(match self.load_job(JobSlot::Revoke)? {
+            Some((job, _)) => Some(job.target),
+            None => self.keys.revocation_marked(),
+        })
     }
 
     /// Gives every patient the revocation's new key version, used by all later writes; notes
@@ -94,15 +104,15 @@ impl<S: Store> Vault<S> {
         &mut self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, Error> {
-        let Some((job, _)) = self.load_job(JobSlot::Revoke)? else {
+        let Some(target) = self.revocation_target()? else {
             return Ok(0);
         };
         let all = self.patient_versions()?;
         let total = all.len() as u64;
         let mut renewed = 0;
         for (i, (blind, current, _)) in all.iter().enumerate() {
-            if *current < job.target {
-                self.move_patient(*blind, *current, job.target, false)?;
+            if *current < target {
+                self.move_patient(*blind, *current, target, false)?;
                 renewed += 1;
             }
             progress(i as u64 + 1, total);

@@ -39,6 +39,11 @@ pub struct KeyStatus {
     pub all_patients_rotation_unfinished: bool,
     /// Wrapped keys of no registered patient (left by interrupted registrations or erasures).
     pub unused_keys: u64,
+    /// The vault's format (1 or 2).
+    pub format: u16,
+    /// Format 2: slots carried over from format 1 that their users have not reopened since:
+    /// open to master-key injection until each user unlocks once.
+    pub legacy_slots: u64,
     /// Every unfinished operation; running the same operation again finishes each.
     pub unfinished: Vec<Unfinished>,
 }
@@ -53,7 +58,7 @@ impl<S: Store> Vault<S> {
         if let Some(e) = self.keys.pending_epoch() {
             out.push(Unfinished::MasterRotation { to_epoch: e });
         }
-        if self.load_job(JobSlot::Revoke)?.is_some() {
+        if self.revocation_target()?.is_some() {
             out.push(Unfinished::Revocation);
         }
         if self.load_job(JobSlot::RotateAllPatients)?.is_some() {
@@ -70,7 +75,7 @@ impl<S: Store> Vault<S> {
                 to_epoch: e,
             }));
         }
-        if self.load_job(JobSlot::Revoke)?.is_some() {
+        if self.revocation_target()?.is_some() {
             return Err(Error::Unfinished(Unfinished::Revocation));
         }
         Ok(())
@@ -128,7 +133,7 @@ impl<S: Store> Vault<S> {
         if all_patients {
             unfinished.push(Unfinished::AllPatientsRotation);
         }
-        if self.load_job(JobSlot::Revoke)?.is_some() {
+        if self.revocation_target()?.is_some() {
             unfinished.push(Unfinished::Revocation);
         }
         if !mixed.is_empty() {
@@ -150,6 +155,8 @@ impl<S: Store> Vault<S> {
             patients_unfinished: mixed.len() as u64,
             all_patients_rotation_unfinished: all_patients,
             unused_keys: unused,
+            format: self.keys.format(),
+            legacy_slots: self.keys.legacy_slots(),
             unfinished,
         })
     }

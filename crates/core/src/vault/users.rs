@@ -179,7 +179,7 @@ impl<S: Store> Vault<S> {
         let (mut users, stored) = self.load_users()?;
         let listed = users.users.iter().any(|u| u.name == name);
         let has_slot = self.keys.has_slot(name);
-        let pending = self.load_job(JobSlot::Revoke)?.is_some();
+        let pending = self.revocation_target()?.is_some();
         if !listed && !has_slot && !pending {
             return Err(Error::InvalidArgument(
                 "there is no user of that name".into(),
@@ -194,9 +194,15 @@ impl<S: Store> Vault<S> {
             self.store.commit(b)?;
             self.store.flush()?;
         }
+        let target = self
+            .revocation_target()?
+            .ok_or(Error::Internal("a revocation without its target"))?;
         if has_slot {
-            // 2. The slot goes: the removed passphrase opens nothing in the vault's files.
-            self.keys.remove_slot(&self.store, name)?;
+            // 2. The slot goes: the removed passphrase opens nothing in the vault's files. In
+            //    format 2 the keyring records the revocation under way, authenticated.
+            self.keys.remove_slot(&self.store, name, target)?;
+        } else {
+            self.keys.mark_revocation(&self.store, Some(target))?;
         }
         // 3. A new master key, sealed only to the remaining slots.
         let rotation = self.rotate_master(&mut |_, _| {})?;
@@ -204,6 +210,8 @@ impl<S: Store> Vault<S> {
         self.renew_patient_keys(progress)?;
         // 5. A new access-log key: later entries are closed to the removed user.
         self.keys.add_log_key_version(&self.store)?;
+        // 6. Done: the keyring's record of it, then the job record.
+        self.keys.mark_revocation(&self.store, None)?;
         self.finish_job(JobSlot::Revoke)?;
         Ok(rotation)
     }

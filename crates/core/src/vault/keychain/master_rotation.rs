@@ -42,7 +42,7 @@ impl Keychain {
         let master = EpochKey::random(next)?;
         let mut keyring = self.keyring.clone();
         keyring.seal_to_all(&master)?;
-        store.replace_doc(ROOT_DOC, &keyring.encode(&self.master))?;
+        store.replace_doc(ROOT_DOC, &keyring.encode(&self.master, &self.keyring_keys)?)?;
         self.keyring = keyring;
         self.pending = Some(master);
         Ok(false)
@@ -133,10 +133,12 @@ impl Keychain {
         let mut keyring = self.keyring.clone();
         keyring.epoch = next.epoch();
         keyring.drop_seals_before(next.epoch());
-        let written = store.replace_doc(ROOT_DOC, &keyring.encode(&next));
+        let written = keyring
+            .encode(&next, &self.keyring_keys)
+            .and_then(|root| Ok(store.replace_doc(ROOT_DOC, &root)?));
         if let Err(e) = written {
             self.pending = Some(next);
-            return Err(e.into());
+            return Err(e);
         }
         self.keyring = keyring;
         self.master = next;
