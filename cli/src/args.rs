@@ -269,11 +269,19 @@ pub enum UserCommand {
     ///
     /// A copy of the vault taken before, with the removed user's passphrase, opens nothing
     /// written afterwards. Notes already written are not re-encrypted (the user could read them
-    /// before). If interrupted, run it again.
-    #[command(after_help = "Example:\n  carnet user remove dr.leroy")]
+    /// before). Removing an administrator also replaces the recovery key (they may have kept
+    /// it): the new one is printed, or written to --recovery-key-out. If interrupted, run it
+    /// again.
+    #[command(
+        after_help = "Examples:\n  carnet user remove dr.leroy\n  carnet user remove ancien.admin --recovery-key-out /media/usb/carnet-recovery.txt"
+    )]
     Remove {
         /// The user to revoke
         name: String,
+        /// Write the new recovery key (when an administrator is removed) to FILE instead of
+        /// printing it
+        #[arg(long, value_name = "FILE")]
+        recovery_key_out: Option<PathBuf>,
     },
 }
 
@@ -328,11 +336,26 @@ pub enum KeyCommand {
     /// Protect your key slot with a new passphrase; the old one stops working
     ///
     /// The new passphrase comes from --new-passphrase-file, else is asked twice on the terminal.
-    #[command(after_help = "Example:\n  carnet key change-passphrase")]
+    /// A passphrase change revokes the old passphrase: the master key rotates and every patient
+    /// gets a new key, so that an old copy of the vault's key files, opened with the old
+    /// passphrase, opens nothing written afterwards. The --kdf-* options raise (or set) the
+    /// Argon2id cost of your slot at the same time. If interrupted, run it again.
+    #[command(
+        after_help = "Examples:\n  carnet key change-passphrase\n  carnet key change-passphrase --kdf-memory-mib 256 --kdf-iterations 4"
+    )]
     ChangePassphrase {
         /// Read the new passphrase from the first line of FILE
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
+        /// New Argon2id memory in MiB (8 to 1024); default: the slot's current setting
+        #[arg(long, value_name = "N")]
+        kdf_memory_mib: Option<u32>,
+        /// New Argon2id passes (1 to 16); default: the slot's current setting
+        #[arg(long, value_name = "N")]
+        kdf_iterations: Option<u32>,
+        /// New Argon2id lanes (1 to 16); default: the slot's current setting
+        #[arg(long, value_name = "N")]
+        kdf_parallelism: Option<u32>,
     },
 }
 

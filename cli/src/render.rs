@@ -67,7 +67,9 @@ pub fn finish_command(u: &Unfinished) -> &'static str {
     match u {
         Unfinished::MasterRotation { .. } => "`carnet key rotate-master`",
         Unfinished::AllPatientsRotation => "`carnet key rotate-patient --all`",
-        Unfinished::Revocation => "`carnet user remove NAME` again",
+        Unfinished::Revocation => {
+            "`carnet user remove NAME` again (or, after a passphrase change, `carnet key change-passphrase` again)"
+        }
         Unfinished::PatientRotations { .. } => "`carnet key rotate-patient ID` or `--all`",
         _ => "the same command again",
     }
@@ -81,7 +83,7 @@ pub fn unfinished_words(u: &Unfinished) -> String {
         ),
         Unfinished::AllPatientsRotation => "rotation of every patient's key (run `carnet key rotate-patient --all` to finish it)".into(),
         Unfinished::Revocation => {
-            "a user's revocation (run `carnet user remove NAME` again to finish it)".into()
+            "a revocation: a user's removal or a passphrase change (run `carnet user remove NAME` or `carnet key change-passphrase` again to finish it)".into()
         }
         Unfinished::PatientRotations { patients } => format!(
             "{patients} patient key rotation(s) (run `carnet key rotate-patient ID` or `--all` to finish)"
@@ -125,6 +127,14 @@ pub fn note_json(n: &Note) -> Value {
         "bytes": n.bytes,
         "version": n.version,
     });
+    // Format 2 records who wrote each version; format 1's versions have no such field.
+    if let (Some(by), Some(obj)) = (&n.written_by, v.as_object_mut()) {
+        obj.insert("written_by".into(), Value::String(by.clone()));
+        obj.insert(
+            "written_with_recovery_key".into(),
+            Value::Bool(n.written_via_recovery_key),
+        );
+    }
     if let (Some(body), Some(obj)) = (&n.body, v.as_object_mut()) {
         match std::str::from_utf8(body.as_bytes()) {
             Ok(text) => obj.insert("body".into(), Value::String(text.to_string())),

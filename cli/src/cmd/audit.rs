@@ -68,7 +68,9 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
                         "recovery_key": e.via_recovery_key,
                         "action": render::action_words(&e.action),
                         "patient_id": e.patient_id,
+                        "patients": e.patients,
                         "note_id": e.note_id,
+                        "subject_user": e.subject,
                         "outcome": e.outcome,
                     })
                 })
@@ -77,13 +79,22 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
     }
     let mut out = String::new();
     for e in &entries {
+        // Every patient the entry names (a search, an import), comma-separated; the user an
+        // operation concerned goes where a patient would.
+        let patients = if e.patients.is_empty() {
+            e.subject
+                .as_deref()
+                .map_or_else(|| "-".to_string(), |u| format!("user {u}"))
+        } else {
+            e.patients.join(",")
+        };
         out.push_str(&format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             e.seq,
             render::rfc3339(e.at),
             render::log_user(e),
             render::action_words(&e.action),
-            or_dash(e.patient_id.as_deref()),
+            patients,
             or_dash(e.note_id.as_deref()),
             e.outcome
         ));

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use carnet_core::{MasterRotation, PatientRotation, Patients};
+use carnet_core::{KdfParams, MasterRotation, PatientRotation, Patients};
 use serde_json::json;
 
 use super::patient_id;
@@ -50,17 +50,36 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
                         .map(|(v, n)| json!({"version": v, "records": n})).collect::<Vec<_>>(),
                     "patients_unfinished": s.patients_unfinished,
                     "unused_keys": s.unused_keys,
+                    "format": s.format,
+                    "legacy_slots": s.legacy_slots,
+                    "slots_behind": s.slots_behind,
                     "unfinished": s.unfinished.iter().map(render::unfinished_words).collect::<Vec<_>>(),
                 }));
             }
             let mut out = format!(
-                "master epoch:   {}\nkey derivation: Argon2id, {} MiB, {} passes, {} lanes\nkey slots:      {}\n",
+                "format:         {}\nmaster epoch:   {}\nkey derivation: Argon2id, {} MiB, {} passes, {} lanes\nkey slots:      {}\n",
+                s.format,
                 s.epoch,
                 s.kdf.memory_mib(),
                 s.kdf.iterations(),
                 s.kdf.parallelism(),
                 s.slots
             );
+            if s.format < 2 {
+                out += "                (format 1: `carnet key upgrade` closes the holes format 2 closes)\n";
+            }
+            if s.legacy_slots > 0 {
+                out += &format!(
+                    "legacy slots:   {} (carried over from format 1; each is upgraded at its user's next unlock, and until then is open to master-key injection by whoever can write the storage)\n",
+                    s.legacy_slots
+                );
+            }
+            if s.slots_behind > 0 {
+                out += &format!(
+                    "slots behind:   {} (their users have not unlocked since the last revocation; until they do, the revoked user could still inject a master key against them)\n",
+                    s.slots_behind
+                );
+            }
             for (e, n) in &s.keys_per_epoch {
                 out += &format!("epoch {e}:        {n} wrapped keys\n");
             }
@@ -164,16 +183,44 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
         }
         KeyCommand::ChangePassphrase {
             new_passphrase_file,
+            kdf_memory_mib,
+            kdf_iterations,
+            kdf_parallelism,
         } => {
             let mut vault = context::unlock(g)?;
-            let new = context::new_passphrase(new_passphrase_file.as_deref(), &g.user)?;
-            vault.change_passphrase(&new)?;
-            if g.json {
-                render::print_json(&json!({"changed": true}))
+            let kdf = if kdf_memory_mib.is_some()
+                || kdf_iterations.is_some()
+                || kdf_parallelism.is_some()
+            {
+                let now = vault.kdf_params(&g.user).unwrap_or_default();
+                Some(KdfParams::new(
+                    kdf_memory_mib.unwrap_or(now.memory_mib()),
+                    kdf_iterations.unwrap_or(now.iterations()),
+                    kdf_parallelism.unwrap_or(now.parallelism()),
+                )?)
             } else {
-                render::print(
-                    "Passphrase changed: the old passphrase no longer opens this vault.\n",
-                )
+                None
+            };
+            let new = context::new_passphrase(new_passphrase_file.as_deref(), &g.user)?;
+            let bar = Progress::new(g, "renewing", 0);
+            let r = vault.change_passphrase_with(&new, kdf, &mut |d, t| bar.set(d, t))?;
+            bar.finish();
+            let set = vault.kdf_params(&g.user).unwrap_or_default();
+            if g.json {
+                render::print_json(&json!({
+                    "changed": true,
+                    "epoch": r.to_epoch,
+                    "kdf": {"memory_mib": set.memory_mib(), "iterations": set.iterations(), "parallelism": set.parallelism()},
+                }))
+            } else {
+                render::print(&format!(
+                    "Passphrase changed: the old passphrase no longer opens this vault, the master key is rotated \
+                     (epoch {}), and every patient has a new key for all later notes. Argon2id: {} MiB, {} passes, {} lanes.\n",
+                    r.to_epoch,
+                    set.memory_mib(),
+                    set.iterations(),
+                    set.parallelism()
+                ))
             }
         }
     }

@@ -111,8 +111,15 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
 }
 
 fn header(n: &Note) -> String {
+    // Format 2 records who wrote each version (the unlocking user), beside the free-text
+    // author.
+    let written = match (&n.written_by, n.written_via_recovery_key) {
+        (Some(u), false) => format!(", written by {u}"),
+        (Some(u), true) => format!(", written by {u} with the recovery key"),
+        (None, _) => String::new(),
+    };
     format!(
-        "--- version {} of {} ({}, by {}, {} bytes)\n",
+        "--- version {} of {} ({}, by {}{written}, {} bytes)\n",
         n.version,
         n.id,
         render::rfc3339(n.updated_at),

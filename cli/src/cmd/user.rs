@@ -49,19 +49,45 @@ pub fn run(g: &Global, c: UserCommand) -> Result<(), CliError> {
             }
             render::print(&out)
         }
-        UserCommand::Remove { name } => {
+        UserCommand::Remove {
+            name,
+            recovery_key_out,
+        } => {
             let mut vault = context::unlock(g)?;
             let bar = Progress::new(g, "renewing", 0);
             let r = vault.remove_user(&name, &mut |d, t| bar.set(d, t))?;
             bar.finish();
+            let shown = match &r.recovery_key {
+                Some(key) => Some(context::deliver_recovery_key(
+                    key,
+                    recovery_key_out.as_deref(),
+                )?),
+                None => None,
+            };
             if g.json {
-                render::print_json(&json!({"removed": name, "epoch": r.to_epoch}))
+                let key = match (&r.recovery_key, &recovery_key_out) {
+                    (Some(k), None) => Some(k.to_text().to_string()),
+                    _ => None,
+                };
+                render::print_json(&json!({
+                    "removed": name,
+                    "epoch": r.rotation.to_epoch,
+                    "recovery_key_replaced": r.recovery_key.is_some(),
+                    "recovery_key": key,
+                }))
             } else {
-                render::print(&format!(
+                let mut out = format!(
                     "User {name} removed: their key slot is gone, the master key is rotated (epoch {}), \
                      and every patient has a new key for all later notes.\n",
-                    r.to_epoch
-                ))
+                    r.rotation.to_epoch
+                );
+                if let Some(shown) = shown {
+                    out.push_str(
+                        "They were an administrator: the recovery key is replaced (the old one no longer opens this vault).\n",
+                    );
+                    out.push_str(&shown);
+                }
+                render::print(&out)
             }
         }
     }

@@ -173,10 +173,16 @@ pub struct LogEntry {
     pub via_recovery_key: bool,
     /// What was done.
     pub action: Action,
-    /// The patient concerned, if any.
+    /// The patient concerned, if any: the first of [`LogEntry::patients`].
     pub patient_id: Option<String>,
+    /// Every patient whose data the operation showed or changed (format 2: a search names
+    /// every patient with a hit, an import every patient of its batch; a format-1 entry names
+    /// one patient at most).
+    pub patients: Vec<String>,
     /// The note concerned, if any.
     pub note_id: Option<String>,
+    /// The user the operation concerned (`user add`, `user remove`), in format 2.
+    pub subject: Option<String>,
     /// `ok`, or a short reason.
     pub outcome: String,
 }

@@ -15,8 +15,12 @@ use crate::Error;
 
 /// `"CN"`: the first two bytes of every record.
 pub(crate) const MAGIC: [u8; 2] = *b"CN";
-/// The record format this code writes; it reads this one only.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+/// The newest record format this code reads and writes: 2. A record's format byte names the
+/// format of its payload: kinds whose payload format 2 changed (notes, users, log entries) are
+/// written with 2 by a format-2 vault; every other kind keeps format 1's payload and byte.
+pub(crate) const FORMAT_VERSION: u8 = 2;
+/// The first record format.
+pub(crate) const FORMAT_1: u8 = 1;
 /// XChaCha20-Poly1305 with a 24-byte random nonce.
 pub(crate) const ALG_XCHACHA20POLY1305: u8 = 1;
 /// magic (2) + format (1) + kind (1) + algorithm (1) + key version (4) + nonce (24).
@@ -25,6 +29,8 @@ pub(crate) const HEADER_LEN: usize = 9 + NONCE_LEN;
 /// A parsed envelope whose ciphertext has not been opened yet.
 pub(crate) struct Sealed<'a> {
     header: &'a [u8],
+    /// The record's format (1 or 2): which payload it holds.
+    pub(crate) format: u8,
     pub(crate) kind: Kind,
     /// The version of the key that sealed it (master epoch, or patient key version).
     pub(crate) key_version: u32,
@@ -49,12 +55,12 @@ impl<'a> Sealed<'a> {
         if bytes.len() < 3 || bytes[0..2] != MAGIC {
             return Err(ParseError::Foreign);
         }
-        if bytes[2] != FORMAT_VERSION {
-            return if bytes[2] > FORMAT_VERSION {
-                Err(ParseError::FutureVersion(bytes[2]))
-            } else {
-                Err(ParseError::Malformed("unknown format version"))
-            };
+        let format = bytes[2];
+        if format > FORMAT_VERSION {
+            return Err(ParseError::FutureVersion(format));
+        }
+        if format < FORMAT_1 {
+            return Err(ParseError::Malformed("unknown format version"));
         }
         if bytes.len() < HEADER_LEN + TAG_LEN {
             return Err(ParseError::Malformed("record too short"));
@@ -68,6 +74,7 @@ impl<'a> Sealed<'a> {
         nonce.copy_from_slice(&bytes[9..HEADER_LEN]);
         Ok(Sealed {
             header: &bytes[..9],
+            format,
             kind,
             key_version,
             nonce,
@@ -120,8 +127,19 @@ fn aad<R: RecordKind>(header: &[u8], vault_id: &[u8; 16], place: &R::Place) -> V
 }
 
 /// Seals `plaintext` into a new envelope of kind `R` under `key`, bound to `place` (a fresh
-/// random nonce; the header carries the key's version).
+/// random nonce; the header carries the key's version), as a record of format 1.
 pub(crate) fn seal<R: RecordKind>(
+    key: &R::Key,
+    vault_id: &[u8; 16],
+    place: &R::Place,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    seal_as::<R>(FORMAT_1, key, vault_id, place, plaintext)
+}
+
+/// [`seal`], as a record of `format` (whose payload `plaintext` must be).
+pub(crate) fn seal_as<R: RecordKind>(
+    format: u8,
     key: &R::Key,
     vault_id: &[u8; 16],
     place: &R::Place,
@@ -130,7 +148,7 @@ pub(crate) fn seal<R: RecordKind>(
     let nonce = crypto::random_nonce()?;
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(format);
     out.push(R::KIND as u8);
     out.push(ALG_XCHACHA20POLY1305);
     out.extend_from_slice(&key.version().to_be_bytes());
@@ -163,8 +181,20 @@ pub(crate) fn parse_error(location: &str, e: ParseError) -> Error {
     }
 }
 
-/// Parses and opens a record of kind `R`, decoding its frame's metadata; returns it with the
-/// whole frame. Every failure is an integrity error naming `location`.
+/// [`seal_frame`], as a record of `format`.
+pub(crate) fn seal_frame_as<R: RecordKind, M: Serialize>(
+    format: u8,
+    key: &R::Key,
+    vault_id: &[u8; 16],
+    place: &R::Place,
+    meta: &M,
+) -> Result<Vec<u8>, Error> {
+    seal_as::<R>(format, key, vault_id, place, &frame::encode(meta, &[])?)
+}
+
+/// Parses and opens a record of kind `R` and format 1 (the only payload of kinds format 2 left
+/// alone), decoding its frame's metadata; returns it with the whole frame. Every failure is an
+/// integrity error naming `location`.
 pub(crate) fn open_frame<R: RecordKind, M: DeserializeOwned>(
     location: &str,
     bytes: &[u8],
@@ -172,10 +202,33 @@ pub(crate) fn open_frame<R: RecordKind, M: DeserializeOwned>(
     vault_id: &[u8; 16],
     place: &R::Place,
 ) -> Result<(M, SecretBytes), Error> {
-    let sealed = Sealed::parse(bytes).map_err(|e| parse_error(location, e))?;
-    let plain = sealed.open_at::<R>(location, key, vault_id, place)?;
+    let (format, plain) = open_record::<R>(location, bytes, key, vault_id, place)?;
+    if format != FORMAT_1 {
+        return Err(malformed_payload(location));
+    }
     let (meta, _) = frame::decode::<M>(&plain).ok_or_else(|| malformed_payload(location))?;
     Ok((meta, plain))
+}
+
+/// Parses and opens a record of kind `R`; returns its format and its plaintext, for the kinds
+/// whose payload depends on the format.
+pub(crate) fn open_record<R: RecordKind>(
+    location: &str,
+    bytes: &[u8],
+    key: &R::Key,
+    vault_id: &[u8; 16],
+    place: &R::Place,
+) -> Result<(u8, SecretBytes), Error> {
+    let sealed = Sealed::parse(bytes).map_err(|e| parse_error(location, e))?;
+    let plain = sealed.open_at::<R>(location, key, vault_id, place)?;
+    Ok((sealed.format, plain))
+}
+
+/// Decodes a frame's metadata as `M`, or the malformed-payload error naming `location`.
+pub(crate) fn decode_meta<M: DeserializeOwned>(location: &str, plain: &[u8]) -> Result<M, Error> {
+    frame::decode::<M>(plain)
+        .map(|(m, _)| m)
+        .ok_or_else(|| malformed_payload(location))
 }
 
 /// The error for a record that authenticated but whose payload does not decode.
@@ -262,10 +315,14 @@ mod tests {
         );
         let mut rec = seal::<NoteRecord>(&key(1), &[0; 16], &at(0), b"x").unwrap();
         rec[2] = 2;
+        assert_eq!(Sealed::parse(&rec).ok().map(|s| s.format), Some(2));
+        rec[2] = 3;
         assert_eq!(
             Sealed::parse(&rec).err(),
-            Some(ParseError::FutureVersion(2))
+            Some(ParseError::FutureVersion(3))
         );
+        rec[2] = 0;
+        assert!(Sealed::parse(&rec).is_err());
         assert!(Sealed::parse(&rec[..HEADER_LEN]).is_err());
     }
 }

@@ -74,6 +74,27 @@ pub(crate) fn decode<M: DeserializeOwned>(frame: &[u8]) -> Option<(M, &[u8])> {
     Some((meta, body))
 }
 
+/// Encodes a structured body (format 2's access-log lists) with bincode, as [`encode`]'s body.
+pub(crate) fn encode_body<B: Serialize>(body: &B) -> Result<SecretBytes, Error> {
+    let bytes = SecretBytes::new(
+        bincode::serde::encode_to_vec(body, bincode::config::standard())
+            .map_err(|_| Error::Internal("body encoding failed"))?,
+    );
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(Error::TooLarge(
+            "the access-log entry would name too many patients".into(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Decodes a body made by [`encode_body`]: every byte consumed, at most [`MAX_BODY_BYTES`].
+pub(crate) fn decode_body<B: DeserializeOwned>(body: &[u8]) -> Option<B> {
+    let config = bincode::config::standard().with_limit::<MAX_BODY_BYTES>();
+    let (b, consumed) = bincode::serde::decode_from_slice(body, config).ok()?;
+    (consumed == body.len()).then_some(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

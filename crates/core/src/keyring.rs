@@ -220,6 +220,13 @@ pub(crate) struct SlotAccess {
     sk: StaticSecret,
 }
 
+impl SlotAccess {
+    /// Whether both open the slot of the same name.
+    pub(crate) fn opens_same_slot(&self, other: &SlotAccess) -> bool {
+        self.tag == other.tag
+    }
+}
+
 /// The parsed keyring.
 #[derive(Clone)]
 pub(crate) struct Keyring {
@@ -751,6 +758,16 @@ impl Keyring {
         Ok(())
     }
 
+    /// The users record's serial number (version 2).
+    pub(crate) fn users_serial(&self) -> u64 {
+        self.users_serial
+    }
+
+    /// Sets the users record's serial number, written with the keyring.
+    pub(crate) fn set_users_serial(&mut self, serial: u64) {
+        self.users_serial = serial;
+    }
+
     /// The patient-key version a revocation under way brings every patient to, if any.
     pub(crate) fn pending_revocation(&self) -> Option<u32> {
         (self.pending_revocation != 0).then_some(self.pending_revocation)
@@ -775,6 +792,14 @@ impl Keyring {
             }
         }
         (held, legacy)
+    }
+
+    /// How many keyed slots hold a keyring key older than `version`.
+    pub(crate) fn slots_holding_below(&self, version: u32) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.protection, Protection::Keyed { version: v } if v < version))
+            .count() as u64
     }
 
     /// Serializes the keyring with fresh MACs: under `master` (the current epoch's) in
@@ -975,6 +1000,46 @@ fn parse_slot(r: &mut Reader<'_>, version: u16) -> Option<Slot> {
     })
 }
 
+/// What someone who can write the keyring and holds no key (or only `known`, keyring keys a
+/// removed user kept) can build: `forged`, a master of their choosing, sealed to every slot's
+/// public key, and the keyring's MACs recomputed where they can be (under `forged` for the
+/// master's, under a known keyring key for its version), the others left as they were.
+#[cfg(test)]
+pub(crate) fn inject(bytes: &[u8], forged: &EpochKey, known: &[KeyringKey]) -> Vec<u8> {
+    let Ok(mut k) = Keyring::parse(bytes) else {
+        panic!("a keyring to inject into");
+    };
+    k.epoch = forged.epoch();
+    k.seal_to_all(forged).expect("sealing to a public key");
+    k.drop_seals_before(forged.epoch());
+    let mut body = k.encode_body();
+    let mut macs: Vec<(u32, [u8; 32])> = k
+        .macs
+        .iter()
+        .map(
+            |(v, old)| match (v, known.iter().find(|x| x.version() == *v)) {
+                (0, _) => (0, forged.keyring_mac(&body)),
+                (_, Some(key)) => (*v, key.mac(&body)),
+                (_, None) => (*v, *old),
+            },
+        )
+        .collect();
+    if k.version == 1 {
+        body.extend_from_slice(&macs[0].1);
+        return body;
+    }
+    if !macs.iter().any(|(v, _)| *v == 0) {
+        // Format 1's MAC, which a legacy slot would check.
+        macs.push((0, forged.keyring_mac(&body)));
+    }
+    body.push(macs.len() as u8);
+    for (v, m) in &macs {
+        body.extend_from_slice(&v.to_be_bytes());
+        body.extend_from_slice(m);
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1107,28 +1172,11 @@ mod tests {
         }
     }
 
-    /// What someone who can write the keyring but holds no key can do: seal a master of their
-    /// own to every slot's public key (public) and MAC the keyring under it, keeping the keyed
-    /// MACs (version 2) they cannot recompute.
+    /// A keyring of `version` with a master injected by someone who holds no key.
     fn injected_bytes(version: u16) -> (Vec<u8>, EpochKey) {
-        let (k, _, _, _) = keyring(version);
-        let mut k = k;
-        let forged = EpochKey::from_bytes(k.epoch, [0x66; 32]);
-        k.seal_to_all(&forged).unwrap();
-        let mut body = k.encode_body();
-        let mac = forged.keyring_mac(&body);
-        if version == 1 {
-            body.extend_from_slice(&mac);
-        } else {
-            let mut macs: Vec<_> = k.macs.iter().filter(|(v, _)| *v != 0).cloned().collect();
-            macs.push((0, mac));
-            body.push(macs.len() as u8);
-            for (v, m) in &macs {
-                body.extend_from_slice(&v.to_be_bytes());
-                body.extend_from_slice(m);
-            }
-        }
-        (body, forged)
+        let (_, bytes, _, _) = keyring(version);
+        let forged = EpochKey::from_bytes(1, [0x66; 32]);
+        (inject(&bytes, &forged, &[]), forged)
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::records::Blind;
 use crate::secret::SecretKey;
 use crate::Error;
 
-/// Registry records (the registry, users and job records) are sealed under this version of the
-/// registry key: there has only ever been one.
+/// The first version of the registry key, the only one of format 1 (registry, users and job
+/// records are sealed under it).
 pub(crate) const REGISTRY_KEY_VERSION: u32 = 1;
 
 /// A key that seals records: its AEAD key and the version written in their headers (a master
@@ -57,7 +57,8 @@ versioned_sealing_key!(
     PatientRecordKey,
     ManifestKey,
     NoteKey,
-    LogKey
+    LogKey,
+    RegistryKey
 );
 
 /// The master key of one epoch. Stored only sealed to the key slots; everything else derives
@@ -269,33 +270,34 @@ impl BlindKey {
     }
 }
 
-/// The registry key (a vault key): seals the registry, the users record and job records
-/// (kinds 3, 7 and 8).
-pub(crate) struct RegistryKey(SecretKey);
+/// One version of the registry key (a vault key): seals the registry, the users record and job
+/// records (kinds 3, 7 and 8). Format 1 has only version [`REGISTRY_KEY_VERSION`]; in format 2
+/// each revocation adds one.
+pub(crate) struct RegistryKey {
+    version: u32,
+    key: SecretKey,
+}
 
 impl RegistryKey {
-    /// A fresh registry key.
-    pub(crate) fn random() -> Result<Self, Error> {
-        Ok(RegistryKey(crypto::random_key()?))
+    /// A fresh registry key of `version`.
+    pub(crate) fn random(version: u32) -> Result<Self, Error> {
+        Ok(RegistryKey {
+            version,
+            key: crypto::random_key()?,
+        })
     }
 
-    /// The registry key, as unwrapped from the vault keys.
-    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
-        RegistryKey(SecretKey::from_bytes(bytes))
+    /// The registry key of `version`, as unwrapped from the vault keys.
+    pub(crate) fn from_bytes(version: u32, bytes: [u8; 32]) -> Self {
+        RegistryKey {
+            version,
+            key: SecretKey::from_bytes(bytes),
+        }
     }
 
     /// The key's bytes, to wrap them with the other vault keys.
     pub(crate) fn bytes_to_wrap(&self) -> &[u8; 32] {
-        self.0.expose()
-    }
-}
-
-impl SealingKey for RegistryKey {
-    fn version(&self) -> u32 {
-        REGISTRY_KEY_VERSION
-    }
-    fn aead(&self) -> &SecretKey {
-        &self.0
+        self.key.expose()
     }
 }
 

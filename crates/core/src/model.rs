@@ -340,10 +340,16 @@ pub struct Note {
     pub created_at: Timestamp,
     /// When this version was written.
     pub updated_at: Timestamp,
-    /// Who wrote this version.
+    /// Who wrote this version, as given (free text; an amendment given none keeps the
+    /// previous version's).
     pub author: Option<String>,
     /// The note's kind.
     pub kind: Option<String>,
+    /// The user whose name unlocked the vault that wrote this version: recorded by format 2,
+    /// `None` for versions written by format 1.
+    pub written_by: Option<String>,
+    /// Whether that vault was unlocked with the recovery key.
+    pub written_via_recovery_key: bool,
     /// The body's length in bytes.
     pub bytes: u64,
     /// The body, when it was asked for (listings leave it out).

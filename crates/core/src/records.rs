@@ -65,6 +65,10 @@ pub(crate) const JOB_IMPORT: u8 = 2;
 /// Job kind: a user's revocation under way (patient keys still to renew).
 pub(crate) const JOB_REVOKE: u8 = 3;
 
+/// A revocation job's `done` when the user revoked was an administrator (format 2: the recovery
+/// key is replaced at its end).
+pub(crate) const REVOKED_AN_ADMIN: u64 = 1;
+
 /// Purpose codes of the vault keys.
 pub(crate) const PURPOSE_BLIND: u8 = 1;
 pub(crate) const PURPOSE_REGISTRY: u8 = 2;
@@ -87,7 +91,7 @@ pub(crate) struct VaultKeysV1 {
 }
 
 /// Kind 3, Registry: how many patients exist and the chain over their blinds.
-#[derive(Serialize, Deserialize, Clone)]
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub(crate) struct RegistryV1 {
     pub(crate) patients: u64,
     pub(crate) head: [u8; 32],
@@ -110,6 +114,14 @@ pub(crate) struct JobV1 {
 /// Kind 8, Users: every user's name and role.
 #[derive(Serialize, Deserialize, Clone)]
 pub(crate) struct UsersV1 {
+    pub(crate) users: Vec<UserV1>,
+}
+
+/// Kind 8, Users, format 2: the users and the serial number that the keyring holds too, so
+/// that an older users record does not open as current.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct UsersV2 {
+    pub(crate) serial: u64,
     pub(crate) users: Vec<UserV1>,
 }
 
@@ -143,6 +155,22 @@ pub(crate) struct ManifestV1 {
     pub(crate) notes: u64,
 }
 
+/// Kind 6, Note, format 2: the metadata of format 1 and who wrote the version.
+#[derive(Serialize, Deserialize, Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct NoteMetaV2 {
+    /// Position in the patient's note chain.
+    pub(crate) seq: u64,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    /// Free text, as given.
+    pub(crate) author: Option<String>,
+    pub(crate) kind: Option<String>,
+    /// The user whose name unlocked the vault that wrote this version.
+    pub(crate) written_by: String,
+    /// Whether the recovery key unlocked it.
+    pub(crate) via_recovery_key: bool,
+}
+
 /// Kind 6, Note: metadata of one version; the body follows in the frame.
 #[derive(Serialize, Deserialize, Clone, Zeroize, ZeroizeOnDrop)]
 pub(crate) struct NoteMetaV1 {
@@ -165,6 +193,44 @@ pub(crate) struct LogEntryV1 {
     pub(crate) patient: Option<String>,
     pub(crate) note: Option<String>,
     pub(crate) outcome: String,
+}
+
+/// Kind 9, LogEntry, format 2: one access-log entry, which with its [`LogListsV2`] (the
+/// frame's body) names every patient concerned and carries the state the write left.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LogEntryV2 {
+    pub(crate) at: i64,
+    /// The user whose name unlocked the vault.
+    pub(crate) user: String,
+    /// Whether the recovery key unlocked it, rather than the user's passphrase.
+    pub(crate) via_recovery_key: bool,
+    /// The action's stored name (`access_log::Action::stored_name`).
+    pub(crate) action: String,
+    pub(crate) note: Option<String>,
+    /// The user the operation concerned (`user add`, `user remove`).
+    pub(crate) subject: Option<String>,
+    pub(crate) outcome: String,
+    /// The registry as the write left it, if it changed it.
+    pub(crate) registry: Option<RegistryV1>,
+}
+
+/// The body of a format-2 log entry's frame: its lists, which may be long (a search over every
+/// patient, an import batch), so they are not bounded by the metadata's limit.
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct LogListsV2 {
+    /// Every patient whose data the operation showed or changed, by identifier.
+    pub(crate) patients: Vec<String>,
+    /// The manifests the write changed, as it left them.
+    pub(crate) states: Vec<ManifestState>,
+}
+
+/// A patient's manifest as a write left it: the patient's blind, and its manifest's count of
+/// versions and chain head (72 bytes in bincode).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ManifestState {
+    pub(crate) blind: [u8; 32],
+    pub(crate) next_seq: u64,
+    pub(crate) head: [u8; 32],
 }
 
 /// Appended to the user of a log entry written by a vault unlocked with the recovery key.

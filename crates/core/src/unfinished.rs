@@ -13,7 +13,9 @@ pub enum Unfinished {
     /// A rotation of every patient's key ([`crate::Vault::rotate_patients`] with
     /// [`crate::Patients::All`]).
     AllPatientsRotation,
-    /// A user's revocation ([`crate::Vault::remove_user`] of the same user).
+    /// A revocation: a user's removal ([`crate::Vault::remove_user`] of the same user) or a
+    /// passphrase change, which revokes the old passphrase
+    /// ([`crate::Vault::change_passphrase_with`] again).
     Revocation,
     /// Rotations of single patients' keys ([`crate::Vault::rotate_patients`], one patient or all).
     PatientRotations {
@@ -29,7 +31,9 @@ impl std::fmt::Display for Unfinished {
                 write!(f, "a master-key rotation to epoch {to_epoch}")
             }
             Unfinished::AllPatientsRotation => f.write_str("a rotation of every patient's key"),
-            Unfinished::Revocation => f.write_str("a user's revocation"),
+            Unfinished::Revocation => {
+                f.write_str("a revocation (a user's removal or a passphrase change)")
+            }
             Unfinished::PatientRotations { patients } => {
                 write!(f, "the key rotation of {patients} patient(s)")
             }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::envelope::{self, Sealed};
 use crate::frame;
 use crate::keyring::{KdfParams, Keyring, Slot, SlotSecret};
-use crate::keys::{BlindKey, EpochKey, LogKey, PatientKey, RegistryKey};
+use crate::keys::{BlindKey, EpochKey, LogKey, PatientKey, RegistryKey, REGISTRY_KEY_VERSION};
 use crate::model::PatientId;
 use crate::records::{
     Blind, JobSlot, JobV1, LogAt, LogEntryV1, LogHeadV1, ManifestV1, NoteAt, NoteMetaV1,
@@ -238,7 +238,7 @@ fn check(v: &Vector) {
             );
         }
         "registry" => {
-            let key = RegistryKey::from_bytes(root);
+            let key = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, root);
             payload(v, &open::<RegistryRecord>(v, &key, &()), render_registry);
         }
         "patient" => {
@@ -266,7 +266,7 @@ fn check(v: &Vector) {
             payload(v, &open::<NoteRecord>(v, &keys.note, &at), render_note);
         }
         "job" => {
-            let key = RegistryKey::from_bytes(root);
+            let key = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, root);
             let slot = JobSlot::ALL
                 .into_iter()
                 .find(|s| s.meta_key() == v.place()["slot"].as_bytes())
@@ -274,7 +274,7 @@ fn check(v: &Vector) {
             payload(v, &open::<JobRecord>(v, &key, &slot), render_job);
         }
         "users" => {
-            let key = RegistryKey::from_bytes(root);
+            let key = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, root);
             payload(v, &open::<UsersRecord>(v, &key, &()), render_users);
         }
         "log-entry" => {
@@ -365,7 +365,7 @@ fn write_vectors() {
     let vid = hex(&VAULT_ID);
     let master = EpochKey::from_bytes(3, [0x11; 32]);
     let blind_key = BlindKey::from_bytes([0x22; 32]);
-    let registry = RegistryKey::from_bytes([0x33; 32]);
+    let registry = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, [0x33; 32]);
     let log = LogKey::from_bytes(2, [0x44; 32]);
     let patient = PatientKey::from_bytes(2, [0x55; 32]);
     let pk = patient.derive();

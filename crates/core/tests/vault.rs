@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use carnet_core::{
-    Error, KdfParams, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, Vault,
+    Action, AuditFilter, Error, KdfParams, NewNote, NewPatient, NoteBody, NoteId, Passphrase,
+    PatientId, Vault,
 };
 use carnet_storage::{Batch, DocName, FaultyStore, MemStore, Space, Store};
 
@@ -708,11 +709,94 @@ fn older_records_behind_a_whole_log_are_found_by_verify() {
         .iter()
         .filter(|p| p.kind() == ProblemKind::RolledBack)
         .collect();
+    // Format 2's log entries also give the registry's state: put back too.
     assert_eq!(
         rolled.len(),
-        3,
-        "the undone amendment, the lost note, the lost patient: {:?}",
+        4,
+        "the undone amendment, the lost note, the lost patient, the registry: {:?}",
         report.problems
     );
     assert!(rolled.iter().any(|p| p.problem().contains("version 2")));
+    assert!(rolled.iter().any(|p| p.location() == "registry"));
+}
+
+/// Finding 1 of issue 13, for what format 1's log does not name: an import's notes. One
+/// patient's older records put back (its manifest and notes as an earlier copy had them),
+/// the log left whole: verify names the patient's manifest as rolled back, and a checkpoint
+/// taken after the lost writes still verifies as a log.
+#[test]
+fn one_patient_rolled_back_behind_a_whole_log_after_an_import_is_found() {
+    use carnet_core::ProblemKind;
+    let (v, _) = populated(Arc::new(MemStore::new()));
+    let mut imp = v.import();
+    imp.add(NewPatient::new(pid("dora")), note("d1: first visit"))
+        .unwrap();
+    imp.finish().unwrap();
+    let older = clone_mem(v.store());
+    let mut imp = v.import();
+    imp.add(NewPatient::new(pid("dora")), note("d2: allergic to latex"))
+        .unwrap();
+    imp.finish().unwrap();
+    let checkpoint = v.log_checkpoint().unwrap();
+    assert!(v
+        .verify_against(Some(&checkpoint), &mut |_, _| {})
+        .unwrap()
+        .is_ok());
+    // Dora's manifest and notes as the older copy has them (hers is the one manifest the
+    // second import changed); everything else, the log included, left as it is.
+    let store = v.store();
+    let manifests = Space::new("manifests");
+    let changed: Vec<Vec<u8>> = all_records(store)
+        .into_iter()
+        .filter(|(sp, k, val)| {
+            sp.name() == "manifests" && older.get(manifests, k).unwrap().as_ref() != Some(val)
+        })
+        .map(|(_, k, _)| k)
+        .collect();
+    assert_eq!(changed.len(), 1);
+    let dora = |sp: &Space, k: &[u8]| {
+        (sp.name() == "manifests" || sp.name() == "notes") && k.starts_with(&changed[0])
+    };
+    let mut b = Batch::new();
+    for (sp, k, _) in all_records(store) {
+        if dora(&sp, &k) {
+            b.delete(sp, k);
+        }
+    }
+    store.commit(b).unwrap();
+    let mut b = Batch::new();
+    for (sp, k, val) in all_records(&older) {
+        if dora(&sp, &k) {
+            b.put(sp, k, val);
+        }
+    }
+    store.commit(b).unwrap();
+    let report = v.verify_against(Some(&checkpoint), &mut |_, _| {}).unwrap();
+    let rolled: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind() == ProblemKind::RolledBack)
+        .collect();
+    assert_eq!(rolled.len(), 1, "{:?}", report.problems);
+    assert!(
+        rolled[0].location().starts_with("manifest"),
+        "{:?}",
+        rolled[0]
+    );
+    assert!(
+        rolled[0].problem().contains("older state"),
+        "{:?}",
+        rolled[0]
+    );
+    // The entry of the second import names dora: "who read my record" has an answer.
+    let mut f = AuditFilter::default();
+    f.patient = Some(pid("dora"));
+    let entries = v.audit(&f).unwrap();
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e.action == Action::Import)
+            .count()
+            >= 2
+    );
 }

@@ -6,7 +6,7 @@ use carnet_storage::{SpacedEntry, Store, StoreError};
 use super::logging::Event;
 use super::Vault;
 use crate::access::Duty;
-use crate::access_log::Action;
+use crate::access_log::{outcome, Action};
 use crate::envelope::seal_frame;
 use crate::model::PatientId;
 use crate::records::{
@@ -24,10 +24,18 @@ impl<S: Store> Vault<S> {
     /// finishes it.
     pub fn erase_patient(&mut self, id: &PatientId) -> Result<(), Error> {
         let result = self.erase_patient_unlogged(id);
-        self.logged_result(Action::PatientErase, Some(id), result)
+        // The entry carries the registry the rewrite left (format 2), from which verify holds
+        // the registry again.
+        let mut event = Event::new(Action::PatientErase, Some(id.as_str()), outcome(&result));
+        if let Ok(reg) = &result {
+            event.registry = reg.clone();
+        }
+        self.log_event(&event)?;
+        result.map(|_| ())
     }
 
-    fn erase_patient_unlogged(&mut self, id: &PatientId) -> Result<(), Error> {
+    /// Erases the patient; returns the registry left, if the record store was rewritten.
+    fn erase_patient_unlogged(&mut self, id: &PatientId) -> Result<Option<RegistryV1>, Error> {
         self.require(Duty::Administration)?;
         let blind = self.keys.blind(id);
         let exists = self.store.get(space::PATIENTS, &blind.0)?.is_some()
@@ -43,22 +51,24 @@ impl<S: Store> Vault<S> {
         }
         // Logged before anything is destroyed: a log that names a patient whose records are
         // gone must also say that an erasure began (verify holds the log against the records).
-        self.log_event(&Event {
-            action: Action::PatientErase,
-            patient: Some(id.as_str()),
-            note: None,
-            outcome: "started".into(),
-        })?;
-        if exists {
-            self.rewrite_without(&blind)?;
-        }
+        self.log_event(&Event::new(
+            Action::PatientErase,
+            Some(id.as_str()),
+            "started",
+        ))?;
+        let registry = if exists {
+            Some(self.rewrite_without(&blind)?)
+        } else {
+            None
+        };
         self.keys.destroy_patient_keys(&self.store, &keys)?;
         self.chains.forget(&blind);
-        Ok(())
+        Ok(registry)
     }
 
-    /// Rewrites the record store without `gone`'s records, renumbering the registry.
-    fn rewrite_without(&mut self, gone: &Blind) -> Result<(), Error> {
+    /// Rewrites the record store without `gone`'s records, renumbering the registry; returns
+    /// the registry it wrote.
+    fn rewrite_without(&mut self, gone: &Blind) -> Result<RegistryV1, Error> {
         // The remaining patients, in registry order, with their records re-sealed when their
         // position changes.
         let mut patients: Vec<(u64, Blind, Vec<u8>, PatientV1, u32)> = Vec::new();
@@ -93,7 +103,7 @@ impl<S: Store> Vault<S> {
         meta.push((
             space::META,
             META_REGISTRY.to_vec(),
-            seal_frame::<RegistryRecord, _>(self.keys.registry(), self.vault_id(), &(), &reg)?,
+            seal_frame::<RegistryRecord, _>(self.keys.registry()?, self.vault_id(), &(), &reg)?,
         ));
         for r in self.store.scan_prefix(space::META, &[]) {
             let (k, v) = r?;
@@ -116,6 +126,6 @@ impl<S: Store> Vault<S> {
             .chain(keep(space::NOTES))
             .chain(keep(space::LOG));
         self.store.replace_all(&mut all)?;
-        Ok(())
+        Ok(reg)
     }
 }

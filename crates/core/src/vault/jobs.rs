@@ -28,7 +28,7 @@ impl<S: Store> Vault<S> {
         let (job, _) = open_frame::<JobRecord, JobV1>(
             location,
             &stored,
-            self.keys.registry(),
+            self.registry_key_of(location, &stored)?,
             self.vault_id(),
             &slot,
         )?;
@@ -37,7 +37,7 @@ impl<S: Store> Vault<S> {
 
     /// `job` sealed for `slot`.
     pub(super) fn seal_job(&self, slot: JobSlot, job: &JobV1) -> Result<Vec<u8>, Error> {
-        seal_frame::<JobRecord, _>(self.keys.registry(), self.vault_id(), &slot, job)
+        seal_frame::<JobRecord, _>(self.keys.registry()?, self.vault_id(), &slot, job)
     }
 
     /// Adds to `b` a new job record of `kind` in `slot` (which must be empty), bringing

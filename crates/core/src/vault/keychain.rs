@@ -19,7 +19,7 @@ use crate::keyring::{
 };
 use crate::keys::{
     BlindKey, EpochKey, KeyringKey, LogKey, PatientKey, PatientKeys, PatientWrapKey, RegistryKey,
-    WrappedKey, REGISTRY_KEY_VERSION,
+    SealingKey, WrappedKey, REGISTRY_KEY_VERSION,
 };
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
 use crate::model::PatientId;
@@ -43,7 +43,8 @@ pub(super) struct Keychain {
     /// Wraps patient keys: derived from the master of the key store's epoch.
     wrap_patient: PatientWrapKey,
     blind: BlindKey,
-    registry: RegistryKey,
+    /// The registry keys by version (the highest seals; format 1 has one).
+    registry: BTreeMap<u32, RegistryKey>,
     /// The access-log keys by version (the highest seals new entries).
     log: BTreeMap<u32, LogKey>,
     /// The key store's index of wrapped keys (the document `keys`, read at unlock). Every
@@ -85,7 +86,7 @@ impl Keychain {
         )?;
         let keyring = Keyring::new(format, vault_id, master.epoch(), slot);
         let blind = BlindKey::random()?;
-        let registry = RegistryKey::random()?;
+        let registry = RegistryKey::random(REGISTRY_KEY_VERSION)?;
         let log = LogKey::random(1)?;
         let record = VaultKeysV1 {
             keys: vec![
@@ -126,7 +127,7 @@ impl Keychain {
             master,
             pending: None,
             blind,
-            registry,
+            registry: [(REGISTRY_KEY_VERSION, registry)].into_iter().collect(),
             log: [(1, log)].into_iter().collect(),
             index: Mutex::new(index),
             keyring_keys: keyring_key.map(|k| (k.version(), k)).into_iter().collect(),
@@ -242,7 +243,12 @@ impl Keychain {
         }
         let mut chain = Keychain {
             blind: BlindKey::from_bytes(find(PURPOSE_BLIND)?),
-            registry: RegistryKey::from_bytes(find(PURPOSE_REGISTRY)?),
+            registry: keys
+                .keys
+                .iter()
+                .filter(|k| k.purpose == PURPOSE_REGISTRY)
+                .map(|k| (k.version, RegistryKey::from_bytes(k.version, k.key)))
+                .collect(),
             log: keys
                 .keys
                 .iter()
@@ -326,9 +332,23 @@ impl Keychain {
         self.blind.blind(id)
     }
 
-    /// The registry key.
-    pub(super) fn registry(&self) -> &RegistryKey {
-        &self.registry
+    /// The registry key that seals: the newest version.
+    pub(super) fn registry(&self) -> Result<&RegistryKey, Error> {
+        self.registry
+            .values()
+            .next_back()
+            .ok_or_else(|| integrity("vault keys", ProblemKind::Missing, "no registry key"))
+    }
+
+    /// The registry key of `version`, to open a record sealed under it.
+    pub(super) fn registry_key(&self, version: u32) -> Result<&RegistryKey, Error> {
+        self.registry.get(&version).ok_or_else(|| {
+            integrity(
+                "vault keys",
+                ProblemKind::Missing,
+                format!("registry key version {version} missing (retired, or never made)"),
+            )
+        })
     }
 
     /// The log key of `version`.
@@ -350,53 +370,126 @@ impl Keychain {
             .ok_or_else(|| integrity("access log", ProblemKind::Missing, "no log key"))
     }
 
-    /// The version a new log key gets.
-    fn next_log_key_version(&self) -> u32 {
-        self.log.keys().next_back().copied().unwrap_or(0) + 1
-    }
-
-    /// Adds a new access-log key version (after a revocation): later entries are sealed under
-    /// it, closed to the removed user. Replaces the key store whole.
-    pub(super) fn add_log_key_version<S: Store>(&mut self, store: &S) -> Result<(), Error> {
-        let vault_id = *self.vault_id();
-        let wrap = self.master.vault_keys_wrap();
-        let version = self.next_log_key_version();
-        let key = LogKey::random(version)?;
-        {
-            let mut index = self.index();
-            if index.epoch != self.master.epoch() {
-                return Err(Error::Internal(
-                    "the key store is not under the current epoch",
-                ));
-            }
-            let stored = index
-                .vault_keys
-                .clone()
-                .ok_or_else(|| integrity("vault keys", ProblemKind::Missing, "missing"))?;
-            let (mut keys, _) = open_frame::<VaultKeysRecord, VaultKeysV1>(
-                "vault keys",
-                stored.as_bytes(),
-                &wrap,
-                &vault_id,
-                &(),
-            )?;
+    /// Adds new vault-key versions after a revocation: an access-log key (later entries are
+    /// closed to the removed user) and, in format 2, a registry key and a keyring key. The
+    /// unlocking user's slot gets the new keyring key at once; the other slots at their users'
+    /// next unlock. Replaces the key store whole, then the keyring. Records still sealed under
+    /// the older registry key are re-sealed by the caller, then
+    /// [`Keychain::retire_old_vault_keys`].
+    pub(super) fn renew_vault_keys<S: Store>(&mut self, store: &S) -> Result<(), Error> {
+        let log = LogKey::random(self.log.keys().next_back().copied().unwrap_or(0) + 1)?;
+        let v2 = self.format() >= 2;
+        let registry = if v2 {
+            let next = self.registry.keys().next_back().copied().unwrap_or(0) + 1;
+            Some(RegistryKey::random(next)?)
+        } else {
+            None
+        };
+        let keyring_key = if v2 {
+            let next = self.keyring_keys.keys().next_back().copied().unwrap_or(0) + 1;
+            Some(KeyringKey::random(next)?)
+        } else {
+            None
+        };
+        self.rewrite_vault_keys(store, |keys| {
             keys.keys.push(VaultKeyV1 {
                 purpose: PURPOSE_LOG,
-                version,
-                key: *key.bytes_to_wrap(),
+                version: log.version(),
+                key: *log.bytes_to_wrap(),
             });
-            let mut next = KeyStore::new(index.epoch);
-            next.vault_keys = Some(WrappedKey::new(seal_frame::<VaultKeysRecord, _>(
-                &wrap,
-                &vault_id,
-                &(),
-                &keys,
-            )?));
-            next.patient = index.patient.clone();
-            store.replace_doc(KEYS_DOC, &next.encode(&vault_id))?;
-            *index = next;
+            if let Some(r) = &registry {
+                keys.keys.push(VaultKeyV1 {
+                    purpose: PURPOSE_REGISTRY,
+                    version: r.version(),
+                    key: *r.bytes_to_wrap(),
+                });
+            }
+            if let Some(k) = &keyring_key {
+                keys.keys.push(VaultKeyV1 {
+                    purpose: PURPOSE_KEYRING,
+                    version: k.version(),
+                    key: *k.bytes_to_wrap(),
+                });
+            }
+        })?;
+        self.log.insert(log.version(), log);
+        if let Some(r) = registry {
+            self.registry.insert(r.version(), r);
         }
-        self.log.insert(version, key);
+        if let Some(k) = keyring_key {
+            let mut keyring = self.keyring.clone();
+            keyring.reprotect(&self.access, &k)?;
+            self.keyring_keys.insert(k.version(), k);
+            self.replace_keyring(store, keyring)?;
+        }
+        Ok(())
+    }
+
+    /// Removes from the vault keys every registry key but the newest (every record sealed under
+    /// them has been re-sealed: an older copy of one no longer opens), and every keyring key no
+    /// slot holds any more. Format 2; replaces the key store whole.
+    pub(super) fn retire_old_vault_keys<S: Store>(&mut self, store: &S) -> Result<(), Error> {
+        if self.format() < 2 {
+            return Ok(());
+        }
+        let newest_registry = self.registry.keys().next_back().copied().unwrap_or(0);
+        let (held, _) = self.keyring.versions_held();
+        let newest_keyring = self.keyring_keys.keys().next_back().copied().unwrap_or(0);
+        let keep_keyring = |v: u32| held.contains(&v) || v == newest_keyring;
+        let stale = self.registry.keys().any(|v| *v != newest_registry)
+            || self.keyring_keys.keys().any(|v| !keep_keyring(*v));
+        if !stale {
+            return Ok(());
+        }
+        self.rewrite_vault_keys(store, |keys| {
+            keys.keys.retain(|k| match k.purpose {
+                PURPOSE_REGISTRY => k.version == newest_registry,
+                PURPOSE_KEYRING => keep_keyring(k.version),
+                _ => true,
+            });
+        })?;
+        self.registry.retain(|v, _| *v == newest_registry);
+        self.keyring_keys.retain(|v, _| keep_keyring(*v));
+        Ok(())
+    }
+
+    /// Opens the vault keys, changes them with `change`, and replaces the key store whole with
+    /// them re-sealed (under the current epoch, which the key store must be at).
+    fn rewrite_vault_keys<S: Store>(
+        &mut self,
+        store: &S,
+        change: impl FnOnce(&mut VaultKeysV1),
+    ) -> Result<(), Error> {
+        let vault_id = *self.vault_id();
+        let wrap = self.master.vault_keys_wrap();
+        let mut index = self.index();
+        if index.epoch != self.master.epoch() {
+            return Err(Error::Internal(
+                "the key store is not under the current epoch",
+            ));
+        }
+        let stored = index
+            .vault_keys
+            .clone()
+            .ok_or_else(|| integrity("vault keys", ProblemKind::Missing, "missing"))?;
+        let (mut keys, _) = open_frame::<VaultKeysRecord, VaultKeysV1>(
+            "vault keys",
+            stored.as_bytes(),
+            &wrap,
+            &vault_id,
+            &(),
+        )?;
+        change(&mut keys);
+        let mut next = KeyStore::new(index.epoch);
+        next.vault_keys = Some(WrappedKey::new(seal_frame::<VaultKeysRecord, _>(
+            &wrap,
+            &vault_id,
+            &(),
+            &keys,
+        )?));
+        next.patient = index.patient.clone();
+        store.replace_doc(KEYS_DOC, &next.encode(&vault_id))?;
+        *index = next;
         Ok(())
     }
 
@@ -556,13 +649,19 @@ impl Keychain {
     ) -> Result<(), Error> {
         let vault_id = *self.vault_id();
         let current = self.keyring_keys.values().next_back();
-        let (mut slot, _) = Slot::create(&vault_id, name, secret, &self.master, current)?;
+        let (mut slot, access) = Slot::create(&vault_id, name, secret, &self.master, current)?;
         if let Some(next) = &self.pending {
             slot.add_seal(&vault_id, next)?;
         }
         let mut keyring = self.keyring.clone();
         keyring.add_slot(slot);
-        self.replace_keyring(store, keyring)
+        self.replace_keyring(store, keyring)?;
+        // The unlocking user's own slot replaced (a passphrase change): later re-protections
+        // use the new slot's secrets.
+        if access.opens_same_slot(&self.access) {
+            self.access = access;
+        }
+        Ok(())
     }
 
     /// Removes `name`'s slot (never the last user's) and replaces the keyring; in format 2 the
@@ -596,10 +695,38 @@ impl Keychain {
         self.replace_keyring(store, keyring)
     }
 
+    /// Format 2: the serial number of the users record, as the keyring holds it.
+    pub(super) fn users_serial(&self) -> u64 {
+        self.keyring.users_serial()
+    }
+
+    /// Format 2: a users record of `serial` was written; the keyring's next write says so.
+    pub(super) fn set_users_serial(&mut self, serial: u64) {
+        self.keyring.set_users_serial(serial);
+    }
+
     /// Format 2: the revocation under way that the keyring records, if any (its target
     /// patient-key version).
     pub(super) fn revocation_marked(&self) -> Option<u32> {
         self.keyring.pending_revocation()
+    }
+
+    /// The keyring keys this vault holds (what a user who unlocked it could keep).
+    #[cfg(test)]
+    pub(super) fn keyring_keys_for_tests(&self) -> Vec<KeyringKey> {
+        self.keyring_keys
+            .values()
+            .map(|k| KeyringKey::from_bytes(k.version(), *k.bytes_to_wrap()))
+            .collect()
+    }
+
+    /// Format 2: slots that hold an older keyring key than the newest (their users have not
+    /// unlocked since a revocation: open to injection by the removed user until they do).
+    pub(super) fn slots_behind(&self) -> u64 {
+        let Some(newest) = self.keyring_keys.keys().next_back().copied() else {
+            return 0;
+        };
+        self.keyring.slots_holding_below(newest)
     }
 
     /// Format 2: slots carried over from format 1 that their users have not reopened since
@@ -634,7 +761,11 @@ fn rewrap<R: RecordKind>(
 ) -> Result<WrappedKey, Error> {
     let sealed = Sealed::parse(wrapped.as_bytes()).map_err(|e| parse_error(location, e))?;
     let plain = sealed.open_at::<R>(location, old, vault_id, place)?;
-    Ok(WrappedKey::new(envelope::seal::<R>(
-        new, vault_id, place, &plain,
+    Ok(WrappedKey::new(envelope::seal_as::<R>(
+        sealed.format,
+        new,
+        vault_id,
+        place,
+        &plain,
     )?))
 }

@@ -13,11 +13,16 @@ use carnet_storage::{Batch, Store};
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::{outcome, reason, Action, AuditFilter, Checkpoint, LogEntry, ReadLog};
-use crate::envelope::{open_frame, parse_error, seal_frame, Sealed};
+use crate::envelope::{
+    decode_meta, malformed_payload, open_frame, open_record, parse_error, seal_as, seal_frame,
+    Sealed, FORMAT_1,
+};
 use crate::error::{integrity, IntegrityError, ProblemKind};
+use crate::frame;
 use crate::model::{NoteId, PatientId, Timestamp};
 use crate::records::{
-    log_link, space, LogAt, LogEntryV1, LogHeadV1, META_LOG_HEAD, RECOVERY_SUFFIX,
+    log_link, space, LogAt, LogEntryV1, LogEntryV2, LogHeadV1, LogListsV2, ManifestState,
+    RegistryV1, META_LOG_HEAD, RECOVERY_SUFFIX,
 };
 use crate::sealing::{LogEntryRecord, LogHeadRecord};
 use crate::Error;
@@ -52,9 +57,46 @@ fn by_user(e: &LogEntry, user: &str) -> bool {
 /// An event to log.
 pub(super) struct Event<'a> {
     pub(super) action: Action,
+    /// The patient the operation was about (the one a format-1 entry names).
     pub(super) patient: Option<&'a str>,
     pub(super) note: Option<String>,
     pub(super) outcome: String,
+    /// Format 2: the other patients whose data it showed or changed.
+    pub(super) also: Vec<String>,
+    /// Format 2: the user it concerned.
+    pub(super) subject: Option<String>,
+    /// Format 2: the manifests and registry a write left.
+    pub(super) states: Vec<ManifestState>,
+    pub(super) registry: Option<RegistryV1>,
+}
+
+impl<'a> Event<'a> {
+    /// An event of `action` about `patient`, with `outcome`, and nothing else.
+    pub(super) fn new(
+        action: Action,
+        patient: Option<&'a str>,
+        outcome: impl Into<String>,
+    ) -> Self {
+        Event {
+            action,
+            patient,
+            note: None,
+            outcome: outcome.into(),
+            also: Vec::new(),
+            subject: None,
+            states: Vec::new(),
+            registry: None,
+        }
+    }
+}
+
+/// One access-log entry as `read_log` found it: the entry, the chain value after it, and what a
+/// format-2 entry records of the state a write left.
+pub(super) struct ReadEntry {
+    pub(super) entry: LogEntry,
+    pub(super) chain: [u8; 32],
+    pub(super) states: Vec<ManifestState>,
+    pub(super) registry: Option<RegistryV1>,
 }
 
 impl<S: Store> Vault<S> {
@@ -83,24 +125,48 @@ impl<S: Store> Vault<S> {
     pub(super) fn stage_log(&self, batch: &mut Batch, event: &Event<'_>) -> Result<(), Error> {
         let (head, stored_head) = self.log_head()?;
         let key = self.keys.newest_log_key()?;
-        let user = if self.session.via_recovery() {
-            format!("{}{RECOVERY_SUFFIX}", self.session.user())
-        } else {
-            self.session.user().to_string()
-        };
-        let entry = LogEntryV1 {
-            at: Timestamp::now().unix_millis(),
-            user,
-            action: event.action.stored_name().to_string(),
-            patient: event.patient.map(str::to_string),
-            note: event.note.clone(),
-            outcome: event.outcome.clone(),
-        };
         let at = LogAt {
             seq: head.count,
             prev: head.head,
         };
-        let sealed = seal_frame::<LogEntryRecord, _>(key, self.vault_id(), &at, &entry)?;
+        let sealed = if self.keys.format() >= 2 {
+            let entry = LogEntryV2 {
+                at: Timestamp::now().unix_millis(),
+                user: self.session.user().to_string(),
+                via_recovery_key: self.session.via_recovery(),
+                action: event.action.stored_name().to_string(),
+                note: event.note.clone(),
+                subject: event.subject.clone(),
+                outcome: event.outcome.clone(),
+                registry: event.registry.clone(),
+            };
+            let lists = LogListsV2 {
+                patients: event
+                    .patient
+                    .map(str::to_string)
+                    .into_iter()
+                    .chain(event.also.iter().cloned())
+                    .collect(),
+                states: event.states.clone(),
+            };
+            let frame = frame::encode(&entry, &frame::encode_body(&lists)?)?;
+            seal_as::<LogEntryRecord>(2, key, self.vault_id(), &at, &frame)?
+        } else {
+            let user = if self.session.via_recovery() {
+                format!("{}{RECOVERY_SUFFIX}", self.session.user())
+            } else {
+                self.session.user().to_string()
+            };
+            let entry = LogEntryV1 {
+                at: Timestamp::now().unix_millis(),
+                user,
+                action: event.action.stored_name().to_string(),
+                patient: event.patient.map(str::to_string),
+                note: event.note.clone(),
+                outcome: event.outcome.clone(),
+            };
+            seal_frame::<LogEntryRecord, _>(key, self.vault_id(), &at, &entry)?
+        };
         let next = LogHeadV1 {
             count: at.seq + 1,
             head: log_link(&head.head, &sealed),
@@ -168,6 +234,42 @@ impl<S: Store> Vault<S> {
         self.log_outcome(action, patient, note, result, self.log.policy)
     }
 
+    /// [`Vault::logged`] for a read that shows several patients' data: `shown` names them
+    /// from its result, and a format-2 entry records them all.
+    pub(super) fn logged_showing<T>(
+        &self,
+        action: Action,
+        patient: Option<&PatientId>,
+        op: impl FnOnce() -> Result<T, Error>,
+        shown: impl FnOnce(&T) -> Vec<String>,
+    ) -> Result<T, Error> {
+        let result = op();
+        let mut event = Event::new(action, patient.map(PatientId::as_str), outcome(&result));
+        if let Ok(t) = &result {
+            event.also = shown(t)
+                .into_iter()
+                .filter(|p| Some(p.as_str()) != event.patient)
+                .collect();
+            event.also.sort();
+            event.also.dedup();
+        }
+        self.append_log(&event, self.log.policy)?;
+        result
+    }
+
+    /// [`Vault::logged_result`] for an operation that concerned another user (`subject`).
+    pub(super) fn logged_about<T>(
+        &self,
+        action: Action,
+        subject: &str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut event = Event::new(action, None, outcome(&result));
+        event.subject = Some(subject.to_string());
+        self.append_log(&event, ReadLog::Synced)?;
+        result
+    }
+
     /// Logs the outcome of an operation that already ran (key and user operations, which show
     /// no patient data). A failure to log is reported, so the administrator knows.
     pub(super) fn logged_result<T>(
@@ -189,15 +291,9 @@ impl<S: Store> Vault<S> {
         result: Result<T, Error>,
         policy: ReadLog,
     ) -> Result<T, Error> {
-        self.append_log(
-            &Event {
-                action,
-                patient: patient.map(PatientId::as_str),
-                note: note.map(NoteId::to_string),
-                outcome: outcome(&result),
-            },
-            policy,
-        )?;
+        let mut event = Event::new(action, patient.map(PatientId::as_str), outcome(&result));
+        event.note = note.map(NoteId::to_string);
+        self.append_log(&event, policy)?;
         result
     }
 
@@ -210,22 +306,18 @@ impl<S: Store> Vault<S> {
         result: Result<T, Error>,
     ) -> Result<T, Error> {
         if let Err(e) = &result {
-            let _ = self.log_event(&Event {
+            let _ = self.log_event(&Event::new(
                 action,
-                patient: patient.map(PatientId::as_str),
-                note: None,
-                outcome: reason(e),
-            });
+                patient.map(PatientId::as_str),
+                reason(e),
+            ));
         }
         result
     }
 
     /// Every entry, checked: each opens with its position and the chain value before it, the
     /// count and chain match the head. Returns the entries and the chain value after each.
-    fn read_log(
-        &self,
-        problems: &mut Vec<IntegrityError>,
-    ) -> Result<Vec<(LogEntry, [u8; 32])>, Error> {
+    fn read_log(&self, problems: &mut Vec<IntegrityError>) -> Result<Vec<ReadEntry>, Error> {
         let (head, _) = match self.log_head() {
             Ok(h) => h,
             Err(Error::Integrity(e)) => {
@@ -264,16 +356,13 @@ impl<S: Store> Vault<S> {
                 .map_err(|e| parse_error(&location, e))
                 .and_then(|sealed| self.keys.log_key(sealed.key_version))
                 .and_then(|key| {
-                    open_frame::<LogEntryRecord, LogEntryV1>(
-                        &location,
-                        &v,
-                        key,
-                        self.vault_id(),
-                        &at,
-                    )
+                    open_record::<LogEntryRecord>(&location, &v, key, self.vault_id(), &at)
+                })
+                .and_then(|(format, plain)| {
+                    self.decode_entry(&location, expected, format, &plain, &listed)
                 });
-            let e = match opened {
-                Ok((e, _)) => e,
+            let (entry, states, registry) = match opened {
+                Ok(e) => e,
                 Err(Error::Integrity(e)) => {
                     problems.push(e);
                     return Ok(out);
@@ -281,23 +370,12 @@ impl<S: Store> Vault<S> {
                 Err(e) => return Err(e),
             };
             chain = log_link(&chain, &v);
-            let (user, via_recovery_key) = match e.user.strip_suffix(RECOVERY_SUFFIX) {
-                Some(name) if !listed.contains(&e.user) => (name.to_string(), true),
-                _ => (e.user, false),
-            };
-            out.push((
-                LogEntry {
-                    seq: expected,
-                    at: Timestamp::from_unix_millis(e.at),
-                    user,
-                    via_recovery_key,
-                    action: Action::from_stored(e.action),
-                    patient_id: e.patient,
-                    note_id: e.note,
-                    outcome: e.outcome,
-                },
+            out.push(ReadEntry {
+                entry,
                 chain,
-            ));
+                states,
+                registry,
+            });
             expected += 1;
         }
         if expected != head.count || chain != head.head {
@@ -308,6 +386,54 @@ impl<S: Store> Vault<S> {
             ));
         }
         Ok(out)
+    }
+
+    /// Decodes one entry's payload, of either format.
+    fn decode_entry(
+        &self,
+        location: &str,
+        seq: u64,
+        format: u8,
+        plain: &[u8],
+        listed: &HashSet<String>,
+    ) -> Result<(LogEntry, Vec<ManifestState>, Option<RegistryV1>), Error> {
+        if format == FORMAT_1 {
+            let e: LogEntryV1 = decode_meta(location, plain)?;
+            let (user, via_recovery_key) = match e.user.strip_suffix(RECOVERY_SUFFIX) {
+                Some(name) if !listed.contains(&e.user) => (name.to_string(), true),
+                _ => (e.user, false),
+            };
+            let entry = LogEntry {
+                seq,
+                at: Timestamp::from_unix_millis(e.at),
+                user,
+                via_recovery_key,
+                action: Action::from_stored(e.action),
+                patients: e.patient.iter().cloned().collect(),
+                patient_id: e.patient,
+                note_id: e.note,
+                subject: None,
+                outcome: e.outcome,
+            };
+            return Ok((entry, Vec::new(), None));
+        }
+        let (e, body) =
+            frame::decode::<LogEntryV2>(plain).ok_or_else(|| malformed_payload(location))?;
+        let lists: LogListsV2 =
+            frame::decode_body(body).ok_or_else(|| malformed_payload(location))?;
+        let entry = LogEntry {
+            seq,
+            at: Timestamp::from_unix_millis(e.at),
+            user: e.user,
+            via_recovery_key: e.via_recovery_key,
+            action: Action::from_stored(e.action),
+            patient_id: lists.patients.first().cloned(),
+            patients: lists.patients,
+            note_id: e.note,
+            subject: e.subject,
+            outcome: e.outcome,
+        };
+        Ok((entry, lists.states, e.registry))
     }
 
     /// The access log, oldest first, filtered (administrators and auditors). Itself logged.
@@ -322,12 +448,12 @@ impl<S: Store> Vault<S> {
             }
             Ok(entries
                 .into_iter()
-                .map(|(e, _)| e)
+                .map(|r| r.entry)
                 .filter(|e| {
                     filter
                         .patient
                         .as_ref()
-                        .is_none_or(|p| e.patient_id.as_deref() == Some(p.as_str()))
+                        .is_none_or(|p| e.patients.iter().any(|q| q == p.as_str()))
                 })
                 .filter(|e| filter.user.as_ref().is_none_or(|u| by_user(e, u)))
                 .filter(|e| filter.since.is_none_or(|t| e.at >= t))
@@ -424,13 +550,13 @@ impl<S: Store> Vault<S> {
         &self,
         checkpoint: Option<&Checkpoint>,
         problems: &mut Vec<IntegrityError>,
-    ) -> Result<Vec<LogEntry>, Error> {
+    ) -> Result<Vec<ReadEntry>, Error> {
         let entries = self.read_log(problems)?;
         if let Some(c) = checkpoint {
             let ok = c.count == 0
                 || entries
                     .get(usize::try_from(c.count - 1).unwrap_or(usize::MAX))
-                    .is_some_and(|(_, chain)| *chain == c.head);
+                    .is_some_and(|r| r.chain == c.head);
             if !ok {
                 problems.push(IntegrityError::new(
                     "access log",
@@ -442,6 +568,6 @@ impl<S: Store> Vault<S> {
                 ));
             }
         }
-        Ok(entries.into_iter().map(|(e, _)| e).collect())
+        Ok(entries)
     }
 }

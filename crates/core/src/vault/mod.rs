@@ -22,6 +22,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use carnet_storage::{DocReader, Store};
 
+#[cfg(test)]
+mod attacks;
 mod erase;
 mod import;
 mod jobs;
@@ -44,6 +46,7 @@ pub use import::{Import, ImportSummary};
 pub use rotate_master::MasterRotation;
 pub use rotate_patients::{PatientRotation, Patients};
 pub use status::KeyStatus;
+pub use users::Revocation;
 pub use verify::VerifyReport;
 
 use crate::keyring::KdfParams;

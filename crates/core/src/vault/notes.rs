@@ -7,11 +7,11 @@ use carnet_storage::Store;
 
 use super::patients::{manifest_location, PatientState};
 use super::Vault;
-use crate::envelope::{malformed_payload, parse_error, Sealed};
+use crate::envelope::{malformed_payload, parse_error, Sealed, FORMAT_1};
 use crate::error::{integrity, IntegrityError, ProblemKind};
 use crate::frame;
 use crate::model::{Note, NoteBody, NoteId, Timestamp};
-use crate::records::{note_link, space, NoteAt, NoteMetaV1};
+use crate::records::{note_link, space, NoteAt, NoteMetaV1, NoteMetaV2};
 use crate::sealing::NoteRecord;
 use crate::Error;
 
@@ -23,6 +23,8 @@ pub(super) struct Decoded {
     pub(super) note: [u8; 16],
     pub(super) version: u32,
     pub(super) meta: NoteMetaV1,
+    /// Format 2: the user who wrote this version, and whether with the recovery key.
+    pub(super) written_by: Option<(String, bool)>,
     pub(super) bytes: u64,
     pub(super) body: Option<NoteBody>,
 }
@@ -78,12 +80,27 @@ impl<S: Store> Vault<S> {
         };
         // Opened and decoded once: the metadata and the body come from the same frame.
         let plain = sealed.open_at::<NoteRecord>(at, note_key, self.vault_id(), &at)?;
-        let (meta, body) =
-            frame::decode::<NoteMetaV1>(&plain).ok_or_else(|| malformed_payload(at.to_string()))?;
+        let (meta, written_by, body) = if sealed.format == FORMAT_1 {
+            let (meta, body) = frame::decode::<NoteMetaV1>(&plain)
+                .ok_or_else(|| malformed_payload(at.to_string()))?;
+            (meta, None, body)
+        } else {
+            let (m, body) = frame::decode::<NoteMetaV2>(&plain)
+                .ok_or_else(|| malformed_payload(at.to_string()))?;
+            let meta = NoteMetaV1 {
+                seq: m.seq,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+                author: m.author.clone(),
+                kind: m.kind.clone(),
+            };
+            (meta, Some((m.written_by.clone(), m.via_recovery_key)), body)
+        };
         Ok(Decoded {
             note: at.note,
             version: at.version,
             meta,
+            written_by,
             bytes: body.len() as u64,
             body: if keep {
                 Some(NoteBody::new(body.to_vec())?)
@@ -223,6 +240,8 @@ pub(super) fn to_note(d: Decoded) -> Note {
         updated_at: Timestamp::from_unix_millis(d.meta.updated_at),
         author: d.meta.author.clone(),
         kind: d.meta.kind.clone(),
+        written_by: d.written_by.as_ref().map(|(u, _)| u.clone()),
+        written_via_recovery_key: d.written_by.as_ref().is_some_and(|(_, r)| *r),
         bytes: d.bytes,
         body: d.body,
     }

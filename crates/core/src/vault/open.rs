@@ -6,20 +6,21 @@ use super::keychain::Keychain;
 use super::session::Session;
 use super::Vault;
 use crate::access::{check_user_name, Role};
-use crate::envelope::seal_frame;
+use crate::envelope::{seal_frame, seal_frame_as};
 use crate::error::{integrity, ProblemKind};
 use crate::keyring::{KdfParams, SlotSecret};
 use crate::keystore::ROOT_DOC;
 use crate::records::{
-    space, LogHeadV1, RegistryV1, UserV1, UsersV1, META_LOG_HEAD, META_REGISTRY, META_USERS,
+    space, LogHeadV1, RegistryV1, UserV1, UsersV1, UsersV2, META_LOG_HEAD, META_REGISTRY,
+    META_USERS,
 };
 use crate::recovery::RecoveryKey;
 use crate::sealing::{LogHeadRecord, RegistryRecord, UsersRecord};
 use crate::secret::Passphrase;
 use crate::Error;
 
-/// The format of new vaults: 1 until format 2 is complete (ADR 0015).
-const NEW_VAULT_FORMAT: u16 = 1;
+/// The format of new vaults (ADR 0015).
+pub(crate) const NEW_VAULT_FORMAT: u16 = 2;
 
 impl<S: Store> Vault<S> {
     /// Creates a new vault in an empty `store`, with one passphrase slot for `user`.
@@ -32,18 +33,39 @@ impl<S: Store> Vault<S> {
         passphrase: &Passphrase,
         kdf: KdfParams,
     ) -> Result<Self, Error> {
+        Self::create_in_format(store, user, passphrase, kdf, NEW_VAULT_FORMAT)
+    }
+
+    /// [`Vault::create`] in `format` (1 or 2): format 1 for tests of what format 2 upgrades.
+    pub(crate) fn create_in_format(
+        store: S,
+        user: &str,
+        passphrase: &Passphrase,
+        kdf: KdfParams,
+        format: u16,
+    ) -> Result<Self, Error> {
         if store.read_doc(ROOT_DOC)?.is_some() {
             return Err(Error::AlreadyAVault);
         }
         check_user_name(user)?;
         passphrase.check_new(user)?;
-        let mut keys = Keychain::generate(NEW_VAULT_FORMAT, user, passphrase, kdf)?;
+        let mut keys = Keychain::generate(format, user, passphrase, kdf)?;
         let vault_id = *keys.vault_id();
-        let users = UsersV1 {
-            users: vec![UserV1 {
-                name: user.to_string(),
-                role: Role::Admin.code(),
-            }],
+        let users = vec![UserV1 {
+            name: user.to_string(),
+            role: Role::Admin.code(),
+        }];
+        // Format 2: serial 0, as the new keyring holds.
+        let users = if keys.format() >= 2 {
+            seal_frame_as::<UsersRecord, _>(
+                2,
+                keys.registry()?,
+                &vault_id,
+                &(),
+                &UsersV2 { serial: 0, users },
+            )?
+        } else {
+            seal_frame::<UsersRecord, _>(keys.registry()?, &vault_id, &(), &UsersV1 { users })?
         };
         let head = LogHeadV1 {
             count: 0,
@@ -54,11 +76,7 @@ impl<S: Store> Vault<S> {
             head: [0; 32],
         };
         let mut batch = Batch::new();
-        batch.put(
-            space::META,
-            META_USERS,
-            seal_frame::<UsersRecord, _>(keys.registry(), &vault_id, &(), &users)?,
-        );
+        batch.put(space::META, META_USERS, users);
         batch.put(
             space::META,
             META_LOG_HEAD,
@@ -67,7 +85,7 @@ impl<S: Store> Vault<S> {
         batch.put(
             space::META,
             META_REGISTRY,
-            seal_frame::<RegistryRecord, _>(keys.registry(), &vault_id, &(), &registry)?,
+            seal_frame::<RegistryRecord, _>(keys.registry()?, &vault_id, &(), &registry)?,
         );
         // The keyring goes last: until it exists, this is not a vault.
         store.commit(batch)?;

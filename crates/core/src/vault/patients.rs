@@ -6,7 +6,7 @@ use carnet_storage::Store;
 use super::Vault;
 use crate::envelope::{open_frame, parse_error, Sealed};
 use crate::error::{integrity, ProblemKind};
-use crate::keys::PatientKeys;
+use crate::keys::{PatientKeys, RegistryKey};
 use crate::model::{BirthDate, Patient, PatientId, Timestamp};
 use crate::records::{
     space, Blind, ManifestV1, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
@@ -169,10 +169,20 @@ impl<S: Store> Vault<S> {
         let (reg, _) = open_frame::<RegistryRecord, RegistryV1>(
             "registry",
             &stored,
-            self.keys.registry(),
+            self.registry_key_of("registry", &stored)?,
             self.vault_id(),
             &(),
         )?;
         Ok((reg, stored))
+    }
+
+    /// The registry key a stored registry, users or job record names in its header.
+    pub(super) fn registry_key_of(
+        &self,
+        location: &str,
+        stored: &[u8],
+    ) -> Result<&RegistryKey, Error> {
+        let sealed = Sealed::parse(stored).map_err(|e| parse_error(location, e))?;
+        self.keys.registry_key(sealed.key_version)
     }
 }

@@ -58,6 +58,15 @@ impl<S: Store> Vault<S> {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<MasterRotation, Error> {
         self.require(Duty::Administration)?;
+        self.rotate_master_steps(progress)
+    }
+
+    /// The steps of a master-key rotation, for any role: a revocation of one's own passphrase
+    /// needs them too.
+    pub(super) fn rotate_master_steps(
+        &mut self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<MasterRotation, Error> {
         let from = self.keys.epoch();
         // Step 1: a new master sealed to every slot, beside the current one.
         let resumed = self.keys.seal_next_epoch(&self.store)?;

@@ -15,6 +15,7 @@ use crate::keys::PatientKeys;
 use crate::model::PatientId;
 use crate::records::{
     space, Blind, JobSlot, JobV1, NoteAt, PatientKeyAt, JOB_REVOKE, JOB_ROTATE_ALL_PATIENTS,
+    REVOKED_AN_ADMIN,
 };
 use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord};
 use crate::Error;
@@ -80,11 +81,30 @@ impl<S: Store> Vault<S> {
     /// Adds to `b` the job record of a revocation (unless one is pending): every patient is to
     /// get key version `target`, one above every version in use.
     pub(super) fn stage_revocation_job(&self, b: &mut Batch) -> Result<(), Error> {
+        self.stage_revocation_job_of(b, false)
+    }
+
+    /// [`Vault::stage_revocation_job`], saying whether the user revoked is an administrator.
+    pub(super) fn stage_revocation_job_of(&self, b: &mut Batch, admin: bool) -> Result<(), Error> {
         if self.revocation_target()?.is_some() {
             return Ok(());
         }
         let target = next_version(&self.patient_versions()?);
-        self.stage_job(b, JobSlot::Revoke, JOB_REVOKE, target)?;
+        let mut job = JobV1 {
+            kind: JOB_REVOKE,
+            target,
+            source: [0; 32],
+            done: 0,
+        };
+        if admin {
+            job.done = REVOKED_AN_ADMIN;
+        }
+        b.require(space::META, JobSlot::Revoke.meta_key(), None);
+        b.put(
+            space::META,
+            JobSlot::Revoke.meta_key(),
+            self.seal_job(JobSlot::Revoke, &job)?,
+        );
         Ok(())
     }
 
@@ -312,8 +332,14 @@ impl<S: Store> Vault<S> {
             }
             let old = &keys[&sealed.key_version];
             let plain = sealed.open_at::<NoteRecord>(&location, &old.note, self.vault_id(), &at)?;
-            let resealed =
-                envelope::seal::<NoteRecord>(&new_keys.note, self.vault_id(), &at, &plain)?;
+            // The same payload under the new key: its format stays.
+            let resealed = envelope::seal_as::<NoteRecord>(
+                sealed.format,
+                &new_keys.note,
+                self.vault_id(),
+                &at,
+                &plain,
+            )?;
             batch.require(space::NOTES, k.clone(), Some(v));
             batch.put(space::NOTES, k, resealed);
             rewritten += 1;

@@ -11,12 +11,21 @@ use crate::model::{PatientId, SearchHit};
 use crate::Error;
 
 impl<S: Store> Vault<S> {
-    /// Notes whose current body contains `text`, ignoring case; all patients, or one.
+    /// Notes whose current body contains `text`, ignoring case; all patients, or one. The
+    /// access-log entry names every patient with a hit (format 2).
     /// Decrypts every note it scans (fine for a clinic's volume; see docs/architecture.md).
     pub fn search(&self, text: &str, patient: Option<&PatientId>) -> Result<Vec<SearchHit>, Error> {
-        self.logged(Action::Search, patient, None, || {
-            self.search_unlogged(text, patient)
-        })
+        // A search shows snippets of every patient with a hit: the entry names them all.
+        self.logged_showing(
+            Action::Search,
+            patient,
+            || self.search_unlogged(text, patient),
+            |hits: &Vec<SearchHit>| {
+                hits.iter()
+                    .map(|h| h.patient_id.as_str().to_string())
+                    .collect()
+            },
+        )
     }
 
     fn search_unlogged(

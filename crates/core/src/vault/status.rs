@@ -44,6 +44,10 @@ pub struct KeyStatus {
     /// Format 2: slots carried over from format 1 that their users have not reopened since:
     /// open to master-key injection until each user unlocks once.
     pub legacy_slots: u64,
+    /// Format 2: slots that hold an older keyring key than the newest (their users have not
+    /// unlocked since a revocation or a passphrase change): until each of those users unlocks
+    /// once, whoever was revoked could still inject a master key against their slot.
+    pub slots_behind: u64,
     /// Every unfinished operation; running the same operation again finishes each.
     pub unfinished: Vec<Unfinished>,
 }
@@ -157,6 +161,7 @@ impl<S: Store> Vault<S> {
             unused_keys: unused,
             format: self.keys.format(),
             legacy_slots: self.keys.legacy_slots(),
+            slots_behind: self.keys.slots_behind(),
             unfinished,
         })
     }

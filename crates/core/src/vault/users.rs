@@ -7,41 +7,95 @@ use super::rotate_master::MasterRotation;
 use super::Vault;
 use crate::access::{check_user_name, Duty, Role, User};
 use crate::access_log::Action;
-use crate::envelope::{open_frame, seal_frame};
+use crate::envelope::{
+    decode_meta, open_record, parse_error, seal_as, seal_frame, seal_frame_as, Sealed, FORMAT_1,
+};
 use crate::error::{integrity, ProblemKind};
+use crate::keyring::KdfParams;
 use crate::keyring::{SlotSecret, RECOVERY_SLOT};
-use crate::records::{space, JobSlot, UserV1, UsersV1, META_USERS};
+use crate::keys::SealingKey;
+use crate::records::{
+    space, JobSlot, UserV1, UsersV1, UsersV2, META_REGISTRY, META_USERS, REVOKED_AN_ADMIN,
+};
 use crate::recovery::RecoveryKey;
-use crate::sealing::UsersRecord;
+use crate::sealing::{JobRecord, RegistryRecord, UsersRecord};
 use crate::secret::Passphrase;
 use crate::Error;
 
 impl<S: Store> Vault<S> {
     /// The users record and its stored bytes.
     pub(super) fn load_users(&self) -> Result<(UsersV1, Vec<u8>), Error> {
+        self.load_users_serial().map(|(u, _, s)| (u, s))
+    }
+
+    /// The users record, its serial number (format 2; 0 in format 1) and its stored bytes.
+    ///
+    /// In format 2 the keyring holds the serial of the users record: a record of an older
+    /// serial (put back from an older copy) is a rollback. The record is written before the
+    /// keyring, so it may be one ahead of it (a crash in between).
+    pub(super) fn load_users_serial(&self) -> Result<(UsersV1, u64, Vec<u8>), Error> {
         let stored = self
             .store
             .get(space::META, META_USERS)?
             .ok_or_else(|| integrity("users", ProblemKind::Missing, "missing"))?;
-        let (users, _) = open_frame::<UsersRecord, UsersV1>(
+        let (format, plain) = open_record::<UsersRecord>(
             "users",
             &stored,
-            self.keys.registry(),
+            self.registry_key_of("users", &stored)?,
             self.vault_id(),
             &(),
         )?;
-        Ok((users, stored))
+        let (users, serial) = if format == FORMAT_1 {
+            (decode_meta::<UsersV1>("users", &plain)?, None)
+        } else {
+            let u = decode_meta::<UsersV2>("users", &plain)?;
+            (UsersV1 { users: u.users }, Some(u.serial))
+        };
+        if self.keys.format() >= 2 {
+            let want = self.keys.users_serial();
+            let ok = serial.is_some_and(|s| s == want || s == want.saturating_add(1));
+            if !ok {
+                return Err(integrity(
+                    "users",
+                    ProblemKind::RolledBack,
+                    format!(
+                        "serial {} where the keyring holds {want}: an older users record was put back",
+                        serial.map_or_else(|| "none (format 1)".to_string(), |s| s.to_string())
+                    ),
+                ));
+            }
+        }
+        Ok((users, serial.unwrap_or(0), stored))
     }
 
-    /// Adds to `b` the users record `users`, replacing `stored`.
-    fn stage_users(&self, b: &mut Batch, users: &UsersV1, stored: Vec<u8>) -> Result<(), Error> {
+    /// Adds to `b` the users record `users`, replacing `stored` (of `serial`); returns the new
+    /// record's serial, for [`Keychain::set_users_serial`] once the batch is committed.
+    fn stage_users(
+        &self,
+        b: &mut Batch,
+        users: &UsersV1,
+        serial: u64,
+        stored: Vec<u8>,
+    ) -> Result<u64, Error> {
         b.require(space::META, META_USERS, Some(stored));
-        b.put(
-            space::META,
-            META_USERS,
-            seal_frame::<UsersRecord, _>(self.keys.registry(), self.vault_id(), &(), users)?,
-        );
-        Ok(())
+        let next = serial.max(self.keys.users_serial()) + 1;
+        let sealed = if self.keys.format() >= 2 {
+            let record = UsersV2 {
+                serial: next,
+                users: users.users.clone(),
+            };
+            seal_frame_as::<UsersRecord, _>(
+                2,
+                self.keys.registry()?,
+                self.vault_id(),
+                &(),
+                &record,
+            )?
+        } else {
+            seal_frame::<UsersRecord, _>(self.keys.registry()?, self.vault_id(), &(), users)?
+        };
+        b.put(space::META, META_USERS, sealed);
+        Ok(next)
     }
 
     /// Every user and role (administrators and auditors).
@@ -76,7 +130,7 @@ impl<S: Store> Vault<S> {
         passphrase: &Passphrase,
     ) -> Result<(), Error> {
         let result = self.add_user_unlogged(name, role, passphrase);
-        self.logged_result(Action::UserAdd, None, result)
+        self.logged_about(Action::UserAdd, name, result)
     }
 
     fn add_user_unlogged(
@@ -95,16 +149,18 @@ impl<S: Store> Vault<S> {
         }
         // The role first, then the slot: a crash in between leaves a role without a slot,
         // which opens nothing; adding the user again completes it.
-        let (mut users, stored) = self.load_users()?;
+        let (mut users, serial, stored) = self.load_users_serial()?;
         users.users.retain(|u| u.name != name);
         users.users.push(UserV1 {
             name: name.to_string(),
             role: role.code(),
         });
         let mut b = Batch::new();
-        self.stage_users(&mut b, &users, stored)?;
+        let serial = self.stage_users(&mut b, &users, serial, stored)?;
         self.store.commit(b)?;
         self.store.flush()?;
+        // Written with the slot's keyring below.
+        self.keys.set_users_serial(serial);
         let kdf = self
             .keys
             .slot_kdf(self.session.user())
@@ -113,20 +169,59 @@ impl<S: Store> Vault<S> {
             .put_slot(&self.store, name, SlotSecret::Passphrase(passphrase, kdf))
     }
 
-    /// Gives the unlocking user's slot a fresh key pair protected by `new` (same KDF
-    /// parameters) and seals the master to it. O(1). The old passphrase stops working, and a
-    /// copy of the old slot opens nothing sealed afterwards.
+    /// Changes the unlocking user's passphrase, keeping the slot's KDF settings: see
+    /// [`Vault::change_passphrase_with`].
     pub fn change_passphrase(&mut self, new: &Passphrase) -> Result<(), Error> {
-        let result = self.change_passphrase_unlogged(new);
+        self.change_passphrase_with(new, None, &mut |_, _| {})
+            .map(|_| ())
+    }
+
+    /// Changes the unlocking user's passphrase, and with `kdf` its Argon2id settings (raised,
+    /// or any within range). A passphrase change is the revocation of the old passphrase: the
+    /// slot gets a fresh key pair protected by `new`, the master key is rotated, every patient
+    /// gets a new key version, and (format 2) the log, registry and keyring keys are renewed,
+    /// so that an old copy of the keyring and key store, opened with the old passphrase, opens
+    /// nothing written afterwards. Resumable: if interrupted, run it again (with the new
+    /// passphrase). `progress` gets (patients renewed, patients).
+    pub fn change_passphrase_with(
+        &mut self,
+        new: &Passphrase,
+        kdf: Option<KdfParams>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<MasterRotation, Error> {
+        let result = self.change_passphrase_unlogged(new, kdf, progress);
         self.logged_result(Action::KeyChangePassphrase, None, result)
     }
 
-    fn change_passphrase_unlogged(&mut self, new: &Passphrase) -> Result<(), Error> {
+    fn change_passphrase_unlogged(
+        &mut self,
+        new: &Passphrase,
+        kdf: Option<KdfParams>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<MasterRotation, Error> {
         let user = self.session.user().to_string();
         new.check_new(&user)?;
-        let kdf = self.keys.slot_kdf(&user).ok_or(Error::UnknownUser)?;
+        let kdf = match kdf {
+            Some(k) => k,
+            None => self.keys.slot_kdf(&user).ok_or(Error::UnknownUser)?,
+        };
+        // 1. The job record: keys are to be renewed.
+        if self.revocation_target()?.is_none() {
+            let mut b = Batch::new();
+            self.stage_revocation_job(&mut b)?;
+            self.store.commit(b)?;
+            self.store.flush()?;
+        }
+        let target = self
+            .revocation_target()?
+            .ok_or(Error::Internal("a revocation without its target"))?;
+        // 2. The keyring records the revocation under way (format 2), then the new slot: the
+        //    old passphrase opens nothing in the vault's files.
+        self.keys.mark_revocation(&self.store, Some(target))?;
         self.keys
-            .put_slot(&self.store, &user, SlotSecret::Passphrase(new, kdf))
+            .put_slot(&self.store, &user, SlotSecret::Passphrase(new, kdf))?;
+        // 3. to 6.: as for a removed user.
+        self.finish_revocation(progress)
     }
 
     /// Creates or replaces the recovery key (administrators) and returns it: show it once, then
@@ -152,51 +247,63 @@ impl<S: Store> Vault<S> {
 
     /// Revokes a user (administrators): the slot is removed, the master key rotated, and every
     /// patient gets a new key version that all later writes use, so a copy of the vault taken
-    /// before, opened with the removed user's passphrase, opens nothing written afterwards.
-    /// Notes already written are not re-encrypted (the user could read them). Resumable: if
-    /// interrupted, run it again. A name that is not (or no longer) a user is
-    /// [`Error::InvalidArgument`].
+    /// before, opened with the removed user's passphrase, opens nothing written afterwards. In
+    /// format 2 the log, registry and keyring keys are renewed too, and revoking an
+    /// administrator replaces the recovery key (returned: show it once). Notes already written
+    /// are not re-encrypted (the user could read them). Resumable: if interrupted, run it
+    /// again. A name that is not (or no longer) a user is [`Error::InvalidArgument`].
     pub fn remove_user(
         &mut self,
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<MasterRotation, Error> {
+    ) -> Result<Revocation, Error> {
         let result = self.remove_user_unlogged(name, progress);
-        self.logged_result(Action::UserRemove, None, result)
+        self.logged_about(Action::UserRemove, name, result)
     }
 
     fn remove_user_unlogged(
         &mut self,
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<MasterRotation, Error> {
+    ) -> Result<Revocation, Error> {
         self.require(Duty::Administration)?;
         if name == self.session.user() {
             return Err(Error::InvalidArgument(
                 "you cannot remove yourself: another administrator must do it".into(),
             ));
         }
-        let (mut users, stored) = self.load_users()?;
-        let listed = users.users.iter().any(|u| u.name == name);
+        let (mut users, serial, stored) = self.load_users_serial()?;
+        let listed = users.users.iter().find(|u| u.name == name).cloned();
         let has_slot = self.keys.has_slot(name);
         let pending = self.revocation_target()?.is_some();
-        if !listed && !has_slot && !pending {
+        if listed.is_none() && !has_slot && !pending {
             return Err(Error::InvalidArgument(
                 "there is no user of that name".into(),
             ));
         }
-        if listed {
-            // 1. The role goes, with a job record saying that keys must still be renewed.
+        if let Some(user) = &listed {
+            // 1. The role goes, with a job record saying that keys must still be renewed (and
+            //    whether the user was an administrator, who may have seen the recovery key).
             users.users.retain(|u| u.name != name);
             let mut b = Batch::new();
-            self.stage_users(&mut b, &users, stored)?;
-            self.stage_revocation_job(&mut b)?;
+            let serial = self.stage_users(&mut b, &users, serial, stored)?;
+            let admin = Role::from_code(user.role) == Some(Role::Admin);
+            self.stage_revocation_job_of(&mut b, admin)?;
             self.store.commit(b)?;
             self.store.flush()?;
+            // Written with the keyring in step 2.
+            self.keys.set_users_serial(serial);
         }
         let target = self
             .revocation_target()?
             .ok_or(Error::Internal("a revocation without its target"))?;
+        // Whether the recovery key is to be replaced: an administrator was removed, or (the
+        // job record gone, format 2's keyring mark left) it cannot be told.
+        let replace_recovery = self.has_recovery_key()
+            && self.keys.format() >= 2
+            && self
+                .load_job(JobSlot::Revoke)?
+                .is_none_or(|(job, _)| job.done == REVOKED_AN_ADMIN);
         if has_slot {
             // 2. The slot goes: the removed passphrase opens nothing in the vault's files. In
             //    format 2 the keyring records the revocation under way, authenticated.
@@ -204,15 +311,112 @@ impl<S: Store> Vault<S> {
         } else {
             self.keys.mark_revocation(&self.store, Some(target))?;
         }
-        // 3. A new master key, sealed only to the remaining slots.
-        let rotation = self.rotate_master(&mut |_, _| {})?;
-        // 4. A new key version for every patient, used by all later writes.
+        let rotation = self.finish_revocation(progress)?;
+        // 7. An administrator may have kept the recovery key: a new one.
+        let recovery_key = if replace_recovery {
+            Some(self.rotate_recovery_key_unlogged()?)
+        } else {
+            None
+        };
+        Ok(Revocation {
+            rotation,
+            recovery_key,
+        })
+    }
+
+    /// Steps 3 to 6 of a revocation, once the slot is gone (or replaced): a new master key,
+    /// sealed only to the remaining slots; a new key version for every patient, used by all
+    /// later writes; new vault keys (the log's, and in format 2 the registry's, with every
+    /// registry record re-sealed, and the keyring's); then the end of the keyring's mark and
+    /// of the job record.
+    fn finish_revocation(
+        &mut self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<MasterRotation, Error> {
+        let rotation = self.rotate_master_steps(&mut |_, _| {});
+        let rotation = self.logged_result(Action::KeyRotateMaster, None, rotation)?;
         self.renew_patient_keys(progress)?;
-        // 5. A new access-log key: later entries are closed to the removed user.
-        self.keys.add_log_key_version(&self.store)?;
-        // 6. Done: the keyring's record of it, then the job record.
+        self.keys.renew_vault_keys(&self.store)?;
+        if self.keys.format() >= 2 {
+            self.reseal_registry_records()?;
+            self.keys.retire_old_vault_keys(&self.store)?;
+        }
         self.keys.mark_revocation(&self.store, None)?;
         self.finish_job(JobSlot::Revoke)?;
         Ok(rotation)
     }
+
+    /// Re-seals under the newest registry key every record sealed under an older one: the
+    /// registry, the users record and the job records, in one atomic batch. O(1).
+    fn reseal_registry_records(&self) -> Result<(), Error> {
+        let newest = self.keys.registry()?.version();
+        let mut b = Batch::new();
+        let mut keys: Vec<&[u8]> = vec![META_REGISTRY, META_USERS];
+        keys.extend(JobSlot::ALL.iter().map(|s| s.meta_key()));
+        for key in keys {
+            let Some(stored) = self.store.get(space::META, key)? else {
+                continue;
+            };
+            let location = String::from_utf8_lossy(key).into_owned();
+            let sealed = Sealed::parse(&stored).map_err(|e| parse_error(&location, e))?;
+            if sealed.key_version == newest {
+                continue;
+            }
+            let old = self.keys.registry_key(sealed.key_version)?;
+            let format = sealed.format;
+            let resealed = match JobSlot::ALL.iter().find(|s| s.meta_key() == key) {
+                Some(slot) => {
+                    let plain =
+                        sealed.open_at::<JobRecord>(&location, old, self.vault_id(), slot)?;
+                    seal_as::<JobRecord>(
+                        format,
+                        self.keys.registry()?,
+                        self.vault_id(),
+                        slot,
+                        &plain,
+                    )?
+                }
+                None if key == META_USERS => {
+                    let plain =
+                        sealed.open_at::<UsersRecord>(&location, old, self.vault_id(), &())?;
+                    seal_as::<UsersRecord>(
+                        format,
+                        self.keys.registry()?,
+                        self.vault_id(),
+                        &(),
+                        &plain,
+                    )?
+                }
+                None => {
+                    let plain =
+                        sealed.open_at::<RegistryRecord>(&location, old, self.vault_id(), &())?;
+                    seal_as::<RegistryRecord>(
+                        format,
+                        self.keys.registry()?,
+                        self.vault_id(),
+                        &(),
+                        &plain,
+                    )?
+                }
+            };
+            b.require(space::META, key, Some(stored.clone()));
+            b.put(space::META, key, resealed);
+        }
+        if !b.is_empty() {
+            self.store.commit(b)?;
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// What revoking a user did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Revocation {
+    /// The master-key rotation it made.
+    pub rotation: MasterRotation,
+    /// The new recovery key, when an administrator was removed and the vault had one (format
+    /// 2): show it once, then forget it. The old one no longer opens the vault.
+    pub recovery_key: Option<RecoveryKey>,
 }

@@ -5,14 +5,14 @@ use std::collections::{HashMap, HashSet};
 
 use carnet_storage::{Store, StoreError};
 
-use super::logging::Event;
+use super::logging::{Event, ReadEntry};
 use super::notes::{check_chain, Bodies, RawEntry};
 use super::patients::{manifest_location, patient_location, PatientState};
 use super::Vault;
 use crate::access_log::{Action, Checkpoint, LogEntry};
 use crate::error::{IntegrityError, ProblemKind};
 use crate::model::{NoteId, PatientId};
-use crate::records::{registry_link, space, Blind, JobSlot, RegistryV1};
+use crate::records::{registry_link, space, Blind, JobSlot, ManifestState, RegistryV1};
 use crate::Error;
 
 /// A verification report.
@@ -73,12 +73,7 @@ impl<S: Store> Vault<S> {
         } else {
             "integrity failure"
         };
-        let event = Event {
-            action: Action::Verify,
-            patient: None,
-            note: None,
-            outcome: outcome.into(),
-        };
+        let event = Event::new(Action::Verify, None, outcome);
         match self.log_event(&event) {
             Ok(()) => {}
             // Already reported (a damaged or rolled-back log cannot take the entry).
@@ -105,9 +100,11 @@ impl<S: Store> Vault<S> {
         let total = registry.as_ref().map_or(0, |r| r.patients);
         report.note(self.load_users())?;
         report.records_checked += 1;
-        let log = self.verify_log(checkpoint, &mut report.problems)?;
-        report.records_checked += log.len() as u64 + 1;
+        let read = self.verify_log(checkpoint, &mut report.problems)?;
+        report.records_checked += read.len() as u64 + 1;
         // What the log says must be stored; the note scan below keeps what it needs of it.
+        let logged = logged_state(&read, |id| self.keys.blind(id));
+        let log: Vec<LogEntry> = read.into_iter().map(|r| r.entry).collect();
         let expected = self.expected_from_log(&log);
         // Job records (an unfinished rotation or import) must open too.
         for slot in JobSlot::ALL {
@@ -229,9 +226,17 @@ impl<S: Store> Vault<S> {
             done += 1;
             progress(done, total);
         }
+        // What the log names and the store lacks, note by note (format 1's check), then what
+        // format 2's entries record of each manifest and the registry, for the patients the
+        // first found nothing wrong with.
+        let mut reported = HashSet::new();
+        for (blind, p) in missing_from_state(&expected, &seen_blinds, &versions) {
+            reported.insert(blind);
+            report.problems.push(p);
+        }
         report
             .problems
-            .extend(missing_from_state(&expected, &seen_blinds, &versions));
+            .extend(logged.check(registry.as_ref(), &patients, &seen_blinds, &reported));
         Ok(report)
     }
 
@@ -291,6 +296,104 @@ impl<S: Store> Vault<S> {
     }
 }
 
+/// The state the access log's format-2 entries give: each patient's manifest and the
+/// registry as the last write that changed them left them, with that entry's position.
+#[derive(Default)]
+struct LoggedState {
+    manifests: HashMap<Blind, (ManifestState, u64)>,
+    registry: Option<(RegistryV1, u64)>,
+}
+
+/// What the log's entries, in order, say the state must be. An erasure takes its patient out
+/// (it logs "started" before destroying anything), and the registry until its "ok" entry
+/// gives the registry it left.
+fn logged_state(log: &[ReadEntry], blind: impl Fn(&PatientId) -> Blind) -> LoggedState {
+    let mut st = LoggedState::default();
+    for r in log {
+        let e = &r.entry;
+        if e.action == Action::PatientErase {
+            if e.outcome == "started" {
+                st.registry = None;
+            }
+            let erased = e.patient_id.clone().map(PatientId::from_stored);
+            if let Some(Ok(id)) = erased {
+                st.manifests.remove(&blind(&id));
+            }
+        }
+        for s in &r.states {
+            st.manifests.insert(Blind(s.blind), (*s, e.seq));
+        }
+        if let Some(reg) = &r.registry {
+            st.registry = Some((reg.clone(), e.seq));
+        }
+    }
+    st
+}
+
+impl LoggedState {
+    /// Every stored manifest, and the registry, must be at least the last state the log gives
+    /// them: a state behind it, or another at the same position, was put back from an older
+    /// copy. (A state ahead of the log is a write committed after `verify` read the log.)
+    fn check(
+        &self,
+        registry: Option<&RegistryV1>,
+        patients: &HashMap<Blind, PatientState>,
+        stored: &HashSet<Blind>,
+        reported: &HashSet<Blind>,
+    ) -> Vec<IntegrityError> {
+        let mut problems = Vec::new();
+        let mut blinds: Vec<&Blind> = self
+            .manifests
+            .keys()
+            .filter(|b| !reported.contains(*b))
+            .collect();
+        blinds.sort();
+        for blind in blinds {
+            let (want, seq) = &self.manifests[blind];
+            let Some(st) = patients.get(blind) else {
+                if !stored.contains(blind) {
+                    problems.push(IntegrityError::new(
+                        patient_location(blind),
+                        ProblemKind::RolledBack,
+                        format!(
+                            "the access log records its state (entry {seq}) but it is not stored: the patient's records were rolled back or removed"
+                        ),
+                    ));
+                }
+                continue;
+            };
+            let have = &st.manifest;
+            if have.next_seq < want.next_seq
+                || (have.next_seq == want.next_seq && have.head != want.head)
+            {
+                problems.push(IntegrityError::new(
+                    manifest_location(blind),
+                    ProblemKind::RolledBack,
+                    format!(
+                        "holds {} note versions where the access log records {} (entry {seq}): the patient's records were put back to an older state",
+                        have.next_seq, want.next_seq
+                    ),
+                ));
+            }
+        }
+        if let (Some(have), Some((want, seq))) = (registry, &self.registry) {
+            if have.patients < want.patients
+                || (have.patients == want.patients && have.head != want.head)
+            {
+                problems.push(IntegrityError::new(
+                    "registry",
+                    ProblemKind::RolledBack,
+                    format!(
+                        "lists {} patients where the access log records {} (entry {seq}): the registry was put back to an older state",
+                        have.patients, want.patients
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// Per patient, what the log says must be stored: the entry that registered it (if logged),
 /// and per note the versions written and the entry that wrote the last of them.
 #[derive(Default)]
@@ -304,7 +407,7 @@ fn missing_from_state(
     expected: &HashMap<Blind, Expected>,
     stored: &HashSet<Blind>,
     versions: &HashMap<(Blind, [u8; 16]), u32>,
-) -> Vec<IntegrityError> {
+) -> Vec<(Blind, IntegrityError)> {
     let mut problems = Vec::new();
     let mut blinds: Vec<&Blind> = expected.keys().collect();
     blinds.sort();
@@ -315,11 +418,14 @@ fn missing_from_state(
                 .registered
                 .or_else(|| exp.notes.values().map(|(_, s)| *s).max())
                 .unwrap_or(0);
-            problems.push(IntegrityError::new(
-                patient_location(blind),
-                ProblemKind::RolledBack,
-                format!(
-                    "the access log records it (entry {seq}) but it is not stored: the patient's records were rolled back or removed"
+            problems.push((
+                *blind,
+                IntegrityError::new(
+                    patient_location(blind),
+                    ProblemKind::RolledBack,
+                    format!(
+                        "the access log records it (entry {seq}) but it is not stored: the patient's records were rolled back or removed"
+                    ),
                 ),
             ));
             continue;
@@ -329,11 +435,14 @@ fn missing_from_state(
         for (note, (want, seq)) in notes {
             let have = versions.get(&(*blind, *note)).copied().unwrap_or(0);
             if have < *want {
-                problems.push(IntegrityError::new(
-                    format!("note {}/{}", blind.short(), NoteId(*note)),
-                    ProblemKind::RolledBack,
-                    format!(
-                        "the access log records version {want} (entry {seq}) but {have} are stored: the note was rolled back or removed"
+                problems.push((
+                    *blind,
+                    IntegrityError::new(
+                        format!("note {}/{}", blind.short(), NoteId(*note)),
+                        ProblemKind::RolledBack,
+                        format!(
+                            "the access log records version {want} (entry {seq}) but {have} are stored: the note was rolled back or removed"
+                        ),
                     ),
                 ));
             }

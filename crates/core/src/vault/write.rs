@@ -16,8 +16,8 @@ use crate::frame;
 use crate::keys::WrappedKey;
 use crate::model::{check_field, NewNote, NewPatient, NoteBody, NoteId, PatientId, Timestamp};
 use crate::records::{
-    note_link, registry_link, space, Blind, ManifestV1, NoteAt, NoteMetaV1, PatientKeyAt,
-    PatientV1, RegistryV1, META_REGISTRY,
+    note_link, registry_link, space, Blind, ManifestState, ManifestV1, NoteAt, NoteMetaV1,
+    NoteMetaV2, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
 };
 use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord, RegistryRecord};
 use crate::Error;
@@ -258,12 +258,32 @@ impl<'v, S: Store> Txn<'v, S> {
             note,
             version,
         };
-        let record = envelope::seal::<NoteRecord>(
-            &st.keys.note,
-            v.vault_id(),
-            &at,
-            &frame::encode(&meta, body.as_bytes())?,
-        )?;
+        let record = if v.keys.format() >= 2 {
+            // Format 2 records who wrote the version: the unlocking user, beside the author.
+            let meta = NoteMetaV2 {
+                seq: meta.seq,
+                created_at: meta.created_at,
+                updated_at: meta.updated_at,
+                author: meta.author.clone(),
+                kind: meta.kind.clone(),
+                written_by: v.session.user().to_string(),
+                via_recovery_key: v.session.via_recovery(),
+            };
+            envelope::seal_as::<NoteRecord>(
+                2,
+                &st.keys.note,
+                v.vault_id(),
+                &at,
+                &frame::encode(&meta, body.as_bytes())?,
+            )?
+        } else {
+            envelope::seal::<NoteRecord>(
+                &st.keys.note,
+                v.vault_id(),
+                &at,
+                &frame::encode(&meta, body.as_bytes())?,
+            )?
+        };
         // No "absent" precondition per note: the patient's manifest is guarded by
         // compare-and-swap in the same batch, and every note version extends that manifest, so
         // two writers of one note position cannot both commit (a lookup per note saved).
@@ -294,7 +314,16 @@ impl<'v, S: Store> Txn<'v, S> {
         let v = self.vault;
         let mut batch = std::mem::take(&mut self.batch);
         let mut sealed_manifests = Vec::new();
+        // What the log entry records of the state this commit leaves (format 2).
+        let mut states = Vec::new();
+        let mut changed = Vec::new();
         for st in self.patients.values().filter(|s| s.dirty) {
+            states.push(ManifestState {
+                blind: st.blind.0,
+                next_seq: st.manifest.next_seq,
+                head: st.manifest.head,
+            });
+            changed.push(st.info.id.clone());
             let m = seal_frame::<ManifestRecord, _>(
                 &st.keys.manifest,
                 v.vault_id(),
@@ -309,10 +338,15 @@ impl<'v, S: Store> Txn<'v, S> {
             batch.put(space::MANIFESTS, st.blind.0.to_vec(), m.clone());
             sealed_manifests.push((st.blind, m));
         }
+        states.sort_by_key(|s| s.blind);
+        changed.sort();
         let mut sealed_registry = None;
+        let mut registry_state = None;
         if self.registry_dirty {
             if let Some((reg, stored)) = &self.registry {
-                let r = seal_frame::<RegistryRecord, _>(v.keys.registry(), v.vault_id(), &(), reg)?;
+                registry_state = Some(reg.clone());
+                let r =
+                    seal_frame::<RegistryRecord, _>(v.keys.registry()?, v.vault_id(), &(), reg)?;
                 batch.require(space::META, META_REGISTRY, Some(stored.clone()));
                 batch.put(space::META, META_REGISTRY, r.clone());
                 sealed_registry = Some(r);
@@ -338,6 +372,9 @@ impl<'v, S: Store> Txn<'v, S> {
             batch,
             new_keys: std::mem::take(&mut self.new_keys),
             log: self.log.take(),
+            changed,
+            states,
+            registry: registry_state,
         }))
     }
 }
@@ -347,6 +384,11 @@ pub(super) struct Prepared {
     batch: Batch,
     new_keys: Vec<(PatientKeyAt, WrappedKey)>,
     log: Option<Logged>,
+    /// The identifiers of the patients whose records the commit changes.
+    changed: Vec<String>,
+    /// Their manifests, and the registry, as the commit leaves them.
+    states: Vec<ManifestState>,
+    registry: Option<RegistryV1>,
 }
 
 impl<S: Store> Vault<S> {
@@ -357,6 +399,9 @@ impl<S: Store> Vault<S> {
             mut batch,
             new_keys,
             log,
+            changed,
+            states,
+            registry,
         } = p;
         let _writing = self.writing();
         if !new_keys.is_empty() {
@@ -377,15 +422,15 @@ impl<S: Store> Vault<S> {
             note,
         }) = log
         {
-            self.stage_log(
-                &mut batch,
-                &Event {
-                    action,
-                    patient: patient.as_deref(),
-                    note,
-                    outcome: "ok".into(),
-                },
-            )?;
+            let mut event = Event::new(action, patient.as_deref(), "ok");
+            event.note = note;
+            event.also = changed
+                .into_iter()
+                .filter(|c| Some(c) != patient.as_ref())
+                .collect();
+            event.states = states;
+            event.registry = registry;
+            self.stage_log(&mut batch, &event)?;
         }
         self.store.commit(batch)?;
         self.store.flush()?;
