@@ -333,6 +333,15 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         recovery_key_out: Option<PathBuf>,
     },
+    /// Upgrade a format-1 vault to format 2 (administrators)
+    ///
+    /// Format 2 closes what someone who can write the storage could do to format 1: inject a
+    /// master key of their own, roll one patient back behind a whole access log, replay an
+    /// older users record. Crash-safe: if interrupted, run it again. Your slot is upgraded at
+    /// once; each other user's at their next unlock (`carnet key status` counts those left).
+    /// An older Carnet no longer opens the vault afterwards (it says "newer format").
+    #[command(after_help = "Example:\n  carnet key upgrade")]
+    Upgrade,
     /// Protect your key slot with a new passphrase; the old one stops working
     ///
     /// The new passphrase comes from --new-passphrase-file, else is asked twice on the terminal.

@@ -9,8 +9,8 @@ use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
 use crate::args::Global;
-use crate::error::CliError;
-use crate::state::Memory;
+use crate::error::{CliError, Exit};
+use crate::state::{slot_tag, Memory, Seen};
 
 /// The vault directory: --vault, else $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
 pub fn vault_dir(global: &Global) -> Result<PathBuf, CliError> {
@@ -190,7 +190,7 @@ impl Unlocked {
         if let Some(m) = &self.memory {
             match self.vault.durable_head() {
                 Ok(head) => {
-                    if let Err(why) = m.remember(&head) {
+                    if let Err(why) = m.remember(&head, &seen_now(&self.vault)) {
                         warn_no_memory(&why);
                     }
                 }
@@ -230,12 +230,67 @@ fn warn_no_memory(why: &str) {
     );
 }
 
+/// What this machine learns of the vault from this unlock besides its head: its format, and
+/// (format 2, where unlocking re-protects the slot) that the unlocking slot is keyed.
+pub fn seen_now(vault: &Vault<SledStore>) -> Seen {
+    let mut seen = Seen {
+        format: vault.format(),
+        ..Seen::default()
+    };
+    if vault.format() >= 2 {
+        seen.keyed.insert(slot_tag(&vault.id(), &slot_name(vault)));
+    }
+    seen
+}
+
+/// The name of the slot that unlocked `vault`: its user's, or the recovery key's.
+fn slot_name(vault: &Vault<SledStore>) -> String {
+    if vault.via_recovery_key() {
+        "\0recovery".to_string()
+    } else {
+        vault.user().to_string()
+    }
+}
+
+/// A downgrade this machine can tell: the vault in format 1 where it saw it in format 2, or
+/// a legacy slot where it saw the same slot re-protected (format 1's protection put back, to
+/// reopen master-key injection). Exit 5.
+fn check_no_downgrade(vault: &Vault<SledStore>, m: &Memory) -> Result<(), CliError> {
+    let seen = m.seen_more();
+    let hint = format!(
+        "this machine saw this vault in format 2: its keyring was replaced by an older one (an attack, or an old backup put in place); keep a copy and restore your latest backup (remembered in {})",
+        m.path().display()
+    );
+    if seen.format >= 2 && vault.format() < 2 {
+        return Err(CliError::new(
+            Exit::Integrity,
+            "integrity check failed: keyring: format 1 where this machine saw format 2 (a downgrade)",
+        )
+        .hint(hint));
+    }
+    if vault.unlocked_legacy_slot()
+        && seen
+            .keyed
+            .contains(&slot_tag(&vault.id(), &slot_name(vault)))
+    {
+        return Err(CliError::new(
+            Exit::Integrity,
+            "integrity check failed: keyring: your key slot is in format 1's protection where this machine saw it upgraded (a downgrade)",
+        )
+        .hint(hint));
+    }
+    Ok(())
+}
+
 /// Opens the vault's store (failing fast if it is missing or in use), then asks for the
 /// passphrase and unlocks it, and checks that the vault extends what this machine saw of it
 /// (exit 5 when it was rolled back behind this machine's back).
 pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
     let mut unlocked = unlock_as_found(global)?;
     if let Some(m) = &unlocked.memory {
+        if let Ok(Some(_)) = m.seen() {
+            check_no_downgrade(&unlocked.vault, m)?;
+        }
         match m.seen() {
             Ok(Some(seen)) => unlocked.vault.check_extends(&seen).map_err(|e| {
                 let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)

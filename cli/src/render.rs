@@ -48,6 +48,7 @@ pub fn action_words(a: &Action) -> &str {
         Action::KeyRotatePatient => "key rotate-patient",
         Action::KeyRotateRecovery => "key rotate-recovery",
         Action::KeyChangePassphrase => "key change-passphrase",
+        Action::KeyUpgrade => "key upgrade",
         // Written by a newer Carnet: shown as stored.
         other => other.stored_name(),
     }
@@ -71,6 +72,7 @@ pub fn finish_command(u: &Unfinished) -> &'static str {
             "`carnet user remove NAME` again (or, after a passphrase change, `carnet key change-passphrase` again)"
         }
         Unfinished::PatientRotations { .. } => "`carnet key rotate-patient ID` or `--all`",
+        Unfinished::Upgrade => "`carnet key upgrade` again",
         _ => "the same command again",
     }
 }
@@ -84,6 +86,9 @@ pub fn unfinished_words(u: &Unfinished) -> String {
         Unfinished::AllPatientsRotation => "rotation of every patient's key (run `carnet key rotate-patient --all` to finish it)".into(),
         Unfinished::Revocation => {
             "a revocation: a user's removal or a passphrase change (run `carnet user remove NAME` or `carnet key change-passphrase` again to finish it)".into()
+        }
+        Unfinished::Upgrade => {
+            "an upgrade to format 2 (run `carnet key upgrade` again to finish it)".into()
         }
         Unfinished::PatientRotations { patients } => format!(
             "{patients} patient key rotation(s) (run `carnet key rotate-patient ID` or `--all` to finish)"

@@ -31,6 +31,38 @@ pub fn state_dir() -> Option<PathBuf> {
     var("HOME").map(|h| PathBuf::from(h).join(".local/state/carnet"))
 }
 
+/// What a state file says besides the head: the vault's format as last seen, and the slots
+/// seen re-protected (format 2), by tag.
+#[derive(Default, Clone, PartialEq, Eq, Debug)]
+pub struct Seen {
+    /// The highest format this machine saw the vault in (1 when not said: files written
+    /// before format 2).
+    pub format: u16,
+    /// Tags of the users (or of the recovery key) whose slot this machine saw re-protected
+    /// with a keyring key: a legacy slot for one of them is a downgrade.
+    pub keyed: std::collections::BTreeSet<String>,
+}
+
+impl Seen {
+    /// This and `other` together: the higher format, every slot.
+    fn merged(&self, other: &Seen) -> Seen {
+        Seen {
+            format: self.format.max(other.format),
+            keyed: self.keyed.union(&other.keyed).cloned().collect(),
+        }
+    }
+}
+
+/// The tag of `user`'s slot of the vault `id` in a state file: a hash, so that the file names
+/// no user.
+pub fn slot_tag(id: &[u8; 16], user: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"carnet/v2/state/slot");
+    h.update(id);
+    h.update(user.as_bytes());
+    hex(&h.finalize()[..16])
+}
+
 /// What this machine remembers of one vault at one location.
 pub struct Memory {
     dir: PathBuf,
@@ -153,14 +185,33 @@ impl Memory {
             .map_err(|_| format!("{} is damaged", self.file().display()))
     }
 
-    /// Remembers `head` unless what is remembered is newer (another process went further).
-    pub fn remember(&self, head: &Checkpoint) -> Result<(), String> {
-        self.update(|seen| seen.is_none_or(|s| head.count > s.count), head)
+    /// The format and slots remembered (empty when nothing, or nothing readable, is).
+    pub fn seen_more(&self) -> Seen {
+        let text = fs::read_to_string(self.file()).unwrap_or_default();
+        let mut seen = Seen {
+            format: 1,
+            ..Seen::default()
+        };
+        for line in text.lines() {
+            if let Some(f) = line.strip_prefix("format ") {
+                seen.format = f.trim().parse().unwrap_or(1);
+            } else if let Some(t) = line.strip_prefix("keyed ") {
+                seen.keyed.insert(t.trim().to_string());
+            }
+        }
+        seen
     }
 
-    /// Remembers `head` whatever was remembered: a deliberate return to an older state.
+    /// Remembers `head` unless what is remembered is newer (another process went further),
+    /// and `more` with what was remembered (never less: a format or a slot once seen stays).
+    pub fn remember(&self, head: &Checkpoint, more: &Seen) -> Result<(), String> {
+        self.update(|seen| seen.is_none_or(|s| head.count > s.count), head, more)
+    }
+
+    /// Remembers `head` whatever was remembered: a deliberate return to an older state. What
+    /// is remembered of the format and slots stays.
     pub fn replace(&self, head: &Checkpoint) -> Result<(), String> {
-        self.update(|_| true, head)
+        self.update(|_| true, head, &Seen::default())
     }
 
     /// Forgets the vault at this location: the next unlock accepts it as it finds it.
@@ -200,22 +251,38 @@ impl Memory {
         &self,
         wanted: impl FnOnce(Option<Checkpoint>) -> bool,
         head: &Checkpoint,
+        more: &Seen,
     ) -> Result<(), String> {
         let _lock = self.lock()?;
         // A damaged state is replaced: it says nothing.
-        if !wanted(self.seen().unwrap_or(None)) {
-            return Ok(());
-        }
+        let before = self.seen().unwrap_or(None);
+        let had = self.seen_more();
+        let more = had.merged(more);
+        let head = match before {
+            Some(b) if !wanted(Some(b)) => {
+                if more == had {
+                    return Ok(());
+                }
+                // Only the format or the slots grew: the newer head stays.
+                b
+            }
+            _ => *head,
+        };
+        let head = &head;
         let tmp = self.dir.join(format!("{}.tmp", self.name));
         if fs::symlink_metadata(&tmp).is_ok() {
             fs::remove_file(&tmp).map_err(|e| format!("cannot remove {}: {e}", tmp.display()))?;
         }
-        let text = format!(
-            "{}\nvault {}\nlocation {}\n",
+        let mut text = format!(
+            "{}\nvault {}\nlocation {}\nformat {}\n",
             head.to_line(),
             hex(&self.id),
-            self.location.display()
+            self.location.display(),
+            more.format.max(1)
         );
+        for t in &more.keyed {
+            text.push_str(&format!("keyed {t}\n"));
+        }
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -249,14 +316,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let m = Memory::at(tmp.path().join("state"), [1; 16], tmp.path());
         assert_eq!(m.seen().unwrap(), None, "never seen");
-        m.remember(&head(5, 0xaa)).unwrap();
-        m.remember(&head(3, 0xbb)).unwrap();
+        m.remember(&head(5, 0xaa), &Seen::default()).unwrap();
+        m.remember(&head(3, 0xbb), &Seen::default()).unwrap();
         assert_eq!(
             m.seen().unwrap(),
             Some(head(5, 0xaa)),
             "an older head is not remembered"
         );
-        m.remember(&head(9, 0xcc)).unwrap();
+        m.remember(&head(9, 0xcc), &Seen::default()).unwrap();
         assert_eq!(m.seen().unwrap(), Some(head(9, 0xcc)));
         m.replace(&head(2, 0xdd)).unwrap();
         assert_eq!(
@@ -272,10 +339,10 @@ mod tests {
         m.forget().unwrap();
         assert_eq!(m.seen().unwrap(), None);
         // A damaged state says so, and is replaced by the next head.
-        m.remember(&head(1, 0xee)).unwrap();
+        m.remember(&head(1, 0xee), &Seen::default()).unwrap();
         std::fs::write(m.path(), "garbage").unwrap();
         assert!(m.seen().is_err());
-        m.remember(&head(1, 0xee)).unwrap();
+        m.remember(&head(1, 0xee), &Seen::default()).unwrap();
         assert_eq!(m.seen().unwrap(), Some(head(1, 0xee)));
     }
 
@@ -289,12 +356,41 @@ mod tests {
                 s.spawn(move || {
                     let m = Memory::at(dir, [1; 16], Path::new("/v"));
                     for i in 0..25 {
-                        m.remember(&head(i * 4 + t, t as u8)).unwrap();
+                        m.remember(&head(i * 4 + t, t as u8), &Seen::default())
+                            .unwrap();
                     }
                 });
             }
         });
         let m = Memory::at(dir, [1; 16], Path::new("/v"));
         assert_eq!(m.seen().unwrap().unwrap().count, 99);
+    }
+
+    #[test]
+    fn a_format_or_a_slot_once_seen_is_never_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Memory::at(dir.path().join("state"), [3; 16], Path::new("/v"));
+        let mut more = Seen {
+            format: 2,
+            ..Seen::default()
+        };
+        more.keyed.insert(slot_tag(&[3; 16], "bob"));
+        m.remember(&head(5, 0xaa), &more).unwrap();
+        // An older head with nothing more to say changes nothing; a newer one keeps the rest.
+        m.remember(&head(3, 0xbb), &Seen::default()).unwrap();
+        m.remember(&head(9, 0xcc), &Seen::default()).unwrap();
+        assert_eq!(m.seen().unwrap().unwrap().count, 9);
+        assert_eq!(m.seen_more(), more);
+        // An older head that adds a slot keeps the newer head and adds the slot.
+        let mut carol = Seen::default();
+        carol.keyed.insert(slot_tag(&[3; 16], "carol"));
+        m.remember(&head(4, 0xdd), &carol).unwrap();
+        assert_eq!(m.seen().unwrap().unwrap().count, 9);
+        assert_eq!(m.seen_more().keyed.len(), 2);
+        // A deliberate rewind keeps them too.
+        m.replace(&head(2, 0xee)).unwrap();
+        assert_eq!(m.seen().unwrap().unwrap().count, 2);
+        assert_eq!(m.seen_more().format, 2);
+        assert_eq!(m.seen_more().keyed.len(), 2);
     }
 }

@@ -39,7 +39,15 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
         if let Err(why) = vault
             .durable_head()
             .map_err(|e| e.to_string())
-            .and_then(|h| m.remember(&h))
+            .and_then(|h| {
+                // Both slots it made are re-protected ones (format 2).
+                let mut seen = context::seen_now(&vault);
+                if vault.format() >= 2 {
+                    seen.keyed
+                        .insert(crate::state::slot_tag(&vault.id(), "\0recovery"));
+                }
+                m.remember(&h, &seen)
+            })
         {
             eprintln!("carnet: warning: {why}: this machine cannot remember the vault's state, so a rollback of it would go unnoticed here");
         }

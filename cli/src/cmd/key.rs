@@ -181,6 +181,42 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
                 "Recovery key replaced: the old one no longer opens this vault.\n{shown}"
             ))
         }
+        KeyCommand::Upgrade => {
+            let mut vault = context::unlock(g)?;
+            let bar = Progress::new(g, "recording", 0);
+            let r = vault.upgrade(&mut |d, t| bar.set(d, t))?;
+            bar.finish();
+            let recovery_legacy = vault.has_recovery_key() && r.legacy_slots > 0;
+            if g.json {
+                return render::print_json(&json!({
+                    "from_format": r.from_format,
+                    "to_format": r.to_format,
+                    "patients": r.patients,
+                    "legacy_slots": r.legacy_slots,
+                    "resumed": r.resumed,
+                }));
+            }
+            if r.from_format >= 2 && !r.resumed {
+                return render::print(&format!(
+                    "The vault is already in format 2 ({} legacy slot(s) left).\n",
+                    r.legacy_slots
+                ));
+            }
+            let mut out = format!(
+                "Vault upgraded to format 2: the state of {} patient(s) is recorded in the access log, and your key slot is upgraded.\n",
+                r.patients
+            );
+            if r.legacy_slots > 0 {
+                out += &format!(
+                    "{} other slot(s) are upgraded at their users' next unlock; until then whoever can write the storage could still inject a master key against them, as in format 1 (`carnet key status` counts them).\n",
+                    r.legacy_slots
+                );
+            }
+            if recovery_legacy {
+                out += "The recovery key's slot is upgraded when it is next used, or now with `carnet key rotate-recovery`.\n";
+            }
+            render::print(&out)
+        }
         KeyCommand::ChangePassphrase {
             new_passphrase_file,
             kdf_memory_mib,

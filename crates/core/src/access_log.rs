@@ -82,13 +82,16 @@ pub enum Action {
     KeyRotateRecovery,
     /// Changing a passphrase.
     KeyChangePassphrase,
+    /// Upgrading the vault's format (and, with outcome `baseline`, the entries that record
+    /// every patient's state at the upgrade).
+    KeyUpgrade,
     /// An action this version of Carnet does not know (written by a newer one), by its stored
     /// name.
     Other(String),
 }
 
 /// Every action but [`Action::Other`].
-const KNOWN: [Action; 24] = [
+const KNOWN: [Action; 25] = [
     Action::PatientList,
     Action::PatientShow,
     Action::PatientAdd,
@@ -113,6 +116,7 @@ const KNOWN: [Action; 24] = [
     Action::KeyRotatePatient,
     Action::KeyRotateRecovery,
     Action::KeyChangePassphrase,
+    Action::KeyUpgrade,
 ];
 
 impl Action {
@@ -144,6 +148,7 @@ impl Action {
             Action::KeyRotatePatient => "key rotate-patient",
             Action::KeyRotateRecovery => "key rotate-recovery",
             Action::KeyChangePassphrase => "key change-passphrase",
+            Action::KeyUpgrade => "key upgrade",
             Action::Other(name) => name,
         }
     }

@@ -634,6 +634,11 @@ impl Keyring {
         self.version
     }
 
+    /// Makes a version-1 keyring version 2, every slot legacy (re-protected one by one).
+    pub(crate) fn upgrade_to_version_2(&mut self) {
+        self.version = 2;
+    }
+
     /// The slot of `user`, if any.
     pub(crate) fn slot(&self, user: &str) -> Option<&Slot> {
         let tag = name_tag(&self.vault_id, user);

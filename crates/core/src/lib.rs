@@ -113,5 +113,5 @@ pub use secret::{Passphrase, Strength};
 pub use unfinished::Unfinished;
 pub use vault::{
     is_vault, vault_id, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation,
-    Patients, Revocation, Vault, VerifyReport,
+    Patients, Revocation, Upgrade, Vault, VerifyReport,
 };

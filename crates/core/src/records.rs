@@ -41,12 +41,18 @@ pub(crate) enum JobSlot {
     Import,
     /// `"revoke-job"`: a user's revocation under way ([`JOB_REVOKE`]).
     Revoke,
+    /// `"upgrade-job"`: an upgrade to format 2 under way ([`JOB_UPGRADE`]).
+    Upgrade,
 }
 
 impl JobSlot {
     /// Every job slot, for `verify`.
-    pub(crate) const ALL: [JobSlot; 3] =
-        [JobSlot::RotateAllPatients, JobSlot::Import, JobSlot::Revoke];
+    pub(crate) const ALL: [JobSlot; 4] = [
+        JobSlot::RotateAllPatients,
+        JobSlot::Import,
+        JobSlot::Revoke,
+        JobSlot::Upgrade,
+    ];
 
     /// The storage key in the `meta` space, which is also the record's binding.
     pub(crate) fn meta_key(self) -> &'static [u8] {
@@ -54,6 +60,7 @@ impl JobSlot {
             JobSlot::RotateAllPatients => b"job",
             JobSlot::Import => b"import-job",
             JobSlot::Revoke => b"revoke-job",
+            JobSlot::Upgrade => b"upgrade-job",
         }
     }
 }
@@ -64,6 +71,9 @@ pub(crate) const JOB_ROTATE_ALL_PATIENTS: u8 = 1;
 pub(crate) const JOB_IMPORT: u8 = 2;
 /// Job kind: a user's revocation under way (patient keys still to renew).
 pub(crate) const JOB_REVOKE: u8 = 3;
+/// Job kind: an upgrade to format 2 under way (`done`: the patients whose state the baseline
+/// entries already record).
+pub(crate) const JOB_UPGRADE: u8 = 4;
 
 /// A revocation job's `done` when the user revoked was an administrator (format 2: the recovery
 /// key is replaced at its end).

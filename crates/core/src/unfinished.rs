@@ -17,6 +17,9 @@ pub enum Unfinished {
     /// passphrase change, which revokes the old passphrase
     /// ([`crate::Vault::change_passphrase_with`] again).
     Revocation,
+    /// An upgrade to format 2 ([`crate::Vault::upgrade`] again): the vault is in format 2,
+    /// and the entries recording every patient's state are still being written.
+    Upgrade,
     /// Rotations of single patients' keys ([`crate::Vault::rotate_patients`], one patient or all).
     PatientRotations {
         /// How many patients.
@@ -34,6 +37,7 @@ impl std::fmt::Display for Unfinished {
             Unfinished::Revocation => {
                 f.write_str("a revocation (a user's removal or a passphrase change)")
             }
+            Unfinished::Upgrade => f.write_str("an upgrade to format 2"),
             Unfinished::PatientRotations { patients } => {
                 write!(f, "the key rotation of {patients} patient(s)")
             }

@@ -56,6 +56,8 @@ pub(super) struct Keychain {
     /// The unlocking user's slot, opened: to re-protect it (a new keyring key) without asking
     /// for the passphrase again.
     access: SlotAccess,
+    /// Whether the slot that unlocked was legacy (format 1's protection) when it was opened.
+    opened_legacy: bool,
 }
 
 impl Keychain {
@@ -130,6 +132,7 @@ impl Keychain {
             registry: [(REGISTRY_KEY_VERSION, registry)].into_iter().collect(),
             log: [(1, log)].into_iter().collect(),
             index: Mutex::new(index),
+            opened_legacy: keyring_key.is_none(),
             keyring_keys: keyring_key.map(|k| (k.version(), k)).into_iter().collect(),
             access,
         })
@@ -262,6 +265,7 @@ impl Keychain {
             index: Mutex::new(index),
             keyring_keys,
             access: opened.access,
+            opened_legacy: opened.key.is_none(),
         };
         chain.adopt_newest_keyring_key(store, opened.key.as_ref())?;
         Ok(chain)
@@ -308,6 +312,49 @@ impl Keychain {
     /// The vault's format: its keyring's version (1 or 2).
     pub(super) fn format(&self) -> u16 {
         self.keyring.version()
+    }
+
+    /// Whether the slot that unlocked was legacy when opened: carried over from format 1 (or
+    /// the vault is in format 1).
+    pub(super) fn opened_legacy(&self) -> bool {
+        self.opened_legacy
+    }
+
+    /// Upgrade, step 1: a keyring key among the vault keys (version 1), unless there is one.
+    pub(super) fn ensure_keyring_key<S: Store>(&mut self, store: &S) -> Result<(), Error> {
+        if !self.keyring_keys.is_empty() {
+            return Ok(());
+        }
+        let key = KeyringKey::random(1)?;
+        self.rewrite_vault_keys(store, |keys| {
+            keys.keys.push(VaultKeyV1 {
+                purpose: PURPOSE_KEYRING,
+                version: key.version(),
+                key: *key.bytes_to_wrap(),
+            });
+        })?;
+        self.keyring_keys.insert(key.version(), key);
+        Ok(())
+    }
+
+    /// Upgrade, step 3: the keyring in version 2, holding `users_serial`; the unlocking
+    /// user's slot re-protected with the keyring key, every other slot legacy until its user's
+    /// next unlock. From here on the vault is in format 2.
+    pub(super) fn switch_to_format_2<S: Store>(
+        &mut self,
+        store: &S,
+        users_serial: u64,
+    ) -> Result<(), Error> {
+        let key = self
+            .keyring_keys
+            .values()
+            .next_back()
+            .ok_or(Error::Internal("no keyring key to upgrade with"))?;
+        let mut keyring = self.keyring.clone();
+        keyring.upgrade_to_version_2();
+        keyring.set_users_serial(users_serial);
+        keyring.reprotect(&self.access, key)?;
+        self.replace_keyring(store, keyring)
     }
 
     /// The keyring's current epoch.

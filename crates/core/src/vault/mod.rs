@@ -17,6 +17,7 @@
 //! | `jobs.rs` | job records of long operations |
 //! | `users.rs` | users, slots, passphrases, the recovery key, revocation |
 //! | `rotate_master.rs`, `rotate_patients.rs`, `erase.rs`, `status.rs` | key lifecycle |
+//! | `upgrade.rs` | upgrading a format-1 vault to format 2 |
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -38,6 +39,7 @@ mod rotate_patients;
 mod search;
 mod session;
 mod status;
+mod upgrade;
 mod users;
 mod verify;
 mod write;
@@ -46,6 +48,7 @@ pub use import::{Import, ImportSummary};
 pub use rotate_master::MasterRotation;
 pub use rotate_patients::{PatientRotation, Patients};
 pub use status::KeyStatus;
+pub use upgrade::Upgrade;
 pub use users::Revocation;
 pub use verify::VerifyReport;
 
@@ -116,6 +119,21 @@ impl<S: Store> Vault<S> {
     /// The KDF parameters of `user`'s slot, if the user exists.
     pub fn kdf_params(&self, user: &str) -> Option<KdfParams> {
         self.keys.slot_kdf(user)
+    }
+
+    /// The vault's format: 1, or 2 (ADR 0015). A format-1 vault stays readable and writable;
+    /// [`Vault::upgrade`] makes it format 2.
+    pub fn format(&self) -> u16 {
+        self.keys.format()
+    }
+
+    /// Whether the slot that unlocked this vault was a legacy one (format 1's protection,
+    /// open to master-key injection) when it was opened: in a format-1 vault, always; in
+    /// format 2, a slot its user had not reopened since the upgrade (it is re-protected now).
+    /// A machine that saw this user's slot re-protected before should treat a legacy slot as
+    /// a downgrade.
+    pub fn unlocked_legacy_slot(&self) -> bool {
+        self.keys.opened_legacy()
     }
 
     /// The underlying store (for backups and diagnostics; it holds only ciphertext).

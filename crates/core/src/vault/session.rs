@@ -44,6 +44,11 @@ impl<S: Store> Vault<S> {
         &self.session.user
     }
 
+    /// Whether the vault was unlocked with the recovery key (acting as [`Vault::user`]).
+    pub fn via_recovery_key(&self) -> bool {
+        self.session.via_recovery
+    }
+
     /// Fails with [`Error::NotPermitted`] unless the unlocking user's role allows `duty`.
     pub(super) fn require(&self, duty: Duty) -> Result<(), Error> {
         if duty.allowed_for(self.session.role) {

@@ -68,6 +68,9 @@ impl<S: Store> Vault<S> {
         if self.load_job(JobSlot::RotateAllPatients)?.is_some() {
             out.push(Unfinished::AllPatientsRotation);
         }
+        if self.load_job(JobSlot::Upgrade)?.is_some() {
+            out.push(Unfinished::Upgrade);
+        }
         Ok(out)
     }
 
@@ -139,6 +142,9 @@ impl<S: Store> Vault<S> {
         }
         if self.revocation_target()?.is_some() {
             unfinished.push(Unfinished::Revocation);
+        }
+        if self.load_job(JobSlot::Upgrade)?.is_some() {
+            unfinished.push(Unfinished::Upgrade);
         }
         if !mixed.is_empty() {
             unfinished.push(Unfinished::PatientRotations {

@@ -77,9 +77,21 @@ impl<S: Store> Vault<S> {
         serial: u64,
         stored: Vec<u8>,
     ) -> Result<u64, Error> {
+        self.stage_users_as(b, users, serial, stored, self.keys.format())
+    }
+
+    /// [`Vault::stage_users`] in `format` (an upgrade writes format 2 before the keyring is).
+    pub(super) fn stage_users_as(
+        &self,
+        b: &mut Batch,
+        users: &UsersV1,
+        serial: u64,
+        stored: Vec<u8>,
+        format: u16,
+    ) -> Result<u64, Error> {
         b.require(space::META, META_USERS, Some(stored));
         let next = serial.max(self.keys.users_serial()) + 1;
-        let sealed = if self.keys.format() >= 2 {
+        let sealed = if format >= 2 {
             let record = UsersV2 {
                 serial: next,
                 users: users.users.clone(),
