@@ -116,7 +116,8 @@ fn run_killed(
 /// The vault verifies, keeps every version of `before` (but a removed patient's), and holds
 /// nothing new but what the command may add.
 fn check_after_kill(v: &TestVault, before: &Contents, case: &Case, context: &str) {
-    let now = read_all(&v.dir, PASS, context);
+    let pass = std::fs::read_to_string(&v.pass_file).unwrap();
+    let now = read_all(&v.dir, pass.trim_end_matches('\n'), context);
     let removed = |p: &str| case.removes == Some(p) && !now.keys().any(|k| k.0 == p);
     for (k, body) in before {
         if !removed(&k.0) {
@@ -232,6 +233,21 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             },
         },
         Case {
+            // A passphrase change is a revocation of the old passphrase (the same passphrase
+            // again, so that the vault opens with it whichever step a kill stops at).
+            args: vec![
+                "key".into(),
+                "change-passphrase".into(),
+                "--new-passphrase-file".into(),
+                base.pass_file.to_str().unwrap().into(),
+            ],
+            stdin: None,
+            new_body: no_new_note,
+            removes: None,
+            done_code: None,
+            finished: rotation_finished,
+        },
+        Case {
             args: vec!["user".into(), "remove".into(), "dr.gone".into()],
             stdin: None,
             new_body: no_new_note,
@@ -245,23 +261,69 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
             },
         },
     ];
+    let points = kill_everywhere(&base, &before, &strace, &cases);
+    eprintln!("{points} crash points tried");
+    assert!(points >= 100, "only {points} crash points were tried");
+}
+
+/// The upgrade of the golden format-1 vault, killed at each of its crash points.
+#[test]
+fn a_kill_at_any_point_of_an_upgrade_loses_nothing_and_resumes() {
+    let Some(strace) = strace() else {
+        assert!(
+            std::env::var_os("CARNET_REQUIRE_STRACE").is_none(),
+            "CARNET_REQUIRE_STRACE is set but strace is not on the PATH"
+        );
+        eprintln!("strace not found: crash points not enumerated");
+        return;
+    };
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
+    let base = TestVault::new();
+    copy_dir(&golden.join("vault"), &base.dir);
+    carnet_tests::write_secret(
+        &base.pass_file,
+        std::fs::read(golden.join("passphrase.txt")).unwrap(),
+    );
+    let pass = std::fs::read_to_string(&base.pass_file).unwrap();
+    let before = read_all(&base.dir, pass.trim_end_matches('\n'), "the golden vault");
+    let cases = [Case {
+        args: vec!["key".into(), "upgrade".into()],
+        stdin: None,
+        new_body: no_new_note,
+        removes: None,
+        done_code: None,
+        finished: |v, before| {
+            rotation_finished(v, before);
+            let status = v.run(&["key", "status", "--json"]).expect(0).json();
+            assert_eq!(status["format"], 2, "the vault is in format 2");
+        },
+    }];
+    let points = kill_everywhere(&base, &before, &strace, &cases);
+    eprintln!("{points} crash points of the upgrade tried");
+    assert!(points >= 10, "only {points} crash points were tried");
+}
+
+/// Kills each case at each of its crash points in turn, from a copy of `base`; returns how
+/// many points were tried.
+fn kill_everywhere(base: &TestVault, before: &Contents, strace: &Path, cases: &[Case]) -> u32 {
     let mut points = 0;
-    for case in &cases {
+    for case in cases {
         for syscall in CHANGES {
             for n in 1.. {
                 let context = format!("{:?} killed at {syscall} #{n}", case.args);
                 let v = TestVault::new();
                 copy_dir(&base.dir, &v.dir);
-                if let Outcome::Finished = run_killed(&v, &strace, case, syscall, n, &context) {
+                std::fs::copy(&base.pass_file, &v.pass_file).unwrap();
+                if let Outcome::Finished = run_killed(&v, strace, case, syscall, n, &context) {
                     break;
                 }
                 assert!(n < 500, "{context}: the command never finishes");
                 points += 1;
-                check_after_kill(&v, &before, case, &context);
+                check_after_kill(&v, before, case, &context);
                 // The run that resumes, killed at the same point.
                 let again = format!("{context}, then again");
-                run_killed(&v, &strace, case, syscall, n, &again);
-                check_after_kill(&v, &before, case, &again);
+                run_killed(&v, strace, case, syscall, n, &again);
+                check_after_kill(&v, before, case, &again);
                 // And once more to its end.
                 let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
                 let last = match case.stdin {
@@ -270,11 +332,10 @@ fn a_kill_at_any_write_rename_or_sync_loses_nothing_and_resumes() {
                 };
                 let ok = last.code == 0 || case.done_code == Some(last.code);
                 assert!(ok, "{context}: final run: {}", last.stderr);
-                check_after_kill(&v, &before, case, &format!("{context}, finished"));
-                (case.finished)(&v, &before);
+                check_after_kill(&v, before, case, &format!("{context}, finished"));
+                (case.finished)(&v, before);
             }
         }
     }
-    eprintln!("{points} crash points tried");
-    assert!(points >= 100, "only {points} crash points were tried");
+    points
 }

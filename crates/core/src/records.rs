@@ -235,7 +235,7 @@ pub(crate) struct LogListsV2 {
 }
 
 /// A patient's manifest as a write left it: the patient's blind, and its manifest's count of
-/// versions and chain head (72 bytes in bincode).
+/// versions and chain head (65 to 73 bytes in bincode: the count is a varint).
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct ManifestState {
     pub(crate) blind: [u8; 32],
@@ -398,6 +398,68 @@ mod tests {
         };
         let bytes = bincode::serde::encode_to_vec(&n, bincode::config::standard()).unwrap();
         assert_eq!(bytes, vec![1, 1, 4, 1, 2, 0xc3, 0xa9, 0]);
+    }
+
+    /// Pins the format-2 payloads of docs/format.md, "Payloads of format 2".
+    #[test]
+    fn format_2_payloads_are_as_specified() {
+        let cfg = bincode::config::standard();
+        let n = NoteMetaV2 {
+            seq: 1,
+            created_at: -1,
+            updated_at: 2,
+            author: None,
+            kind: None,
+            written_by: "bo".into(),
+            via_recovery_key: true,
+        };
+        let bytes = bincode::serde::encode_to_vec(&n, cfg).unwrap();
+        assert_eq!(bytes, vec![1, 1, 4, 0, 0, 2, b'b', b'o', 1]);
+        let u = UsersV2 {
+            serial: 300,
+            users: vec![UserV1 {
+                name: "a".into(),
+                role: 1,
+            }],
+        };
+        let bytes = bincode::serde::encode_to_vec(&u, cfg).unwrap();
+        assert_eq!(bytes, vec![251, 0x2c, 0x01, 1, 1, b'a', 1]);
+        let e = LogEntryV2 {
+            at: 1,
+            user: "u".into(),
+            via_recovery_key: false,
+            action: "x".into(),
+            note: None,
+            subject: Some("s".into()),
+            outcome: "ok".into(),
+            registry: Some(RegistryV1 {
+                patients: 2,
+                head: [9; 32],
+            }),
+        };
+        let bytes = bincode::serde::encode_to_vec(&e, cfg).unwrap();
+        let mut want = vec![2, 1, b'u', 0, 1, b'x', 0, 1, 1, b's', 2, b'o', b'k', 1, 2];
+        want.extend_from_slice(&[9; 32]);
+        assert_eq!(bytes, want);
+        let lists = LogListsV2 {
+            patients: vec!["p".into()],
+            states: vec![ManifestState {
+                blind: [7; 32],
+                next_seq: 3,
+                head: [8; 32],
+            }],
+        };
+        let bytes = bincode::serde::encode_to_vec(&lists, cfg).unwrap();
+        let mut want = vec![1, 1, b'p', 1];
+        want.extend_from_slice(&[7; 32]);
+        want.push(3);
+        want.extend_from_slice(&[8; 32]);
+        assert_eq!(bytes, want);
+        assert_eq!(
+            bytes.len() - 4,
+            65,
+            "a state is 65 bytes when next_seq < 251"
+        );
     }
 
     #[test]

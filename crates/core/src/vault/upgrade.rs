@@ -11,7 +11,7 @@ use crate::access_log::Action;
 use crate::records::{space, JobSlot, JobV1, ManifestState, JOB_UPGRADE};
 use crate::Error;
 
-/// Patients whose state one baseline entry records (72 bytes each, in the entry's body).
+/// Patients whose state one baseline entry records (65 to 73 bytes each, in the entry's body).
 const BASELINE_PATIENTS: usize = 2000;
 
 /// What an upgrade did.
