@@ -103,7 +103,18 @@ fn the_archive_holds_no_plaintext() {
 
 #[test]
 fn the_format_1_golden_archive_restores_and_reads_exactly() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/v1");
+    golden_archive_restores_and_reads_exactly("v1");
+}
+
+#[test]
+fn the_format_2_golden_archive_restores_and_reads_exactly() {
+    golden_archive_restores_and_reads_exactly("v2");
+}
+
+fn golden_archive_restores_and_reads_exactly(version: &str) {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(version);
     let v = TestVault::new();
     carnet_tests::write_secret(
         &v.pass_file,

@@ -20,8 +20,9 @@ use crate::keyring::{KdfParams, Keyring, Slot, SlotSecret};
 use crate::keys::{BlindKey, EpochKey, LogKey, PatientKey, RegistryKey, REGISTRY_KEY_VERSION};
 use crate::model::PatientId;
 use crate::records::{
-    Blind, JobSlot, JobV1, LogAt, LogEntryV1, LogHeadV1, ManifestV1, NoteAt, NoteMetaV1,
-    PatientKeyAt, PatientV1, RegistryV1, UserV1, UsersV1, VaultKeyV1, VaultKeysV1,
+    Blind, JobSlot, JobV1, LogAt, LogEntryV1, LogEntryV2, LogHeadV1, LogListsV2, ManifestV1,
+    NoteAt, NoteMetaV1, NoteMetaV2, PatientKeyAt, PatientV1, RegistryV1, UserV1, UsersV1, UsersV2,
+    VaultKeyV1, VaultKeysV1,
 };
 use crate::sealing::{
     JobRecord, LogEntryRecord, LogHeadRecord, ManifestRecord, NoteRecord, PatientKeyRecord,
@@ -30,7 +31,14 @@ use crate::sealing::{
 use crate::secret::Passphrase;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/v1/records")
+    dir_of("v1")
+}
+
+fn dir_of(format: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/golden")
+        .join(format)
+        .join("records")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -120,6 +128,8 @@ fn open<R: RecordKind>(v: &Vector, key: &R::Key, place: &R::Place) -> crate::sec
     let stored = unhex(v.get("sealed"));
     let sealed = Sealed::parse(&stored).unwrap_or_else(|_| panic!("{}: parses", v.name));
     assert_eq!(sealed.kind, R::KIND, "{}: kind byte", v.name);
+    let format = v.fields.get("format").map_or(1, |f| f.parse().unwrap());
+    assert_eq!(sealed.format, format, "{}: format byte", v.name);
     assert_eq!(sealed.key_version, v.u32("key-version"), "{}", v.name);
     let plain = sealed
         .open::<R>(key, &v.vault_id(), place)
@@ -209,15 +219,89 @@ fn render_log_entry(e: LogEntryV1, _: &[u8]) -> String {
     )
 }
 
+fn render_note_v2(n: NoteMetaV2, body: &[u8]) -> String {
+    format!(
+        "seq={} created_at={} updated_at={} author={:?} kind={:?} written_by={:?} via_recovery_key={} body={}",
+        n.seq,
+        n.created_at,
+        n.updated_at,
+        n.author,
+        n.kind,
+        n.written_by,
+        n.via_recovery_key,
+        body_text(body)
+    )
+}
+
+fn render_users_v2(u: UsersV2, _: &[u8]) -> String {
+    let users: Vec<String> = u
+        .users
+        .iter()
+        .map(|u| format!("({:?},{})", u.name, u.role))
+        .collect();
+    format!("serial={} users=[{}]", u.serial, users.join(","))
+}
+
+fn render_log_entry_v2(e: LogEntryV2, body: &[u8]) -> String {
+    let lists: LogListsV2 = frame::decode_body(body).expect("the lists decode");
+    let states: Vec<String> = lists
+        .states
+        .iter()
+        .map(|s| format!("({},{},{})", hex(&s.blind), s.next_seq, hex(&s.head)))
+        .collect();
+    format!(
+        "at={} user={:?} via_recovery_key={} action={:?} note={:?} subject={:?} outcome={:?} registry={} patients={:?} states=[{}]",
+        e.at,
+        e.user,
+        e.via_recovery_key,
+        e.action,
+        e.note,
+        e.subject,
+        e.outcome,
+        e.registry
+            .map_or_else(|| "none".to_string(), |r| format!("({},{})", r.patients, hex(&r.head))),
+        lists.patients,
+        states.join(",")
+    )
+}
+
 fn render_log_head(h: LogHeadV1, _: &[u8]) -> String {
     format!("count={} head={}", h.count, hex(&h.head))
 }
 
-/// Checks one vector, whatever its kind.
+/// Checks one vector, whatever its kind and format.
 fn check(v: &Vector) {
     let version = v.u32("key-version");
     let root = v.root();
+    let format2 = v.fields.get("format").is_some_and(|f| f == "2");
     match v.get("kind") {
+        "note" if format2 => {
+            let keys = PatientKey::from_bytes(version, root).derive();
+            let place = v.place();
+            let at = NoteAt {
+                blind: v.blind(),
+                note: unhex(&place["note"]).try_into().unwrap(),
+                version: place["version"].parse().unwrap(),
+            };
+            payload(v, &open::<NoteRecord>(v, &keys.note, &at), render_note_v2);
+        }
+        "users" if format2 => {
+            let key = RegistryKey::from_bytes(version, root);
+            payload(v, &open::<UsersRecord>(v, &key, &()), render_users_v2);
+        }
+        "log-entry" if format2 => {
+            let key = LogKey::from_bytes(version, root);
+            let place = v.place();
+            let at = LogAt {
+                seq: place["seq"].parse().unwrap(),
+                prev: unhex32(&place["prev"]),
+            };
+            payload(
+                v,
+                &open::<LogEntryRecord>(v, &key, &at),
+                render_log_entry_v2,
+            );
+        }
         "vault-keys" => {
             let key = EpochKey::from_bytes(version, root).vault_keys_wrap();
             payload(v, &open::<VaultKeysRecord>(v, &key, &()), render_vault_keys);
@@ -238,7 +322,7 @@ fn check(v: &Vector) {
             );
         }
         "registry" => {
-            let key = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, root);
+            let key = RegistryKey::from_bytes(version, root);
             payload(v, &open::<RegistryRecord>(v, &key, &()), render_registry);
         }
         "patient" => {
@@ -266,7 +350,7 @@ fn check(v: &Vector) {
             payload(v, &open::<NoteRecord>(v, &keys.note, &at), render_note);
         }
         "job" => {
-            let key = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, root);
+            let key = RegistryKey::from_bytes(version, root);
             let slot = JobSlot::ALL
                 .into_iter()
                 .find(|s| s.meta_key() == v.place()["slot"].as_bytes())
@@ -274,7 +358,7 @@ fn check(v: &Vector) {
             payload(v, &open::<JobRecord>(v, &key, &slot), render_job);
         }
         "users" => {
-            let key = RegistryKey::from_bytes(REGISTRY_KEY_VERSION, root);
+            let key = RegistryKey::from_bytes(version, root);
             payload(v, &open::<UsersRecord>(v, &key, &()), render_users);
         }
         "log-entry" => {
@@ -297,13 +381,15 @@ fn check(v: &Vector) {
             assert_eq!(keyring.epoch, version);
             let kdf = KdfParams::new(8, 1, 1).unwrap();
             let pass = Passphrase::new(v.get("passphrase").to_string());
-            let masters = keyring
+            let opened = keyring
                 .unlock(v.get("user"), &SlotSecret::Passphrase(&pass, kdf))
                 .unwrap_or_else(|e| panic!("{}: unlocks: {e}", v.name));
-            assert_eq!(
-                format!("master={}", hex(masters.masters.current.bytes_to_wrap())),
-                v.get("payload")
-            );
+            let mut got = format!("master={}", hex(opened.masters.current.bytes_to_wrap()));
+            if let Some(k) = &opened.key {
+                got += &format!(" keyring-key={}:{}", k.version(), hex(k.bytes_to_wrap()));
+            }
+            assert_eq!(got, v.get("payload"), "{}", v.name);
+            assert_eq!(keyring.version(), if format2 { 2 } else { 1 }, "{}", v.name);
         }
         other => panic!("{}: unknown kind {other}", v.name),
     }
@@ -326,6 +412,26 @@ fn every_record_kind_of_format_1_opens_as_written() {
     }
     // Every record kind of docs/format.md, and the keyring.
     assert_eq!(kinds.len(), 11, "kinds covered: {kinds:?}");
+}
+
+#[test]
+fn what_format_2_changed_opens_as_written() {
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir_of("v2"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "vector"))
+        .collect();
+    files.sort();
+    for path in &files {
+        let v = Vector::read(path);
+        assert!(v.comment.len() > 20, "{}: says what it exercises", v.name);
+        check(&v);
+        kinds.insert(v.get("kind").to_string());
+    }
+    // The payloads format 2 changed (notes, users, log entries), the keyring, the vault keys
+    // with a keyring key, and the upgrade's job record.
+    assert_eq!(kinds.len(), 6, "kinds covered: {kinds:?}");
 }
 
 #[test]
@@ -710,6 +816,270 @@ fn write_vectors() {
             ("place", "none".into()),
             ("sealed", hex(&bytes)),
             ("payload", format!("master={}", hex(master.bytes_to_wrap()))),
+        ],
+    );
+}
+
+fn write_v2(name: &str, comment: &str, fields: &[(&str, String)]) {
+    let mut out = String::new();
+    for line in comment.lines() {
+        writeln!(out, "# {line}").unwrap();
+    }
+    for (k, v) in fields {
+        writeln!(out, "{k}: {v}").unwrap();
+    }
+    std::fs::write(dir_of("v2").join(name), out).unwrap();
+}
+
+/// Writes the format-2 vectors (run by hand, once: `cargo test -p carnet-core
+/// write_vectors_v2 -- --ignored`). The keys are fixed bytes; the nonces are random.
+#[test]
+#[ignore = "writes the frozen vectors of format 2; never needed again"]
+fn write_vectors_v2() {
+    use crate::keys::KeyringKey;
+    use crate::records::{ManifestState, JOB_UPGRADE, PURPOSE_KEYRING};
+    std::fs::create_dir_all(dir_of("v2")).unwrap();
+    const VAULT_ID_2: [u8; 16] = *b"carnet-vectors-2";
+    let vid = hex(&VAULT_ID_2);
+    let master = EpochKey::from_bytes(4, [0x11; 32]);
+    let blind_key = BlindKey::from_bytes([0x22; 32]);
+    let registry = RegistryKey::from_bytes(2, [0x34; 32]);
+    let log = LogKey::from_bytes(3, [0x45; 32]);
+    let patient = PatientKey::from_bytes(3, [0x56; 32]);
+    let keyring_key = KeyringKey::from_bytes(2, [0x66; 32]);
+    let pk = patient.derive();
+    let id = PatientId::new("FR-2026-00007").unwrap();
+    let blind = blind_key.blind(&id);
+
+    let vault_keys = VaultKeysV1 {
+        keys: vec![
+            VaultKeyV1 {
+                purpose: 1,
+                version: 1,
+                key: [0x22; 32],
+            },
+            VaultKeyV1 {
+                purpose: 2,
+                version: 2,
+                key: [0x34; 32],
+            },
+            VaultKeyV1 {
+                purpose: 3,
+                version: 3,
+                key: [0x45; 32],
+            },
+            VaultKeyV1 {
+                purpose: PURPOSE_KEYRING,
+                version: 1,
+                key: [0x65; 32],
+            },
+            VaultKeyV1 {
+                purpose: PURPOSE_KEYRING,
+                version: 2,
+                key: [0x66; 32],
+            },
+        ],
+    };
+    let sealed = envelope::seal_frame::<VaultKeysRecord, _>(
+        &master.vault_keys_wrap(),
+        &VAULT_ID_2,
+        &(),
+        &vault_keys,
+    )
+    .unwrap();
+    write_v2(
+        "vault-keys.vector",
+        "Kind 1, VaultKeys of a format-2 vault (record format 1: the payload did not change):\n\
+         sealed under the vault-keys wrap key of master epoch 4. Registry key version 2 (after a\n\
+         revocation), log key version 3, and keyring keys (purpose 4) of versions 1 and 2.",
+        &[
+            ("kind", "vault-keys".into()),
+            ("format", "1".into()),
+            ("vault-id", vid.clone()),
+            ("key", hex(master.bytes_to_wrap())),
+            ("key-version", "4".into()),
+            ("place", "none".into()),
+            ("sealed", hex(&sealed)),
+            ("payload", render_vault_keys(vault_keys, &[])),
+        ],
+    );
+
+    let at = NoteAt {
+        blind,
+        note: [0x0a; 16],
+        version: 2,
+    };
+    let meta = NoteMetaV2 {
+        seq: 5,
+        created_at: 1_764_000_000_000,
+        updated_at: 1_764_500_000_000,
+        author: Some("Dr Martin".into()),
+        kind: Some("consultation".into()),
+        written_by: "bob".into(),
+        via_recovery_key: false,
+    };
+    let body = "Posologie corrigée : 5 mg.".as_bytes();
+    let sealed = envelope::seal_as::<NoteRecord>(
+        2,
+        &pk.note,
+        &VAULT_ID_2,
+        &at,
+        &frame::encode(&meta, body).unwrap(),
+    )
+    .unwrap();
+    write_v2(
+        "note.vector",
+        "Kind 6, Note, record format 2: version 2 of a note, amended by the user bob (written_by)\n\
+         while its free-text author stays \"Dr Martin\"; sealed under the note subkey of patient key\n\
+         version 3, bound to blind || note id || version.",
+        &[
+            ("kind", "note".into()),
+            ("format", "2".into()),
+            ("vault-id", vid.clone()),
+            ("key", hex(patient.bytes_to_wrap())),
+            ("key-version", "3".into()),
+            ("place", format!("blind={} note={} version=2", hex(&blind.0), hex(&[0x0a; 16]))),
+            ("sealed", hex(&sealed)),
+            ("payload", render_note_v2(meta.clone(), body)),
+        ],
+    );
+
+    let users = UsersV2 {
+        serial: 7,
+        users: vec![
+            UserV1 {
+                name: "admin".into(),
+                role: 1,
+            },
+            UserV1 {
+                name: "bob".into(),
+                role: 2,
+            },
+        ],
+    };
+    let sealed =
+        envelope::seal_frame_as::<UsersRecord, _>(2, &registry, &VAULT_ID_2, &(), &users).unwrap();
+    write_v2(
+        "users.vector",
+        "Kind 8, Users, record format 2: serial 7 (the keyring holds the same serial), two users;\n\
+         sealed under registry key version 2, bound to \"users\".",
+        &[
+            ("kind", "users".into()),
+            ("format", "2".into()),
+            ("vault-id", vid.clone()),
+            ("key", hex(registry.bytes_to_wrap())),
+            ("key-version", "2".into()),
+            ("place", "none".into()),
+            ("sealed", hex(&sealed)),
+            ("payload", render_users_v2(users.clone(), &[])),
+        ],
+    );
+
+    let job = JobV1 {
+        kind: JOB_UPGRADE,
+        target: 2,
+        source: [0; 32],
+        done: 2000,
+    };
+    let sealed =
+        envelope::seal_frame::<JobRecord, _>(&registry, &VAULT_ID_2, &JobSlot::Upgrade, &job)
+            .unwrap();
+    write_v2(
+        "job.vector",
+        "Kind 7, Job (record format 1), kind 4 under \"upgrade-job\": an upgrade to format 2 whose\n\
+         baseline entries record the first 2000 patients; sealed under registry key version 2.",
+        &[
+            ("kind", "job".into()),
+            ("format", "1".into()),
+            ("vault-id", vid.clone()),
+            ("key", hex(registry.bytes_to_wrap())),
+            ("key-version", "2".into()),
+            ("place", "slot=upgrade-job".into()),
+            ("sealed", hex(&sealed)),
+            ("payload", render_job(job.clone(), &[])),
+        ],
+    );
+
+    let entry = LogEntryV2 {
+        at: 1_764_500_000_001,
+        user: "bob".into(),
+        via_recovery_key: false,
+        action: "note amend".into(),
+        note: Some(hex(&[0x0a; 16])),
+        subject: None,
+        outcome: "ok".into(),
+        registry: None,
+    };
+    let lists = LogListsV2 {
+        patients: vec![id.as_str().to_string()],
+        states: vec![ManifestState {
+            blind: blind.0,
+            next_seq: 6,
+            head: [0x77; 32],
+        }],
+    };
+    let at = LogAt {
+        seq: 41,
+        prev: [0x88; 32],
+    };
+    let plain = frame::encode(&entry, &frame::encode_body(&lists).unwrap()).unwrap();
+    let sealed = envelope::seal_as::<LogEntryRecord>(2, &log, &VAULT_ID_2, &at, &plain).unwrap();
+    let (_, lists_bytes) = frame::decode::<LogEntryV2>(&plain).unwrap();
+    write_v2(
+        "log-entry.vector",
+        "Kind 9, LogEntry, record format 2: bob's `note amend`, naming the patient and carrying the\n\
+         manifest state the write left (in the frame's body); sealed under log key version 3,\n\
+         bound to its sequence number 41 and the chain value before it.",
+        &[
+            ("kind", "log-entry".into()),
+            ("format", "2".into()),
+            ("vault-id", vid.clone()),
+            ("key", hex(log.bytes_to_wrap())),
+            ("key-version", "3".into()),
+            ("place", format!("seq=41 prev={}", hex(&[0x88; 32]))),
+            ("sealed", hex(&sealed)),
+            ("payload", render_log_entry_v2(entry, lists_bytes)),
+        ],
+    );
+
+    let pass = Passphrase::new("correct horse battery staple".into());
+    let kdf = KdfParams::new(8, 1, 1).unwrap();
+    let (slot, _) = Slot::create(
+        &VAULT_ID_2,
+        "admin",
+        SlotSecret::Passphrase(&pass, kdf),
+        &master,
+        Some(&keyring_key),
+    )
+    .unwrap();
+    let mut keyring = Keyring::new(2, VAULT_ID_2, master.epoch(), slot);
+    keyring.set_users_serial(7);
+    let mut held = crate::keyring::KeyringKeys::new();
+    held.insert(2, KeyringKey::from_bytes(2, *keyring_key.bytes_to_wrap()));
+    let bytes = keyring.encode(&master, &held).unwrap();
+    write_v2(
+        "keyring.vector",
+        "The keyring, version 2: users serial 7, no revocation pending, one keyed passphrase slot\n\
+         for `admin` (Argon2id at 8 MiB, 1 pass, 1 lane) holding keyring key version 2, master\n\
+         epoch 4 sealed to it, and one MAC, under keyring key version 2. `key` is unused here.",
+        &[
+            ("kind", "keyring".into()),
+            ("format", "2".into()),
+            ("vault-id", vid),
+            ("key", hex(&[0; 32])),
+            ("key-version", "4".into()),
+            ("user", "admin".into()),
+            ("passphrase", "correct horse battery staple".into()),
+            ("place", "none".into()),
+            ("sealed", hex(&bytes)),
+            (
+                "payload",
+                format!(
+                    "master={} keyring-key=2:{}",
+                    hex(master.bytes_to_wrap()),
+                    hex(keyring_key.bytes_to_wrap())
+                ),
+            ),
         ],
     );
 }
