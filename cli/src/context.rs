@@ -4,12 +4,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use carnet_core::{Checkpoint, Passphrase, RecoveryKey, Strength, Vault};
+use carnet_core::{Checkpoint, Expected, Passphrase, RecoveryKey, Strength, Vault};
 use carnet_storage::SledStore;
 use zeroize::Zeroizing;
 
 use crate::args::Global;
-use crate::error::{CliError, Exit};
+use crate::error::CliError;
 use crate::state::{slot_tag, Memory, Seen};
 
 /// The vault directory: --vault, else $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
@@ -231,55 +231,54 @@ fn warn_no_memory(why: &str) {
 }
 
 /// What this machine learns of the vault from this unlock besides its head: its format, and
-/// (format 2, where unlocking re-protects the slot) that the unlocking slot is keyed.
+/// (format 2) the keyring-key version the unlocking slot holds now.
 pub fn seen_now(vault: &Vault<SledStore>) -> Seen {
     let mut seen = Seen {
         format: vault.format(),
         ..Seen::default()
     };
-    if vault.format() >= 2 {
-        seen.keyed.insert(slot_tag(&vault.id(), &slot_name(vault)));
+    if vault.keyring_key_version() > 0 {
+        seen.keyed.insert(
+            slot_tag(
+                &vault.id(),
+                &slot_name(vault.user(), vault.via_recovery_key()),
+            ),
+            vault.keyring_key_version(),
+        );
     }
     seen
 }
 
-/// The name of the slot that unlocked `vault`: its user's, or the recovery key's.
-fn slot_name(vault: &Vault<SledStore>) -> String {
-    if vault.via_recovery_key() {
+/// The name of the slot that unlocks: its user's, or the recovery key's.
+fn slot_name(user: &str, via_recovery_key: bool) -> String {
+    if via_recovery_key {
         "\0recovery".to_string()
     } else {
-        vault.user().to_string()
+        user.to_string()
     }
 }
 
-/// A downgrade this machine can tell: the vault in format 1 where it saw it in format 2, or
-/// a legacy slot where it saw the same slot re-protected (format 1's protection put back, to
-/// reopen master-key injection). Exit 5.
-fn check_no_downgrade(vault: &Vault<SledStore>, m: &Memory) -> Result<(), CliError> {
-    let seen = m.seen_more();
-    let hint = format!(
-        "this machine saw this vault in format 2: its keyring was replaced by an older one (an attack, or an old backup put in place); keep a copy and restore your latest backup (remembered in {})",
-        m.path().display()
+/// What this machine saw of the vault in `dir` before, for the unlock to check before anything
+/// is written (a downgrade of the keyring or of the user's slot is refused there).
+fn expected(dir: &Path, global: &Global) -> Expected {
+    let Some(id) = carnet_core::vault_id(&SledStore::documents(dir))
+        .ok()
+        .flatten()
+    else {
+        return Expected::default();
+    };
+    let Some(memory) = Memory::of(id, dir) else {
+        return Expected::default();
+    };
+    if !matches!(memory.seen(), Ok(Some(_))) {
+        return Expected::default();
+    }
+    let seen = memory.seen_more();
+    let tag = slot_tag(
+        &id,
+        &slot_name(&global.user, global.recovery_key_file.is_some()),
     );
-    if seen.format >= 2 && vault.format() < 2 {
-        return Err(CliError::new(
-            Exit::Integrity,
-            "integrity check failed: keyring: format 1 where this machine saw format 2 (a downgrade)",
-        )
-        .hint(hint));
-    }
-    if vault.unlocked_legacy_slot()
-        && seen
-            .keyed
-            .contains(&slot_tag(&vault.id(), &slot_name(vault)))
-    {
-        return Err(CliError::new(
-            Exit::Integrity,
-            "integrity check failed: keyring: your key slot is in format 1's protection where this machine saw it upgraded (a downgrade)",
-        )
-        .hint(hint));
-    }
-    Ok(())
+    Expected::new(seen.format, seen.keyed.get(&tag).copied().unwrap_or(0))
 }
 
 /// Opens the vault's store (failing fast if it is missing or in use), then asks for the
@@ -288,9 +287,6 @@ fn check_no_downgrade(vault: &Vault<SledStore>, m: &Memory) -> Result<(), CliErr
 pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
     let mut unlocked = unlock_as_found(global)?;
     if let Some(m) = &unlocked.memory {
-        if let Ok(Some(_)) = m.seen() {
-            check_no_downgrade(&unlocked.vault, m)?;
-        }
         match m.seen() {
             Ok(Some(seen)) => unlocked.vault.check_extends(&seen).map_err(|e| {
                 let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)
@@ -330,12 +326,26 @@ fn warn_if_newer_elsewhere(vault: &Vault<SledStore>, memory: &Memory) {
 pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
     let dir = vault_dir(global)?;
     let store = open_store(&dir)?;
+    let expected = expected(&dir, global);
+    let downgrade_hint = |e: carnet_core::Error| {
+        let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)
+            if i.kind() == carnet_core::ProblemKind::RolledBack && i.location() == "keyring");
+        let err = CliError::from(e);
+        if rolled_back {
+            err.hint(
+                "this machine saw a newer keyring for this vault: an older one was put back (an attack, or an old backup put in place by hand); keep a copy of the vault and restore your latest backup",
+            )
+        } else {
+            err
+        }
+    };
     let vault = if let Some(f) = &global.recovery_key_file {
         let key = recovery_key_from_file(f)?;
-        Vault::unlock_with_recovery_key(store, &global.user, &key)?
+        Vault::unlock_with_recovery_key_expecting(store, &global.user, &key, &expected)
+            .map_err(downgrade_hint)?
     } else {
         let pass = passphrase(global)?;
-        Vault::unlock(store, &global.user, &pass)?
+        Vault::unlock_expecting(store, &global.user, &pass, &expected).map_err(downgrade_hint)?
     };
     warn_unfinished(&vault);
     let memory = Memory::of(vault.id(), &dir);

@@ -38,9 +38,10 @@ pub struct Seen {
     /// The highest format this machine saw the vault in (1 when not said: files written
     /// before format 2).
     pub format: u16,
-    /// Tags of the users (or of the recovery key) whose slot this machine saw re-protected
-    /// with a keyring key: a legacy slot for one of them is a downgrade.
-    pub keyed: std::collections::BTreeSet<String>,
+    /// Per slot (by the tag of its user, or of the recovery key), the highest keyring-key
+    /// version this machine saw it hold: a slot holding an older one (or a legacy slot) is an
+    /// older copy put back, which would reopen master-key injection.
+    pub keyed: std::collections::BTreeMap<String, u32>,
 }
 
 impl Seen {
@@ -48,7 +49,14 @@ impl Seen {
     fn merged(&self, other: &Seen) -> Seen {
         Seen {
             format: self.format.max(other.format),
-            keyed: self.keyed.union(&other.keyed).cloned().collect(),
+            keyed: {
+                let mut k = self.keyed.clone();
+                for (t, v) in &other.keyed {
+                    let e = k.entry(t.clone()).or_insert(*v);
+                    *e = (*e).max(*v);
+                }
+                k
+            },
         }
     }
 }
@@ -196,7 +204,12 @@ impl Memory {
             if let Some(f) = line.strip_prefix("format ") {
                 seen.format = f.trim().parse().unwrap_or(1);
             } else if let Some(t) = line.strip_prefix("keyed ") {
-                seen.keyed.insert(t.trim().to_string());
+                let mut parts = t.split_whitespace();
+                if let (Some(tag), Some(v)) =
+                    (parts.next(), parts.next().and_then(|v| v.parse().ok()))
+                {
+                    seen.keyed.insert(tag.to_string(), v);
+                }
             }
         }
         seen
@@ -280,8 +293,8 @@ impl Memory {
             self.location.display(),
             more.format.max(1)
         );
-        for t in &more.keyed {
-            text.push_str(&format!("keyed {t}\n"));
+        for (t, v) in &more.keyed {
+            text.push_str(&format!("keyed {t} {v}\n"));
         }
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
@@ -374,7 +387,7 @@ mod tests {
             format: 2,
             ..Seen::default()
         };
-        more.keyed.insert(slot_tag(&[3; 16], "bob"));
+        more.keyed.insert(slot_tag(&[3; 16], "bob"), 2);
         m.remember(&head(5, 0xaa), &more).unwrap();
         // An older head with nothing more to say changes nothing; a newer one keeps the rest.
         m.remember(&head(3, 0xbb), &Seen::default()).unwrap();
@@ -383,10 +396,13 @@ mod tests {
         assert_eq!(m.seen_more(), more);
         // An older head that adds a slot keeps the newer head and adds the slot.
         let mut carol = Seen::default();
-        carol.keyed.insert(slot_tag(&[3; 16], "carol"));
+        carol.keyed.insert(slot_tag(&[3; 16], "carol"), 1);
+        // A lower version for bob changes nothing of his.
+        carol.keyed.insert(slot_tag(&[3; 16], "bob"), 1);
         m.remember(&head(4, 0xdd), &carol).unwrap();
         assert_eq!(m.seen().unwrap().unwrap().count, 9);
         assert_eq!(m.seen_more().keyed.len(), 2);
+        assert_eq!(m.seen_more().keyed[&slot_tag(&[3; 16], "bob")], 2);
         // A deliberate rewind keeps them too.
         m.replace(&head(2, 0xee)).unwrap();
         assert_eq!(m.seen().unwrap().unwrap().count, 2);

@@ -162,13 +162,18 @@ fn rotate_master_leaves_no_old_wrapped_key_or_seal() {
 fn change_passphrase_leaves_no_old_slot() {
     let v = populated(2, 1);
     let old_root = std::fs::read(v.dir.join("root")).unwrap();
-    // Slot fields: salt (16), public key (32), commitment (32), nonce (24), sealed key (48).
-    let slot = 32 + 2 + 32 + 2 + 12;
+    // The first slot's fields (docs/format.md, 2b): after the keyring header (version 2: 49
+    // bytes with the slot count) and the slot's length, name tag and KDF fields come its salt
+    // (16), public key (32), commitment (32), protection and version held (5), nonce (24) and
+    // sealed protected part (84, keyed).
+    assert_eq!(&old_root[8..10], &[0, 2], "a format-2 keyring");
+    let slot = 49 + 2 + 32 + 2 + 12;
     let needles = vec![
         old_root[slot..slot + 16].to_vec(),
         old_root[slot + 16..slot + 48].to_vec(),
         old_root[slot + 48..slot + 80].to_vec(),
-        old_root[slot + 104..slot + 152].to_vec(),
+        old_root[slot + 85..slot + 109].to_vec(),
+        old_root[slot + 109..slot + 193].to_vec(),
     ];
     let new = v.tmp.path().join("new-pass");
     carnet_tests::write_secret(&new, "another long passphrase\n");

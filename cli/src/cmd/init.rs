@@ -40,11 +40,13 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
             .durable_head()
             .map_err(|e| e.to_string())
             .and_then(|h| {
-                // Both slots it made are re-protected ones (format 2).
+                // Both slots it made hold the keyring key (format 2).
                 let mut seen = context::seen_now(&vault);
-                if vault.format() >= 2 {
-                    seen.keyed
-                        .insert(crate::state::slot_tag(&vault.id(), "\0recovery"));
+                if vault.keyring_key_version() > 0 {
+                    seen.keyed.insert(
+                        crate::state::slot_tag(&vault.id(), "\0recovery"),
+                        vault.keyring_key_version(),
+                    );
                 }
                 m.remember(&h, &seen)
             })

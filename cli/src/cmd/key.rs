@@ -241,22 +241,35 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
             let bar = Progress::new(g, "renewing", 0);
             let r = vault.change_passphrase_with(&new, kdf, &mut |d, t| bar.set(d, t))?;
             bar.finish();
+            // Set only when this finished an interrupted replacement of the recovery key.
+            let recovery_key = r.recovery_key.as_ref().map(|k| k.to_text().to_string());
+            let shown = match (&r.recovery_key, g.json) {
+                (Some(key), false) => Some(context::deliver_recovery_key(key, None)?),
+                _ => None,
+            };
+            let r = r.rotation;
             let set = vault.kdf_params(&g.user).unwrap_or_default();
             if g.json {
                 render::print_json(&json!({
                     "changed": true,
                     "epoch": r.to_epoch,
+                    "recovery_key": recovery_key,
                     "kdf": {"memory_mib": set.memory_mib(), "iterations": set.iterations(), "parallelism": set.parallelism()},
                 }))
             } else {
-                render::print(&format!(
+                let mut out = format!(
                     "Passphrase changed: the old passphrase no longer opens this vault, the master key is rotated \
                      (epoch {}), and every patient has a new key for all later notes. Argon2id: {} MiB, {} passes, {} lanes.\n",
                     r.to_epoch,
                     set.memory_mib(),
                     set.iterations(),
                     set.parallelism()
-                ))
+                );
+                if let Some(shown) = shown {
+                    out.push_str("It also finished replacing the recovery key:\n");
+                    out.push_str(&shown);
+                }
+                render::print(&out)
             }
         }
     }

@@ -50,9 +50,12 @@ pub(crate) enum SlotSecret<'a> {
 const SEAL_LEN: usize = 4 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN;
 const MAX_SLOTS: usize = 1024;
 const MAX_SEALS: usize = 8;
-/// MACs a version-2 keyring carries at most: the master's and one per keyring-key version a
-/// slot holds.
-const MAX_MACS: usize = 16;
+/// Flag of a version-2 keyring: the revocation under way replaces the recovery key at its end
+/// (an administrator was removed, or the recovery key itself is being replaced).
+pub(crate) const FLAG_REPLACE_RECOVERY: u8 = 1;
+/// Flag of a version-2 keyring: an upgrade's baseline entries are still to be written.
+pub(crate) const FLAG_BASELINE_PENDING: u8 = 2;
+const KNOWN_FLAGS: u8 = FLAG_REPLACE_RECOVERY | FLAG_BASELINE_PENDING;
 
 /// Argon2id cost parameters of a passphrase slot.
 ///
@@ -239,6 +242,11 @@ pub(crate) struct Keyring {
     /// The patient-key version a revocation under way brings every patient to (version 2);
     /// 0: none.
     pending_revocation: u32,
+    /// The lowest patient-key version a patient's record may be under (version 2): the target
+    /// of the last revocation finished, so that a record put back from before it is refused.
+    patient_key_floor: u32,
+    /// [`FLAG_REPLACE_RECOVERY`], [`FLAG_BASELINE_PENDING`] (version 2).
+    flags: u8,
     slots: Vec<Slot>,
     /// (keyring-key version, MAC); version 0 is the MAC under the master, which a version-1
     /// keyring has alone and a version-2 keyring keeps while a legacy slot remains.
@@ -624,6 +632,8 @@ impl Keyring {
             epoch,
             users_serial: 0,
             pending_revocation: 0,
+            patient_key_floor: 0,
+            flags: 0,
             slots: vec![slot],
             macs: Vec::new(),
         }
@@ -783,6 +793,52 @@ impl Keyring {
         self.pending_revocation = target.unwrap_or(0);
     }
 
+    /// The lowest patient-key version a patient's record may be under (0 in version 1).
+    pub(crate) fn patient_key_floor(&self) -> u32 {
+        self.patient_key_floor
+    }
+
+    /// Raises the patient-key floor (never lowers it).
+    pub(crate) fn raise_patient_key_floor(&mut self, floor: u32) {
+        self.patient_key_floor = self.patient_key_floor.max(floor);
+    }
+
+    /// Whether `flag` is set.
+    pub(crate) fn has_flag(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Sets or clears `flag`.
+    pub(crate) fn set_flag(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// The keyring-key version of the slot `access` opened (0: legacy, or gone).
+    pub(crate) fn held_version(&self, access: &SlotAccess) -> u32 {
+        match self.slots.iter().find(|s| s.name_tag == access.tag) {
+            Some(Slot {
+                protection: Protection::Keyed { version },
+                ..
+            }) => *version,
+            _ => 0,
+        }
+    }
+
+    /// Whether the slot `access` opened is still in the keyring.
+    pub(crate) fn has_slot_of(&self, access: &SlotAccess) -> bool {
+        self.slots.iter().any(|s| s.name_tag == access.tag)
+    }
+
+    /// Removes the recovery key's slot, if any.
+    pub(crate) fn remove_recovery_slot(&mut self) {
+        let tag = name_tag(&self.vault_id, RECOVERY_SLOT);
+        self.slots.retain(|s| s.name_tag != tag);
+    }
+
     /// The keyring-key versions some slot holds (their MACs are needed), and whether a legacy
     /// slot remains (the MAC under the master is needed).
     pub(crate) fn versions_held(&self) -> (std::collections::BTreeSet<u32>, bool) {
@@ -817,6 +873,9 @@ impl Keyring {
     ) -> Result<Vec<u8>, Error> {
         let mut body = self.encode_body();
         let (held, legacy) = self.versions_held();
+        if self.version < 2 && !held.is_empty() {
+            return Err(Error::Internal("a keyed slot in a version-1 keyring"));
+        }
         let mut macs = Vec::new();
         if self.version == 1 || legacy {
             macs.push((0, master.keyring_mac(&body)));
@@ -832,8 +891,8 @@ impl Keyring {
         if self.version == 1 {
             body.extend_from_slice(&macs[0].1);
         } else {
-            // Bounded: one per keyring-key version a slot holds, and a slot holds one.
-            body.push(macs.len() as u8);
+            // Bounded: at most one per slot and the master's, and slots are at most 1024.
+            body.extend_from_slice(&(macs.len() as u16).to_be_bytes());
             for (v, m) in &macs {
                 body.extend_from_slice(&v.to_be_bytes());
                 body.extend_from_slice(m);
@@ -852,6 +911,8 @@ impl Keyring {
         if self.version >= 2 {
             b.extend_from_slice(&self.users_serial.to_be_bytes());
             b.extend_from_slice(&self.pending_revocation.to_be_bytes());
+            b.extend_from_slice(&self.patient_key_floor.to_be_bytes());
+            b.push(self.flags);
         }
         // Bounded by MAX_SLOTS when parsed, and slots are only added one at a time.
         b.extend_from_slice(&(self.slots.len() as u16).to_be_bytes());
@@ -901,10 +962,19 @@ impl Keyring {
         }
         let vault_id = r.array().ok_or(Malformed)?;
         let epoch = r.u32().ok_or(Malformed)?;
-        let (users_serial, pending_revocation) = if version >= 2 {
-            (r.u64().ok_or(Malformed)?, r.u32().ok_or(Malformed)?)
+        let (users_serial, pending_revocation, patient_key_floor, flags) = if version >= 2 {
+            let fields = (
+                r.u64().ok_or(Malformed)?,
+                r.u32().ok_or(Malformed)?,
+                r.u32().ok_or(Malformed)?,
+                r.u8().ok_or(Malformed)?,
+            );
+            if fields.3 & !KNOWN_FLAGS != 0 {
+                return Err(Malformed);
+            }
+            fields
         } else {
-            (0, 0)
+            (0, 0, 0, 0)
         };
         let n = r.u16().ok_or(Malformed)? as usize;
         if n == 0 || n > MAX_SLOTS {
@@ -923,8 +993,8 @@ impl Keyring {
         let macs = if version == 1 {
             vec![(0, r.array().ok_or(Malformed)?)]
         } else {
-            let count = r.u8().ok_or(Malformed)? as usize;
-            if count == 0 || count > MAX_MACS {
+            let count = r.u16().ok_or(Malformed)? as usize;
+            if count == 0 || count > slots.len() + 1 {
                 return Err(Malformed);
             }
             let mut macs = Vec::with_capacity(count);
@@ -942,6 +1012,8 @@ impl Keyring {
             epoch,
             users_serial,
             pending_revocation,
+            patient_key_floor,
+            flags,
             slots,
             macs,
         })
@@ -1037,12 +1109,59 @@ pub(crate) fn inject(bytes: &[u8], forged: &EpochKey, known: &[KeyringKey]) -> V
         // Format 1's MAC, which a legacy slot would check.
         macs.push((0, forged.keyring_mac(&body)));
     }
-    body.push(macs.len() as u8);
+    body.extend_from_slice(&(macs.len() as u16).to_be_bytes());
     for (v, m) in &macs {
         body.extend_from_slice(&v.to_be_bytes());
         body.extend_from_slice(m);
     }
     body
+}
+
+/// What a storage host who kept an older copy of the keyring can build: `into` with `user`'s
+/// slot replaced by that user's slot from `from` (an older copy), re-encoded in `into`'s
+/// version, the MACs left as they were (the placeholder of a version `into` has no MAC for is
+/// recomputed by [`inject`] under a known key).
+#[cfg(test)]
+pub(crate) fn splice_slot(into: &[u8], from: &[u8], user: &str) -> Vec<u8> {
+    let (Ok(mut k), Ok(old)) = (Keyring::parse(into), Keyring::parse(from)) else {
+        panic!("two keyrings");
+    };
+    let tag = name_tag(&k.vault_id, user);
+    let slot = old
+        .slots
+        .iter()
+        .find(|s| s.name_tag == tag)
+        .expect("the user's slot in the older copy")
+        .clone();
+    for s in &mut k.slots {
+        if s.name_tag == tag {
+            *s = slot.clone();
+        }
+    }
+    if let Protection::Keyed { version } = slot.protection {
+        if !k.macs.iter().any(|(v, _)| *v == version) {
+            k.macs.push((version, [0; 32]));
+        }
+    }
+    let mut body = k.encode_body();
+    body.extend_from_slice(&(k.macs.len() as u16).to_be_bytes());
+    for (v, m) in &k.macs {
+        body.extend_from_slice(&v.to_be_bytes());
+        body.extend_from_slice(m);
+    }
+    body
+}
+
+/// The keyring-key version `user`'s slot holds in the keyring `bytes` (`None`: legacy).
+#[cfg(test)]
+pub(crate) fn held_version(bytes: &[u8], user: &str) -> Option<u32> {
+    let Ok(k) = Keyring::parse(bytes) else {
+        panic!("a keyring");
+    };
+    match k.slot(user).expect("the user's slot").protection {
+        Protection::Legacy => None,
+        Protection::Keyed { version } => Some(version),
+    }
 }
 
 #[cfg(test)]
@@ -1134,9 +1253,9 @@ mod tests {
 
     #[test]
     fn crafted_kdf_parameters_are_refused_before_use() {
-        // Memory field of the first slot: 8 magic + 2 + 16 + 4 (+ 8 + 4 in version 2) + slot
+        // Memory field of the first slot: 8 magic + 2 + 16 + 4 (+ 8 + 4 + 4 + 1 in version 2) + slot
         // count 2 + slot len 2 + tag 32 + 2.
-        for (version, extra) in [(1, 0), (2, 12)] {
+        for (version, extra) in [(1, 0), (2, 8 + 4 + 4 + 1)] {
             let (_, bytes, _, _) = keyring(version);
             let at = 8 + 2 + 16 + 4 + extra + 2 + 2 + 32 + 2;
             let mut bad = bytes.clone();
@@ -1211,7 +1330,7 @@ mod tests {
         let (mut k, _, master, _) = keyring(2);
         let mut body = k.encode_body();
         let mac = master.keyring_mac(&body);
-        body.push(1);
+        body.extend_from_slice(&1u16.to_be_bytes());
         body.extend_from_slice(&0u32.to_be_bytes());
         body.extend_from_slice(&mac);
         k.macs.clear();

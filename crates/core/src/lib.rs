@@ -112,6 +112,6 @@ pub use recovery::RecoveryKey;
 pub use secret::{Passphrase, Strength};
 pub use unfinished::Unfinished;
 pub use vault::{
-    is_vault, vault_id, Import, ImportSummary, KeyStatus, MasterRotation, PatientRotation,
-    Patients, Revocation, Upgrade, Vault, VerifyReport,
+    is_vault, vault_id, Expected, Import, ImportSummary, KeyStatus, MasterRotation,
+    PatientRotation, Patients, Revocation, Upgrade, Vault, VerifyReport,
 };

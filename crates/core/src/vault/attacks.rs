@@ -199,7 +199,11 @@ fn a_passphrase_change_can_raise_the_argon2id_settings() {
             &mut |_, _| {},
         )
         .unwrap();
-    assert_eq!(r.to_epoch, r.from_epoch + 1, "the master key rotates");
+    assert_eq!(
+        r.rotation.to_epoch,
+        r.rotation.from_epoch + 1,
+        "the master key rotates"
+    );
     assert_eq!(v.kdf_params("admin"), Some(raised));
 }
 

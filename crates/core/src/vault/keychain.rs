@@ -16,6 +16,7 @@ use crate::envelope::{self, open_frame, parse_error, seal_frame, Sealed};
 use crate::error::{integrity, ProblemKind};
 use crate::keyring::{
     KdfParams, Keyring, KeyringKeys, KeyringParseError, Slot, SlotAccess, SlotSecret,
+    FLAG_BASELINE_PENDING, FLAG_REPLACE_RECOVERY, RECOVERY_SLOT,
 };
 use crate::keys::{
     BlindKey, EpochKey, KeyringKey, LogKey, PatientKey, PatientKeys, PatientWrapKey, RegistryKey,
@@ -27,11 +28,34 @@ use crate::records::{
     Blind, PatientKeyAt, VaultKeyV1, VaultKeysV1, PURPOSE_BLIND, PURPOSE_KEYRING, PURPOSE_LOG,
     PURPOSE_REGISTRY,
 };
+use crate::recovery::RecoveryKey;
 use crate::sealing::{PatientKeyRecord, RecordKind, VaultKeysRecord};
 use crate::secret::Passphrase;
 use crate::Error;
 
 mod master_rotation;
+
+/// What the caller saw of the vault before (a machine's memory of it), checked at unlock
+/// before anything is written: [`crate::Vault::unlock_expecting`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Expected {
+    /// The format the vault was seen in: a format-1 keyring where 2 was seen is refused.
+    pub format: u16,
+    /// The keyring-key version the unlocking slot was seen holding: a slot holding an older
+    /// one (or a legacy slot) is refused.
+    pub keyring_key_version: u32,
+}
+
+impl Expected {
+    /// An expectation of `format`, with the unlocking slot holding `keyring_key_version`.
+    pub fn new(format: u16, keyring_key_version: u32) -> Self {
+        Expected {
+            format,
+            keyring_key_version,
+        }
+    }
+}
 
 /// Every key of an unlocked vault.
 pub(super) struct Keychain {
@@ -157,6 +181,7 @@ impl Keychain {
         store: &S,
         user: &str,
         secret: &SlotSecret<'_>,
+        expected: &Expected,
     ) -> Result<Keychain, Error> {
         let root = store.read_doc(ROOT_DOC)?.ok_or(Error::NotAVault)?;
         // A keyring that is not one, beside a key store, is a vault's damaged keyring.
@@ -177,6 +202,30 @@ impl Keychain {
             }
         })?;
         let opened = keyring.unlock(user, secret)?;
+        // What the caller saw before (a machine's memory), checked before anything is written:
+        // a keyring or a slot older than that is a downgrade, which would reopen injection.
+        let held = opened.key.as_ref().map_or(0, KeyringKey::version);
+        if expected.format >= 2 && keyring.version() < 2 {
+            return Err(integrity(
+                "keyring",
+                ProblemKind::RolledBack,
+                "format 1 where this machine saw format 2 (a downgrade)",
+            ));
+        }
+        if expected.keyring_key_version > held {
+            return Err(integrity(
+                "keyring",
+                ProblemKind::RolledBack,
+                if held == 0 {
+                    "your key slot is in format 1's protection where this machine saw it upgraded (a downgrade)".to_string()
+                } else {
+                    format!(
+                        "your key slot holds keyring key version {held} where this machine saw {} (an older copy of it put back)",
+                        expected.keyring_key_version
+                    )
+                },
+            ));
+        }
         let masters = opened.masters;
         let index = KeyStore::parse(
             &store
@@ -344,6 +393,7 @@ impl Keychain {
         &mut self,
         store: &S,
         users_serial: u64,
+        patient_key_floor: u32,
     ) -> Result<(), Error> {
         let key = self
             .keyring_keys
@@ -353,6 +403,8 @@ impl Keychain {
         let mut keyring = self.keyring.clone();
         keyring.upgrade_to_version_2();
         keyring.set_users_serial(users_serial);
+        keyring.raise_patient_key_floor(patient_key_floor);
+        keyring.set_flag(FLAG_BASELINE_PENDING, true);
         keyring.reprotect(&self.access, key)?;
         self.replace_keyring(store, keyring)
     }
@@ -465,7 +517,10 @@ impl Keychain {
         }
         if let Some(k) = keyring_key {
             let mut keyring = self.keyring.clone();
-            keyring.reprotect(&self.access, &k)?;
+            // (The unlocking slot is gone when it was the recovery key's, being replaced.)
+            if keyring.has_slot_of(&self.access) {
+                keyring.reprotect(&self.access, &k)?;
+            }
             self.keyring_keys.insert(k.version(), k);
             self.replace_keyring(store, keyring)?;
         }
@@ -695,7 +750,13 @@ impl Keychain {
         secret: SlotSecret<'_>,
     ) -> Result<(), Error> {
         let vault_id = *self.vault_id();
-        let current = self.keyring_keys.values().next_back();
+        // Keyed only in a version-2 keyring (an upgrade interrupted after its first step has a
+        // keyring key among the vault keys and a version-1 keyring).
+        let current = if self.keyring.version() >= 2 {
+            self.keyring_keys.values().next_back()
+        } else {
+            None
+        };
         let (mut slot, access) = Slot::create(&vault_id, name, secret, &self.master, current)?;
         if let Some(next) = &self.pending {
             slot.add_seal(&vault_id, next)?;
@@ -714,18 +775,112 @@ impl Keychain {
     /// Removes `name`'s slot (never the last user's) and replaces the keyring; in format 2 the
     /// keyring also records, authenticated, the revocation under way (`target`: the patient-key
     /// version it brings every patient to), so that it cannot be made to look finished.
+    ///
+    /// With `replace_recovery` (format 2), the recovery key's slot goes in the same write and
+    /// the keyring says a new one is to be made at the end ([`Keychain::end_revocation`]): the
+    /// new master is never sealed to the old recovery key.
     pub(super) fn remove_slot<S: Store>(
         &mut self,
         store: &S,
-        name: &str,
+        name: Option<&str>,
         target: u32,
+        replace_recovery: bool,
     ) -> Result<(), Error> {
         let mut keyring = self.keyring.clone();
-        keyring.remove_slot(name)?;
+        if let Some(name) = name {
+            keyring.remove_slot(name)?;
+        }
         if keyring.version() >= 2 {
             keyring.set_pending_revocation(Some(target));
+            if replace_recovery {
+                keyring.remove_recovery_slot();
+                keyring.set_flag(FLAG_REPLACE_RECOVERY, true);
+            }
         }
         self.replace_keyring(store, keyring)
+    }
+
+    /// Format 2: whether the revocation under way replaces the recovery key at its end.
+    pub(super) fn replacing_recovery(&self) -> bool {
+        self.keyring.has_flag(FLAG_REPLACE_RECOVERY)
+    }
+
+    /// The end of a revocation, in one keyring write: the mark cleared, the patient-key floor
+    /// raised to its target (format 2), and, when the keyring says so, a new recovery slot
+    /// opened by `recovery`.
+    pub(super) fn end_revocation<S: Store>(
+        &mut self,
+        store: &S,
+        target: u32,
+        recovery: Option<&RecoveryKey>,
+    ) -> Result<(), Error> {
+        if self.keyring.version() < 2 {
+            return Ok(());
+        }
+        let mut keyring = self.keyring.clone();
+        if let Some(key) = recovery {
+            let vault_id = *self.vault_id();
+            let (slot, _) = Slot::create(
+                &vault_id,
+                RECOVERY_SLOT,
+                SlotSecret::Recovery(key),
+                &self.master,
+                self.keyring_keys.values().next_back(),
+            )?;
+            keyring.add_slot(slot);
+        }
+        keyring.set_pending_revocation(None);
+        keyring.set_flag(FLAG_REPLACE_RECOVERY, false);
+        keyring.raise_patient_key_floor(target);
+        self.replace_keyring(store, keyring)
+    }
+
+    /// Format 2: the lowest patient-key version a patient's record may be under (the target of
+    /// the last revocation finished); 0 in format 1.
+    pub(super) fn patient_key_floor(&self) -> u32 {
+        self.keyring.patient_key_floor()
+    }
+
+    /// Format 2: the users record is one serial ahead of the keyring (a crash between the two
+    /// writes): the keyring catches up, so that the next record is one ahead again, not two.
+    pub(super) fn catch_up_users_serial<S: Store>(
+        &mut self,
+        store: &S,
+        stored: u64,
+    ) -> Result<(), Error> {
+        if self.keyring.version() < 2 || stored <= self.keyring.users_serial() {
+            return Ok(());
+        }
+        let mut keyring = self.keyring.clone();
+        keyring.set_users_serial(stored);
+        self.replace_keyring(store, keyring)
+    }
+
+    /// Format 2: whether an upgrade's baseline entries are still to be written.
+    pub(super) fn baseline_pending(&self) -> bool {
+        self.keyring.has_flag(FLAG_BASELINE_PENDING)
+    }
+
+    /// Format 2: the upgrade's baseline entries are written.
+    pub(super) fn clear_baseline_pending<S: Store>(&mut self, store: &S) -> Result<(), Error> {
+        if !self.baseline_pending() {
+            return Ok(());
+        }
+        let mut keyring = self.keyring.clone();
+        keyring.set_flag(FLAG_BASELINE_PENDING, false);
+        self.replace_keyring(store, keyring)
+    }
+
+    /// Whether a keyring key is among the vault keys while the keyring is in version 1: an
+    /// upgrade interrupted after its first step.
+    pub(super) fn upgrade_started(&self) -> bool {
+        self.keyring.version() < 2 && !self.keyring_keys.is_empty()
+    }
+
+    /// The keyring-key version the unlocking slot holds now (0: legacy, or format 1): what a
+    /// machine remembers, to refuse an older copy of the slot later.
+    pub(super) fn held_keyring_key_version(&self) -> u32 {
+        self.keyring.held_version(&self.access)
     }
 
     /// Format 2: records in the keyring the revocation under way, or its end (`None`).

@@ -34,6 +34,8 @@ mod notes;
 mod open;
 mod patients;
 mod read;
+#[cfg(test)]
+mod review_attacks;
 mod rotate_master;
 mod rotate_patients;
 mod search;
@@ -45,6 +47,7 @@ mod verify;
 mod write;
 
 pub use import::{Import, ImportSummary};
+pub use keychain::Expected;
 pub use rotate_master::MasterRotation;
 pub use rotate_patients::{PatientRotation, Patients};
 pub use status::KeyStatus;
@@ -134,6 +137,13 @@ impl<S: Store> Vault<S> {
     /// a downgrade.
     pub fn unlocked_legacy_slot(&self) -> bool {
         self.keys.opened_legacy()
+    }
+
+    /// The keyring-key version the unlocking slot holds now (format 2; 0 in format 1): with
+    /// [`Vault::format`], what a process remembers to give [`Vault::unlock_expecting`] next
+    /// time.
+    pub fn keyring_key_version(&self) -> u32 {
+        self.keys.held_keyring_key_version()
     }
 
     /// The underlying store (for backups and diagnostics; it holds only ciphertext).

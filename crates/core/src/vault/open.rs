@@ -2,7 +2,7 @@
 
 use carnet_storage::{Batch, Store};
 
-use super::keychain::Keychain;
+use super::keychain::{Expected, Keychain};
 use super::session::Session;
 use super::Vault;
 use crate::access::{check_user_name, Role};
@@ -102,12 +102,30 @@ impl<S: Store> Vault<S> {
     ///
     /// Fails with [`Error::WrongPassphrase`] (wrong passphrase or damaged slot),
     /// [`Error::UnknownUser`], [`Error::NotAVault`], [`Error::UnsupportedFormat`], or
-    /// [`Error::Integrity`] when the keyring or the vault keys were altered. Changes nothing.
+    /// [`Error::Integrity`] when the keyring or the vault keys were altered. Writes only in
+    /// format 2, when the slot holds an older keyring key than the vault's newest (or is
+    /// legacy): the keyring is rewritten once with the slot re-protected. A process that
+    /// remembers what it saw of the vault should use [`Vault::unlock_expecting`].
     pub fn unlock(store: S, user: &str, passphrase: &Passphrase) -> Result<Self, Error> {
+        Self::unlock_expecting(store, user, passphrase, &Expected::default())
+    }
+
+    /// [`Vault::unlock`], refusing ([`Error::Integrity`], rolled back) a keyring or a slot
+    /// older than `expected` (what this process saw before: [`Vault::format`],
+    /// [`Vault::keyring_key_version`]) before anything is written. A downgrade to format 1's
+    /// keyring, or an older copy of the user's slot put back, would reopen master-key
+    /// injection.
+    pub fn unlock_expecting(
+        store: S,
+        user: &str,
+        passphrase: &Passphrase,
+        expected: &Expected,
+    ) -> Result<Self, Error> {
         Self::unlock_with(
             store,
             user,
             &SlotSecret::Passphrase(passphrase, KdfParams::default()),
+            expected,
         )
     }
 
@@ -119,11 +137,27 @@ impl<S: Store> Vault<S> {
         user: &str,
         key: &RecoveryKey,
     ) -> Result<Self, Error> {
-        Self::unlock_with(store, user, &SlotSecret::Recovery(key))
+        Self::unlock_with_recovery_key_expecting(store, user, key, &Expected::default())
     }
 
-    fn unlock_with(store: S, user: &str, secret: &SlotSecret<'_>) -> Result<Self, Error> {
-        let keys = Keychain::unlock(&store, user, secret)?;
+    /// [`Vault::unlock_with_recovery_key`], with the checks of [`Vault::unlock_expecting`]
+    /// for the recovery key's slot.
+    pub fn unlock_with_recovery_key_expecting(
+        store: S,
+        user: &str,
+        key: &RecoveryKey,
+        expected: &Expected,
+    ) -> Result<Self, Error> {
+        Self::unlock_with(store, user, &SlotSecret::Recovery(key), expected)
+    }
+
+    fn unlock_with(
+        store: S,
+        user: &str,
+        secret: &SlotSecret<'_>,
+        expected: &Expected,
+    ) -> Result<Self, Error> {
+        let keys = Keychain::unlock(&store, user, secret, expected)?;
         let via_recovery = matches!(secret, SlotSecret::Recovery(_));
         // The role is read below; until then the session may only read the users record.
         let mut vault =

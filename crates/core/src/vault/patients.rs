@@ -77,6 +77,20 @@ impl<S: Store> Vault<S> {
     pub(super) fn load_patient(&self, blind: &Blind, stored: &[u8]) -> Result<PatientState, Error> {
         let location = patient_location(blind);
         let sealed = Sealed::parse(stored).map_err(|e| parse_error(&location, e))?;
+        // Format 2: every patient was brought to the last revocation's key version; a record
+        // under an older one was put back from before it (later notes would be sealed under a
+        // key the removed user holds).
+        if sealed.key_version < self.keys.patient_key_floor() {
+            return Err(integrity(
+                &location,
+                ProblemKind::RolledBack,
+                format!(
+                    "sealed under patient key version {} where every patient is at {} or later since the last revocation (put back from before it)",
+                    sealed.key_version,
+                    self.keys.patient_key_floor()
+                ),
+            ));
+        }
         let keys = self.patient_keys(blind, sealed.key_version)?;
         let (info, _) = open_frame::<PatientRecord, PatientV1>(
             &location,

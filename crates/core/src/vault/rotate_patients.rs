@@ -79,17 +79,14 @@ impl<S: Store> Vault<S> {
     }
 
     /// Adds to `b` the job record of a revocation (unless one is pending): every patient is to
-    /// get key version `target`, one above every version in use.
-    pub(super) fn stage_revocation_job(&self, b: &mut Batch) -> Result<(), Error> {
-        self.stage_revocation_job_of(b, false)
-    }
-
-    /// [`Vault::stage_revocation_job`], saying whether the user revoked is an administrator.
+    /// get key version `target`, one above every version in use; `admin`: the user revoked is
+    /// an administrator.
     pub(super) fn stage_revocation_job_of(&self, b: &mut Batch, admin: bool) -> Result<(), Error> {
         if self.revocation_target()?.is_some() {
             return Ok(());
         }
-        let target = next_version(&self.patient_versions()?);
+        // Above the floor too: each revocation's target is higher than the last one's.
+        let target = next_version(&self.patient_versions()?).max(self.keys.patient_key_floor() + 1);
         let mut job = JobV1 {
             kind: JOB_REVOKE,
             target,
@@ -111,11 +108,28 @@ impl<S: Store> Vault<S> {
     /// The patient-key version a revocation under way brings every patient to: from its job
     /// record, or, in format 2, from the keyring, which records it authenticated (a job record
     /// deleted behind the vault's back no longer makes a revocation look finished).
+    ///
+    /// In format 2 the keyring's mark is the authority: a job record that disagrees with it,
+    /// or that names a target the patient-key floor already reached (the job record of a
+    /// revocation that finished, put back), is an integrity failure. A job record without a
+    /// mark is a revocation interrupted between its first two steps.
     pub(super) fn revocation_target(&self) -> Result<Option<u32>, Error> {
-        Ok(match self.load_job(JobSlot::Revoke)? {
-            Some((job, _)) => Some(job.target),
-            None => self.keys.revocation_marked(),
-        })
+        let job = self.load_job(JobSlot::Revoke)?.map(|(j, _)| j.target);
+        if self.keys.format() < 2 {
+            return Ok(job);
+        }
+        let stale = || {
+            integrity(
+                "revoke-job",
+                ProblemKind::RolledBack,
+                "does not match the revocation the keyring records (a job record put back)",
+            )
+        };
+        match (job, self.keys.revocation_marked()) {
+            (Some(j), Some(m)) if j != m => Err(stale()),
+            (Some(j), None) if j <= self.keys.patient_key_floor() => Err(stale()),
+            (job, mark) => Ok(mark.or(job)),
+        }
     }
 
     /// Gives every patient the revocation's new key version, used by all later writes; notes

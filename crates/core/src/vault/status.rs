@@ -68,10 +68,18 @@ impl<S: Store> Vault<S> {
         if self.load_job(JobSlot::RotateAllPatients)?.is_some() {
             out.push(Unfinished::AllPatientsRotation);
         }
-        if self.load_job(JobSlot::Upgrade)?.is_some() {
+        if self.upgrade_unfinished()? {
             out.push(Unfinished::Upgrade);
         }
         Ok(out)
+    }
+
+    /// Whether an upgrade to format 2 is unfinished: begun (a keyring key among the vault keys
+    /// of a version-1 keyring), its baseline unwritten, or its job record left.
+    fn upgrade_unfinished(&self) -> Result<bool, Error> {
+        Ok(self.keys.upgrade_started()
+            || self.keys.baseline_pending()
+            || self.load_job(JobSlot::Upgrade)?.is_some())
     }
 
     /// Fails with [`Error::Unfinished`] while a master-key rotation or a user's revocation is
@@ -143,7 +151,7 @@ impl<S: Store> Vault<S> {
         if self.revocation_target()?.is_some() {
             unfinished.push(Unfinished::Revocation);
         }
-        if self.load_job(JobSlot::Upgrade)?.is_some() {
+        if self.upgrade_unfinished()? {
             unfinished.push(Unfinished::Upgrade);
         }
         if !mixed.is_empty() {

@@ -58,7 +58,7 @@ impl<S: Store> Vault<S> {
             // 1.
             self.keys.ensure_keyring_key(&self.store)?;
             // 2. (again, if an interruption left the keyring in version 1)
-            let (users, serial, stored) = self.load_users_serial()?;
+            let (users, serial, stored) = self.load_users_for_change()?;
             let mut b = Batch::new();
             let serial = self.stage_users_as(&mut b, &users, serial, stored, 2)?;
             let job = self.load_job(JobSlot::Upgrade)?;
@@ -79,14 +79,44 @@ impl<S: Store> Vault<S> {
             }
             self.store.commit(b)?;
             self.store.flush()?;
-            // 3.
-            self.keys.switch_to_format_2(&self.store, serial)?;
+            // 3. The keyring says the baseline is still to write (so that deleting the job
+            //    record cannot skip it), and holds as patient-key floor the lowest version a
+            //    patient is at (revocations made in format 1 are behind it).
+            let floor = self
+                .patient_versions()?
+                .iter()
+                .map(|(_, current, _)| *current)
+                .min()
+                .unwrap_or(0);
+            self.keys.switch_to_format_2(&self.store, serial, floor)?;
         }
         // 4.
-        let patients = match self.load_job(JobSlot::Upgrade)? {
-            Some((job, stored)) => self.write_baseline(job, stored, progress)?,
-            None => 0,
-        };
+        let mut patients = 0;
+        if self.keys.baseline_pending() {
+            let (job, stored) = match self.load_job(JobSlot::Upgrade)? {
+                Some(j) => j,
+                None => {
+                    // The job record is gone while the keyring says the baseline is not
+                    // written: all of it again.
+                    resumed = true;
+                    let job = JobV1 {
+                        kind: JOB_UPGRADE,
+                        target: 2,
+                        source: [0; 32],
+                        done: 0,
+                    };
+                    let sealed = self.seal_job(JobSlot::Upgrade, &job)?;
+                    let mut b = Batch::new();
+                    b.require(space::META, JobSlot::Upgrade.meta_key(), None);
+                    b.put(space::META, JobSlot::Upgrade.meta_key(), sealed.clone());
+                    self.store.commit(b)?;
+                    self.store.flush()?;
+                    (job, sealed)
+                }
+            };
+            patients = self.write_baseline(job, stored, progress)?;
+            self.keys.clear_baseline_pending(&self.store)?;
+        }
         // 5.
         self.finish_job(JobSlot::Upgrade)?;
         Ok(Upgrade {

@@ -23,6 +23,15 @@ use crate::secret::Passphrase;
 use crate::Error;
 
 impl<S: Store> Vault<S> {
+    /// [`Vault::load_users_serial`] before a change of the users record: if the record is one
+    /// serial ahead of the keyring (a crash between the two writes), the keyring catches up
+    /// first, so that the changed record is one ahead again, never two.
+    pub(super) fn load_users_for_change(&mut self) -> Result<(UsersV1, u64, Vec<u8>), Error> {
+        let (users, serial, stored) = self.load_users_serial()?;
+        self.keys.catch_up_users_serial(&self.store, serial)?;
+        Ok((users, serial, stored))
+    }
+
     /// The users record and its stored bytes.
     pub(super) fn load_users(&self) -> Result<(UsersV1, Vec<u8>), Error> {
         self.load_users_serial().map(|(u, _, s)| (u, s))
@@ -90,6 +99,7 @@ impl<S: Store> Vault<S> {
         format: u16,
     ) -> Result<u64, Error> {
         b.require(space::META, META_USERS, Some(stored));
+        // The record is at the keyring's serial (callers catch the keyring up first).
         let next = serial.max(self.keys.users_serial()) + 1;
         let sealed = if format >= 2 {
             let record = UsersV2 {
@@ -161,7 +171,7 @@ impl<S: Store> Vault<S> {
         }
         // The role first, then the slot: a crash in between leaves a role without a slot,
         // which opens nothing; adding the user again completes it.
-        let (mut users, serial, stored) = self.load_users_serial()?;
+        let (mut users, serial, stored) = self.load_users_for_change()?;
         users.users.retain(|u| u.name != name);
         users.users.push(UserV1 {
             name: name.to_string(),
@@ -194,13 +204,15 @@ impl<S: Store> Vault<S> {
     /// gets a new key version, and (format 2) the log, registry and keyring keys are renewed,
     /// so that an old copy of the keyring and key store, opened with the old passphrase, opens
     /// nothing written afterwards. Resumable: if interrupted, run it again (with the new
-    /// passphrase). `progress` gets (patients renewed, patients).
+    /// passphrase); it also finishes any other revocation left unfinished, and then returns
+    /// the new recovery key that one made, if it made one. `progress` gets (patients renewed,
+    /// patients).
     pub fn change_passphrase_with(
         &mut self,
         new: &Passphrase,
         kdf: Option<KdfParams>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<MasterRotation, Error> {
+    ) -> Result<Revocation, Error> {
         let result = self.change_passphrase_unlogged(new, kdf, progress);
         self.logged_result(Action::KeyChangePassphrase, None, result)
     }
@@ -210,7 +222,7 @@ impl<S: Store> Vault<S> {
         new: &Passphrase,
         kdf: Option<KdfParams>,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<MasterRotation, Error> {
+    ) -> Result<Revocation, Error> {
         let user = self.session.user().to_string();
         new.check_new(&user)?;
         let kdf = match kdf {
@@ -218,27 +230,22 @@ impl<S: Store> Vault<S> {
             None => self.keys.slot_kdf(&user).ok_or(Error::UnknownUser)?,
         };
         // 1. The job record: keys are to be renewed.
-        if self.revocation_target()?.is_none() {
-            let mut b = Batch::new();
-            self.stage_revocation_job(&mut b)?;
-            self.store.commit(b)?;
-            self.store.flush()?;
-        }
-        let target = self
-            .revocation_target()?
-            .ok_or(Error::Internal("a revocation without its target"))?;
+        let target = self.start_revocation(false)?;
         // 2. The keyring records the revocation under way (format 2), then the new slot: the
         //    old passphrase opens nothing in the vault's files.
         self.keys.mark_revocation(&self.store, Some(target))?;
         self.keys
             .put_slot(&self.store, &user, SlotSecret::Passphrase(new, kdf))?;
         // 3. to 6.: as for a removed user.
-        self.finish_revocation(progress)
+        self.finish_revocation(target, progress)
     }
 
     /// Creates or replaces the recovery key (administrators) and returns it: show it once, then
-    /// forget it. The old recovery key stops working. No copy is kept in the vault in any form
-    /// that opens without it.
+    /// forget it. The old recovery key stops working. In format 2, replacing one is the
+    /// revocation of the old one (as a passphrase change is): its slot goes, the master key is
+    /// rotated, every patient gets a new key version, and the vault keys are renewed, so that
+    /// an old copy of the key files, opened with the old recovery key, opens nothing written
+    /// afterwards. No copy of the key is kept in the vault in any form that opens without it.
     pub fn rotate_recovery_key(&mut self) -> Result<RecoveryKey, Error> {
         let result = self.rotate_recovery_key_unlogged();
         self.logged_result(Action::KeyRotateRecovery, None, result)
@@ -246,10 +253,21 @@ impl<S: Store> Vault<S> {
 
     fn rotate_recovery_key_unlogged(&mut self) -> Result<RecoveryKey, Error> {
         self.require(Duty::Administration)?;
-        let key = RecoveryKey::random()?;
-        self.keys
-            .put_slot(&self.store, RECOVERY_SLOT, SlotSecret::Recovery(&key))?;
-        Ok(key)
+        let pending = self.revocation_target()?.is_some();
+        if self.keys.format() < 2 || (!self.has_recovery_key() && !pending) {
+            // The first recovery key (or format 1): a new slot.
+            let key = RecoveryKey::random()?;
+            self.keys
+                .put_slot(&self.store, RECOVERY_SLOT, SlotSecret::Recovery(&key))?;
+            return Ok(key);
+        }
+        let target = self.start_revocation(true)?;
+        // The old recovery slot goes with the keyring's mark: the new master is never sealed
+        // to it. The new one is made at the end.
+        self.keys.remove_slot(&self.store, None, target, true)?;
+        self.finish_revocation(target, &mut |_, _| {})?
+            .recovery_key
+            .ok_or(Error::Internal("a recovery-key replacement made no key"))
     }
 
     /// Whether the vault has a recovery key.
@@ -284,7 +302,7 @@ impl<S: Store> Vault<S> {
                 "you cannot remove yourself: another administrator must do it".into(),
             ));
         }
-        let (mut users, serial, stored) = self.load_users_serial()?;
+        let (mut users, serial, stored) = self.load_users_for_change()?;
         let listed = users.users.iter().find(|u| u.name == name).cloned();
         let has_slot = self.keys.has_slot(name);
         let pending = self.revocation_target()?.is_some();
@@ -293,14 +311,24 @@ impl<S: Store> Vault<S> {
                 "there is no user of that name".into(),
             ));
         }
+        // Whether the user was an administrator, who may have kept the recovery key: from the
+        // users record, else from the job record the first step wrote, else (both gone, an
+        // interrupted revocation whose job record was deleted) assumed.
+        let admin = match &listed {
+            Some(u) => Role::from_code(u.role) == Some(Role::Admin),
+            None => self
+                .load_job(JobSlot::Revoke)?
+                .is_none_or(|(job, _)| job.done == REVOKED_AN_ADMIN),
+        };
         if let Some(user) = &listed {
             // 1. The role goes, with a job record saying that keys must still be renewed (and
-            //    whether the user was an administrator, who may have seen the recovery key).
-            users.users.retain(|u| u.name != name);
+            //    whether the user was an administrator).
+            users.users.retain(|u| u.name != user.name);
             let mut b = Batch::new();
             let serial = self.stage_users(&mut b, &users, serial, stored)?;
-            let admin = Role::from_code(user.role) == Some(Role::Admin);
-            self.stage_revocation_job_of(&mut b, admin)?;
+            if !pending {
+                self.stage_revocation_job_of(&mut b, admin)?;
+            }
             self.store.commit(b)?;
             self.store.flush()?;
             // Written with the keyring in step 2.
@@ -309,53 +337,70 @@ impl<S: Store> Vault<S> {
         let target = self
             .revocation_target()?
             .ok_or(Error::Internal("a revocation without its target"))?;
-        // Whether the recovery key is to be replaced: an administrator was removed, or (the
-        // job record gone, format 2's keyring mark left) it cannot be told.
-        let replace_recovery = self.has_recovery_key()
-            && self.keys.format() >= 2
-            && self
-                .load_job(JobSlot::Revoke)?
-                .is_none_or(|(job, _)| job.done == REVOKED_AN_ADMIN);
-        if has_slot {
-            // 2. The slot goes: the removed passphrase opens nothing in the vault's files. In
-            //    format 2 the keyring records the revocation under way, authenticated.
-            self.keys.remove_slot(&self.store, name, target)?;
-        } else {
-            self.keys.mark_revocation(&self.store, Some(target))?;
+        // 2. The slot goes: the removed passphrase opens nothing in the vault's files. In
+        //    format 2 the keyring records the revocation under way, authenticated, and, when an
+        //    administrator goes, the recovery key's slot goes too, to be replaced at the end.
+        let replace_recovery = self.keys.format() >= 2 && admin && self.has_recovery_key();
+        if has_slot || replace_recovery || self.keys.revocation_marked() != Some(target) {
+            self.keys.remove_slot(
+                &self.store,
+                has_slot.then_some(name),
+                target,
+                replace_recovery,
+            )?;
         }
-        let rotation = self.finish_revocation(progress)?;
-        // 7. An administrator may have kept the recovery key: a new one.
-        let recovery_key = if replace_recovery {
-            Some(self.rotate_recovery_key_unlogged()?)
-        } else {
-            None
-        };
-        Ok(Revocation {
-            rotation,
-            recovery_key,
-        })
+        self.finish_revocation(target, progress)
     }
 
-    /// Steps 3 to 6 of a revocation, once the slot is gone (or replaced): a new master key,
+    /// Step 1 of a revocation (unless one is under way): a job record of it. Returns its
+    /// target patient-key version.
+    fn start_revocation(&mut self, admin: bool) -> Result<u32, Error> {
+        if let Some(target) = self.revocation_target()? {
+            return Ok(target);
+        }
+        let mut b = Batch::new();
+        self.stage_revocation_job_of(&mut b, admin)?;
+        self.store.commit(b)?;
+        self.store.flush()?;
+        self.revocation_target()?
+            .ok_or(Error::Internal("a revocation without its target"))
+    }
+
+    /// Steps 3 to 7 of a revocation, once the slot is gone (or replaced): a new master key,
     /// sealed only to the remaining slots; a new key version for every patient, used by all
     /// later writes; new vault keys (the log's, and in format 2 the registry's, with every
-    /// registry record re-sealed, and the keyring's); then the end of the keyring's mark and
-    /// of the job record.
+    /// registry record re-sealed, and the keyring's); the job record deleted; then, in one
+    /// keyring write (format 2), the end of the mark, the patient-key floor raised to the
+    /// target (a patient record put back from before is refused), and the new recovery key's
+    /// slot if the keyring says one is to be made.
     fn finish_revocation(
         &mut self,
+        target: u32,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<MasterRotation, Error> {
+    ) -> Result<Revocation, Error> {
         let rotation = self.rotate_master_steps(&mut |_, _| {});
         let rotation = self.logged_result(Action::KeyRotateMaster, None, rotation)?;
         self.renew_patient_keys(progress)?;
         self.keys.renew_vault_keys(&self.store)?;
+        let mut recovery_key = None;
         if self.keys.format() >= 2 {
             self.reseal_registry_records()?;
             self.keys.retire_old_vault_keys(&self.store)?;
+            // The job record first: the keyring's mark alone says the revocation is under way
+            // until the end (a job record left behind the floor would look put back).
+            self.finish_job(JobSlot::Revoke)?;
+            if self.keys.replacing_recovery() {
+                recovery_key = Some(RecoveryKey::random()?);
+            }
+            self.keys
+                .end_revocation(&self.store, target, recovery_key.as_ref())?;
+        } else {
+            self.finish_job(JobSlot::Revoke)?;
         }
-        self.keys.mark_revocation(&self.store, None)?;
-        self.finish_job(JobSlot::Revoke)?;
-        Ok(rotation)
+        Ok(Revocation {
+            rotation,
+            recovery_key,
+        })
     }
 
     /// Re-seals under the newest registry key every record sealed under an older one: the
@@ -422,13 +467,15 @@ impl<S: Store> Vault<S> {
     }
 }
 
-/// What revoking a user did.
+/// What a revocation did: a user's removal, or a passphrase change (the revocation of the old
+/// passphrase).
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Revocation {
     /// The master-key rotation it made.
     pub rotation: MasterRotation,
-    /// The new recovery key, when an administrator was removed and the vault had one (format
-    /// 2): show it once, then forget it. The old one no longer opens the vault.
+    /// The new recovery key, when the revocation replaced it (format 2: an administrator was
+    /// removed and the vault had one, or an interrupted replacement of the recovery key was
+    /// finished): show it once, then forget it. The old one no longer opens the vault.
     pub recovery_key: Option<RecoveryKey>,
 }

@@ -178,7 +178,11 @@ impl<'v, S: Store> Txn<'v, S> {
         reg.head = registry_link(&reg.head, &blind);
         self.registry_dirty = true;
 
-        let key_at = PatientKeyAt { blind, version: 1 };
+        // At the patient-key floor (format 2): a record under a lower version would be refused.
+        let key_at = PatientKeyAt {
+            blind,
+            version: v.keys.patient_key_floor().max(1),
+        };
         let (pk, wrapped) = v.keys.new_patient_key(key_at)?;
         let keys = pk.derive();
         let info = PatientV1 {
