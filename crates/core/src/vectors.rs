@@ -395,10 +395,10 @@ fn check(v: &Vector) {
     }
 }
 
-#[test]
-fn every_record_kind_of_format_1_opens_as_written() {
+/// Checks every vector of `dir` (each says what it exercises) and returns the kinds covered.
+fn check_every_vector(dir: &Path) -> std::collections::BTreeSet<String> {
     let mut kinds = std::collections::BTreeSet::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir())
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "vector"))
@@ -410,25 +410,19 @@ fn every_record_kind_of_format_1_opens_as_written() {
         check(&v);
         kinds.insert(v.get("kind").to_string());
     }
+    kinds
+}
+
+#[test]
+fn every_record_kind_of_format_1_opens_as_written() {
+    let kinds = check_every_vector(&dir());
     // Every record kind of docs/format.md, and the keyring.
     assert_eq!(kinds.len(), 11, "kinds covered: {kinds:?}");
 }
 
 #[test]
 fn what_format_2_changed_opens_as_written() {
-    let mut kinds = std::collections::BTreeSet::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir_of("v2"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "vector"))
-        .collect();
-    files.sort();
-    for path in &files {
-        let v = Vector::read(path);
-        assert!(v.comment.len() > 20, "{}: says what it exercises", v.name);
-        check(&v);
-        kinds.insert(v.get("kind").to_string());
-    }
+    let kinds = check_every_vector(&dir_of("v2"));
     // The payloads format 2 changed (notes, users, log entries), the keyring, the vault keys
     // with a keyring key, and the upgrade's job record.
     assert_eq!(kinds.len(), 6, "kinds covered: {kinds:?}");
@@ -452,6 +446,20 @@ fn a_changed_byte_in_a_vector_is_refused() {
 const VAULT_ID: [u8; 16] = *b"carnet-vectors-1";
 
 fn write(name: &str, comment: &str, fields: &[(&str, String)]) {
+    write_in(&dir(), name, comment, fields);
+}
+
+/// One entry of a vault-keys record: a key of fixed bytes.
+fn vault_key(purpose: u8, version: u32, byte: u8) -> VaultKeyV1 {
+    VaultKeyV1 {
+        purpose,
+        version,
+        key: [byte; 32],
+    }
+}
+
+/// One vector file: the comment's lines as `# …`, then one `key: value` line per field.
+fn write_in(dir: &Path, name: &str, comment: &str, fields: &[(&str, String)]) {
     let mut out = String::new();
     for line in comment.lines() {
         writeln!(out, "# {line}").unwrap();
@@ -459,7 +467,7 @@ fn write(name: &str, comment: &str, fields: &[(&str, String)]) {
     for (k, v) in fields {
         writeln!(out, "{k}: {v}").unwrap();
     }
-    std::fs::write(dir().join(name), out).unwrap();
+    std::fs::write(dir.join(name), out).unwrap();
 }
 
 /// Writes every vector (run by hand, once: `cargo test -p carnet-core write_vectors --
@@ -480,26 +488,10 @@ fn write_vectors() {
 
     let vault_keys = VaultKeysV1 {
         keys: vec![
-            VaultKeyV1 {
-                purpose: 1,
-                version: 1,
-                key: [0x22; 32],
-            },
-            VaultKeyV1 {
-                purpose: 2,
-                version: 1,
-                key: [0x33; 32],
-            },
-            VaultKeyV1 {
-                purpose: 3,
-                version: 1,
-                key: [0x43; 32],
-            },
-            VaultKeyV1 {
-                purpose: 3,
-                version: 2,
-                key: [0x44; 32],
-            },
+            vault_key(1, 1, 0x22),
+            vault_key(2, 1, 0x33),
+            vault_key(3, 1, 0x43),
+            vault_key(3, 2, 0x44),
         ],
     };
     let sealed = envelope::seal_frame::<VaultKeysRecord, _>(
@@ -821,14 +813,7 @@ fn write_vectors() {
 }
 
 fn write_v2(name: &str, comment: &str, fields: &[(&str, String)]) {
-    let mut out = String::new();
-    for line in comment.lines() {
-        writeln!(out, "# {line}").unwrap();
-    }
-    for (k, v) in fields {
-        writeln!(out, "{k}: {v}").unwrap();
-    }
-    std::fs::write(dir_of("v2").join(name), out).unwrap();
+    write_in(&dir_of("v2"), name, comment, fields);
 }
 
 /// Writes the format-2 vectors (run by hand, once: `cargo test -p carnet-core
@@ -853,31 +838,11 @@ fn write_vectors_v2() {
 
     let vault_keys = VaultKeysV1 {
         keys: vec![
-            VaultKeyV1 {
-                purpose: 1,
-                version: 1,
-                key: [0x22; 32],
-            },
-            VaultKeyV1 {
-                purpose: 2,
-                version: 2,
-                key: [0x34; 32],
-            },
-            VaultKeyV1 {
-                purpose: 3,
-                version: 3,
-                key: [0x45; 32],
-            },
-            VaultKeyV1 {
-                purpose: PURPOSE_KEYRING,
-                version: 1,
-                key: [0x65; 32],
-            },
-            VaultKeyV1 {
-                purpose: PURPOSE_KEYRING,
-                version: 2,
-                key: [0x66; 32],
-            },
+            vault_key(1, 1, 0x22),
+            vault_key(2, 2, 0x34),
+            vault_key(3, 3, 0x45),
+            vault_key(PURPOSE_KEYRING, 1, 0x65),
+            vault_key(PURPOSE_KEYRING, 2, 0x66),
         ],
     };
     let sealed = envelope::seal_frame::<VaultKeysRecord, _>(

@@ -18,35 +18,41 @@ use crate::records::{space, META_USERS};
 use crate::secret::Passphrase;
 use crate::{Error, ProblemKind};
 
-const ADMIN: &str = "admin's long passphrase 1";
-const BOB: &str = "bob's own long passphrase";
-const CAROL: &str = "carol's own long passphrase";
+pub(super) const ADMIN: &str = "admin's long passphrase 1";
+pub(super) const BOB: &str = "bob's own long passphrase";
+pub(super) const CAROL: &str = "carol's own long passphrase";
 
-fn kdf() -> KdfParams {
+/// The fixtures below are shared with `review_attacks`.
+pub(super) fn kdf() -> KdfParams {
     KdfParams::new(8, 1, 1).unwrap()
 }
 
-fn pass(s: &str) -> Passphrase {
+pub(super) fn pass(s: &str) -> Passphrase {
     Passphrase::new(s.to_string())
 }
 
-fn vault(format: u16) -> (Arc<MemStore>, Vault<Arc<MemStore>>) {
+pub(super) fn pid() -> PatientId {
+    PatientId::new("p1").unwrap()
+}
+
+pub(super) fn note(s: &str) -> NewNote {
+    NewNote::new(NoteBody::new(s.as_bytes().to_vec()).unwrap())
+}
+
+/// A vault in `format` with an administrator, two clinicians (bob, carol) and patient `p1`
+/// with one note.
+pub(super) fn vault(format: u16) -> (Arc<MemStore>, Vault<Arc<MemStore>>) {
     let store = Arc::new(MemStore::new());
     let mut v =
         Vault::create_in_format(Arc::clone(&store), "admin", &pass(ADMIN), kdf(), format).unwrap();
     v.add_user("bob", Role::Clinician, &pass(BOB)).unwrap();
     v.add_user("carol", Role::Clinician, &pass(CAROL)).unwrap();
-    let id = PatientId::new("p1").unwrap();
-    v.add_patient(NewPatient::new(id.clone())).unwrap();
-    v.add_note(
-        &id,
-        NewNote::new(NoteBody::new(b"before".to_vec()).unwrap()),
-    )
-    .unwrap();
+    v.add_patient(NewPatient::new(pid())).unwrap();
+    v.add_note(&pid(), note("before")).unwrap();
     (store, v)
 }
 
-fn root(store: &MemStore) -> Vec<u8> {
+pub(super) fn root<S: Store>(store: &S) -> Vec<u8> {
     store.read_doc(ROOT_DOC).unwrap().unwrap()
 }
 

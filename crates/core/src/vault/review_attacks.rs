@@ -13,54 +13,20 @@ use carnet_storage::{
 use super::{Expected, Vault};
 use crate::access::Role;
 use crate::envelope::{seal_frame, Sealed};
-use crate::keyring::{held_version, inject, splice_slot, KdfParams, Keyring, SlotSecret};
+use crate::keyring::{held_version, inject, splice_slot, Keyring, SlotSecret};
 use crate::keys::{EpochKey, KeyringKey, WrappedKey};
 use crate::keystore::{KeyStore, KEYS_DOC, ROOT_DOC};
-use crate::model::{NewNote, NewPatient, NoteBody, PatientId};
 use crate::records::{
     space, PatientKeyAt, VaultKeyV1, VaultKeysV1, PURPOSE_BLIND, PURPOSE_KEYRING, PURPOSE_LOG,
     PURPOSE_REGISTRY,
 };
 use crate::recovery::RecoveryKey;
 use crate::sealing::VaultKeysRecord;
-use crate::secret::Passphrase;
 use crate::{Error, ProblemKind};
 
-const ADMIN: &str = "admin's long passphrase 1";
-const BOB: &str = "bob's own long passphrase";
-const CAROL: &str = "carol's own long passphrase";
+use super::attacks::{kdf, note, pass, pid, root, vault, ADMIN, BOB, CAROL};
+
 const DAVE: &str = "dave's own long passphrase";
-
-fn kdf() -> KdfParams {
-    KdfParams::new(8, 1, 1).unwrap()
-}
-
-fn pass(s: &str) -> Passphrase {
-    Passphrase::new(s.to_string())
-}
-
-fn root<S: Store>(store: &S) -> Vec<u8> {
-    store.read_doc(ROOT_DOC).unwrap().unwrap()
-}
-
-fn pid() -> PatientId {
-    PatientId::new("p1").unwrap()
-}
-
-fn note(s: &str) -> NewNote {
-    NewNote::new(NoteBody::new(s.as_bytes().to_vec()).unwrap())
-}
-
-fn vault(format: u16) -> (Arc<MemStore>, Vault<Arc<MemStore>>) {
-    let store = Arc::new(MemStore::new());
-    let mut v =
-        Vault::create_in_format(Arc::clone(&store), "admin", &pass(ADMIN), kdf(), format).unwrap();
-    v.add_user("bob", Role::Clinician, &pass(BOB)).unwrap();
-    v.add_user("carol", Role::Clinician, &pass(CAROL)).unwrap();
-    v.add_patient(NewPatient::new(pid())).unwrap();
-    v.add_note(&pid(), note("before")).unwrap();
-    (store, v)
-}
 
 fn rolled_back<T>(r: Result<T, Error>) -> bool {
     matches!(r, Err(Error::Integrity(e)) if e.kind() == ProblemKind::RolledBack)
