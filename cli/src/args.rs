@@ -64,6 +64,17 @@ pub struct Global {
     /// No progress output
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// How long to wait, in seconds, for another carnet command that holds the vault (sled
+    /// admits one process at a time) before giving up with exit 6
+    #[arg(
+        long,
+        global = true,
+        env = "CARNET_WAIT",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
+    pub wait: u64,
 }
 
 #[derive(Subcommand)]

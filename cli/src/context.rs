@@ -5,11 +5,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use carnet_core::{Checkpoint, Expected, Passphrase, RecoveryKey, Strength, Vault};
-use carnet_storage::SledStore;
+use carnet_storage::{SledStore, StoreError};
 use zeroize::Zeroizing;
 
 use crate::args::Global;
-use crate::error::CliError;
+use crate::error::{CliError, Exit};
 use crate::state::{slot_tag, Memory, Seen};
 
 /// The vault directory: --vault, else $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
@@ -281,8 +281,8 @@ fn expected(dir: &Path, global: &Global) -> Expected {
     Expected::new(seen.format, seen.keyed.get(&tag).copied().unwrap_or(0))
 }
 
-/// Opens the vault's store (failing fast if it is missing or in use), then asks for the
-/// passphrase and unlocks it, and checks that the vault extends what this machine saw of it
+/// Checks that the vault exists, asks for the passphrase, then opens the vault's store (waiting
+/// for another command that holds it, up to `--wait`) and unlocks it, and checks that the vault extends what this machine saw of it
 /// (exit 5 when it was rolled back behind this machine's back).
 pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
     let mut unlocked = unlock_as_found(global)?;
@@ -325,7 +325,13 @@ fn warn_if_newer_elsewhere(vault: &Vault<SledStore>, memory: &Memory) {
 /// [`unlock`] without the check of what this machine saw (for `audit accept-rewind`).
 pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
     let dir = vault_dir(global)?;
-    let store = open_store(&dir)?;
+    require_vault(&dir)?;
+    // The secret first, the vault's lock after: a desk at the passphrase prompt holds nothing.
+    let secret = match &global.recovery_key_file {
+        Some(f) => Err(recovery_key_from_file(f)?),
+        None => Ok(passphrase(global)?),
+    };
+    let store = open_store_waiting(&dir, global)?;
     let expected = expected(&dir, global);
     let downgrade_hint = |e: carnet_core::Error| {
         let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)
@@ -339,13 +345,11 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
             err
         }
     };
-    let vault = if let Some(f) = &global.recovery_key_file {
-        let key = recovery_key_from_file(f)?;
-        Vault::unlock_with_recovery_key_expecting(store, &global.user, &key, &expected)
-            .map_err(downgrade_hint)?
-    } else {
-        let pass = passphrase(global)?;
-        Vault::unlock_expecting(store, &global.user, &pass, &expected).map_err(downgrade_hint)?
+    let vault = match secret {
+        Err(key) => Vault::unlock_with_recovery_key_expecting(store, &global.user, &key, &expected)
+            .map_err(downgrade_hint)?,
+        Ok(pass) => Vault::unlock_expecting(store, &global.user, &pass, &expected)
+            .map_err(downgrade_hint)?,
     };
     warn_unfinished(&vault);
     let memory = Memory::of(vault.id(), &dir);
@@ -424,12 +428,39 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
         .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))
 }
 
-/// The store of the vault in `dir`, opened (and so locked) if `dir` holds a vault.
-pub fn open_store(dir: &Path) -> Result<SledStore, CliError> {
+/// Fails unless `dir` holds a vault (checked without opening or locking anything).
+fn require_vault(dir: &Path) -> Result<(), CliError> {
     if !SledStore::exists(dir) || !carnet_core::is_vault(&SledStore::documents(dir))? {
         return Err(not_a_vault(dir));
     }
-    Ok(SledStore::open(dir)?)
+    Ok(())
+}
+
+/// The store of the vault in `dir`, opened (and so locked) if `dir` holds a vault, waiting for
+/// another carnet command that holds it for up to `--wait` seconds (and saying so).
+pub fn open_store_waiting(dir: &Path, global: &Global) -> Result<SledStore, CliError> {
+    require_vault(dir)?;
+    let wait = std::time::Duration::from_secs(global.wait);
+    let quiet = global.quiet;
+    let mut waiting = || {
+        if !quiet {
+            eprintln!(
+                "carnet: waiting for another carnet command to finish with this vault (up to {} s; --wait to change)…",
+                global.wait
+            );
+        }
+    };
+    SledStore::open_waiting(dir, wait, &mut waiting).map_err(|e| match e {
+        StoreError::Locked => CliError::new(
+            Exit::InUse,
+            format!(
+                "the vault is in use by another process (waited {} s)",
+                global.wait + 1
+            ),
+        )
+        .hint("another carnet command (or `carnet serve`) still holds it: try again when it is done, or raise --wait"),
+        other => other.into(),
+    })
 }
 
 fn not_a_vault(dir: &Path) -> CliError {

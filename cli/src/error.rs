@@ -63,6 +63,11 @@ impl From<StoreError> for CliError {
                 CliError::new(Exit::InUse, "the vault is in use by another process")
                     .hint("wait for the other carnet command to finish, then try again")
             }
+            StoreError::Conflict => CliError::new(
+                Exit::InUse,
+                "other writers kept changing the vault while this command ran; nothing of it was written",
+            )
+            .hint("try again"),
             StoreError::NotFound(dir) => CliError::failure(format!("no vault at {dir}"))
                 .hint("run `carnet init` first, or pass --vault DIR"),
             StoreError::NotEmpty(dir) => CliError::failure(format!("{dir} is not empty"))

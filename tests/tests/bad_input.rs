@@ -236,7 +236,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     // The vault in use by another process.
     {
         let _held = SledStore::open(&v.dir).unwrap();
-        let r = v.run(&["note", "show", "p1", &n]).expect(6);
+        let r = v.run(&["--wait", "0", "note", "show", "p1", &n]).expect(6);
         assert!(r.stderr.contains("in use") && r.stdout.is_empty());
     }
     assert_eq!(state(&v, &n), before);

@@ -267,11 +267,51 @@ fn bodies_over_16_mib_are_refused_and_nothing_is_written() {
 }
 
 #[test]
-fn a_vault_in_use_exits_6() {
+fn a_vault_in_use_is_waited_for_then_exits_6() {
     let v = TestVault::init();
-    let _held = SledStore::open(&v.dir).unwrap();
-    let r = v.run(&["patient", "list"]).expect(6);
+    let held = SledStore::open(&v.dir).unwrap();
+    // `--wait 0`: the one second every open allows, then exit 6 without a word of waiting.
+    let r = v.run(&["--wait", "0", "patient", "list"]).expect(6);
     assert!(r.stderr.contains("in use"), "{}", r.stderr);
+    assert!(!r.stderr.contains("waiting"), "{}", r.stderr);
+    // Waiting says what for, then gives up with exit 6.
+    let r = v.run(&["--wait", "1", "patient", "list"]).expect(6);
+    assert!(
+        r.stderr.contains("waiting for another carnet command") && r.stderr.contains("in use"),
+        "{}",
+        r.stderr
+    );
+    // Released while it waits: the command goes on.
+    let child = v.cmd(&["--wait", "20", "patient", "list", "--json"]);
+    let waiter = std::thread::spawn(move || carnet_tests::run_cmd(child, None));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    drop(held);
+    let r = waiter.join().unwrap().expect(0);
+    assert!(
+        r.stderr.contains("waiting for another carnet command"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json(), serde_json::json!([]));
+}
+
+/// Eight desks reading the same chart at once (issue 14): each takes the vault's lock only once
+/// its passphrase is read and waits for the others, so none fails.
+#[test]
+fn eight_desks_at_once_all_get_their_chart() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "p1"]).expect(0);
+    let n = v.add_note("p1", "allergie: pénicilline", &[]);
+    let desks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = v.cmd(&["note", "show", "p1", &n]);
+            std::thread::spawn(move || carnet_tests::run_cmd(c, None))
+        })
+        .collect();
+    for d in desks {
+        let r = d.join().unwrap().expect(0);
+        assert!(r.stdout_str().contains("pénicilline"));
+    }
 }
 
 #[test]

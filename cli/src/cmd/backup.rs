@@ -16,7 +16,7 @@ use crate::render;
 pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
     let dir = context::vault_dir(g)?;
     // The store's lock keeps every writer out while the archive is made: it is consistent.
-    let store = context::open_store(&dir)?;
+    let store = context::open_store_waiting(&dir, g)?;
     let tmp = file.with_extension("carnet-partial");
     let f = OpenOptions::new()
         .write(true)

@@ -212,6 +212,7 @@ pub(crate) fn check_field(what: &str, v: &Option<String>) -> Result<(), Error> {
 
 /// A patient to register: [`NewPatient::new`], then set the fields known. Its `Debug` output
 /// shows no field (they are secrets).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NewPatient {
     /// The identifier.

@@ -20,10 +20,14 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::{Batch, DocName, DocReader, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
 
 const LOCK_FILE: &str = "carnet.lock";
+/// How long an open tries for the lock before it waits (and says so) or gives up: a lock can
+/// look taken for a moment after its holder released it (see `open_inner`).
+const LOCK_GRACE: Duration = Duration::from_secs(1);
 const STORE_DIR: &str = "store";
 /// A replacement store being built by `replace_all`.
 const STORE_NEW: &str = "store.new";
@@ -234,17 +238,28 @@ impl SledStore {
             }
         }
         create_private_dir(dir)?;
-        let store = Self::open_inner(dir)?;
+        let store = Self::open_inner(dir, Duration::ZERO, &mut || {})?;
         sync_dir(dir)?;
         Ok(store)
     }
 
     /// Opens the store in `dir`, which must have been made by [`SledStore::create`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, Duration::ZERO, &mut || {})
+    }
+
+    /// [`SledStore::open`], waiting up to `wait` for another process to release the vault
+    /// (beyond the second every open allows): `waiting` is called once, when the wait begins,
+    /// so that the caller can say what it waits for. [`StoreError::Locked`] after that.
+    pub fn open_waiting(
+        dir: &Path,
+        wait: Duration,
+        waiting: &mut dyn FnMut(),
+    ) -> Result<Self, StoreError> {
         if !dir.join(STORE_DIR).is_dir() && !dir.join(STORE_NEW).is_dir() {
             return Err(StoreError::NotFound(dir.display().to_string()));
         }
-        Self::open_inner(dir)
+        Self::open_inner(dir, wait, waiting)
     }
 
     /// Whether `dir` looks like a store made by [`SledStore::create`] (without opening it).
@@ -276,7 +291,11 @@ impl SledStore {
         &self.dir
     }
 
-    fn open_inner(dir: &Path) -> Result<Self, StoreError> {
+    fn open_inner(
+        dir: &Path,
+        wait: Duration,
+        waiting: &mut dyn FnMut(),
+    ) -> Result<Self, StoreError> {
         let lock_path = dir.join(LOCK_FILE);
         let lock = private(
             OpenOptions::new()
@@ -297,13 +316,17 @@ impl SledStore {
         })?;
         // A lock can also look taken for a moment when a process that just released it had
         // forked (a child inherits the lock until it execs): try for up to a second before
-        // calling the vault in use.
-        let mut attempts = 0;
+        // calling the vault in use, or before saying that we wait for it.
+        let started = Instant::now();
+        let mut told = false;
         let locked = loop {
             match lock.try_lock() {
-                Err(fs::TryLockError::WouldBlock) if attempts < 50 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_GRACE + wait => {
+                    if !told && started.elapsed() >= LOCK_GRACE {
+                        told = true;
+                        waiting();
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 other => break other,
             }

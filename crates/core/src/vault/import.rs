@@ -1,8 +1,11 @@
 //! Bulk import: notes written in atomic batches with one flush each, patients created as
 //! needed, resumable after an interruption (docs/architecture.md, "Writes").
 
+use std::collections::VecDeque;
+
 use carnet_storage::Store;
 
+use super::contention::{backoff, is_conflict, ATTEMPTS};
 use super::write::{Logged, Prepared, Txn};
 use super::Vault;
 use crate::access_log::Action;
@@ -41,6 +44,18 @@ pub struct Import<'v, S: Store> {
     committed: ImportSummary,
     staged: ImportSummary,
     job: Option<ImportJob>,
+    /// Batches handed to be written and not yet durable, oldest first, and the notes of the
+    /// batch being staged: what a batch that lost a compare-and-swap race to another writer
+    /// is staged again from (with the same note ids), on the state that won.
+    inflight: VecDeque<Vec<Staged>>,
+    current: Vec<Staged>,
+}
+
+/// One note staged by an import and not yet durable.
+struct Staged {
+    patient: NewPatient,
+    note: NewNote,
+    id: NoteId,
 }
 
 /// The progress record of a resumable import (a Job record, kind 7).
@@ -68,6 +83,8 @@ impl<S: Store> Vault<S> {
             committed: ImportSummary::default(),
             staged: ImportSummary::default(),
             job: None,
+            inflight: VecDeque::new(),
+            current: Vec::new(),
         }
     }
 
@@ -129,7 +146,7 @@ impl<S: Store> Import<'_, S> {
     /// Adds one note, creating its patient first if the identifier is new (then with the
     /// given name and birth date; for a known patient they are ignored).
     pub fn add(&mut self, patient: NewPatient, note: NewNote) -> Result<NoteId, Error> {
-        let (id, full) = self.stage(patient, note)?;
+        let (id, full) = self.stage(patient, note, None)?;
         if full {
             self.flush()?;
         }
@@ -147,6 +164,28 @@ impl<S: Store> Import<'_, S> {
         items: impl IntoIterator<Item = Result<(NewPatient, NewNote), Error>>,
         progress: &mut dyn FnMut(ImportSummary),
     ) -> Result<(), Error> {
+        let mut items = items.into_iter();
+        let mut attempt = 0;
+        loop {
+            match self.add_all_once(&mut items, progress) {
+                // A batch lost a race with another writer (nothing of it was written): its
+                // notes, and those of the batch after it, are staged again; then the rest.
+                Err(e) if is_conflict(&e) && attempt + 1 < ATTEMPTS => {
+                    backoff(attempt);
+                    attempt += 1;
+                    self.restage()?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Import::add_all`] until the first error.
+    fn add_all_once(
+        &mut self,
+        items: &mut impl Iterator<Item = Result<(NewPatient, NewNote), Error>>,
+        progress: &mut dyn FnMut(ImportSummary),
+    ) -> Result<(), Error> {
         let vault = self.txn.vault;
         let (to_writer, batches) = std::sync::mpsc::sync_channel::<(Prepared, ImportSummary)>(1);
         let (to_producer, written) = std::sync::mpsc::channel::<ImportSummary>();
@@ -159,10 +198,10 @@ impl<S: Store> Import<'_, S> {
                 }
                 Ok(())
             });
-            let produce = || -> Result<(), Error> {
-                for item in items {
+            let mut produce = || -> Result<(), Error> {
+                for item in items.by_ref() {
                     let (patient, note) = item?;
-                    let (_, full) = self.stage(patient, note)?;
+                    let (_, full) = self.stage(patient, note, None)?;
                     if full {
                         if let Some(batch) = self.prepare_write(false)? {
                             if to_writer.send(batch).is_err() {
@@ -172,7 +211,7 @@ impl<S: Store> Import<'_, S> {
                         }
                     }
                     while let Ok(c) = written.try_recv() {
-                        self.committed = c;
+                        self.written(c);
                         progress(c);
                     }
                 }
@@ -185,15 +224,49 @@ impl<S: Store> Import<'_, S> {
                 Err(panic) => std::panic::resume_unwind(panic),
             };
             for c in written.try_iter() {
-                self.committed = c;
+                self.written(c);
                 progress(c);
             }
             wrote.and(produced)
         })
     }
 
-    /// Stages one note; true when the batch is full.
-    fn stage(&mut self, patient: NewPatient, note: NewNote) -> Result<(NoteId, bool), Error> {
+    /// The oldest batch in flight is durable.
+    fn written(&mut self, totals: ImportSummary) {
+        self.committed = totals;
+        self.inflight.pop_front();
+    }
+
+    /// After a batch lost a race: stages every note not yet durable again, in order and with
+    /// the same ids, on a fresh read of the state (the patients, the registry, the job record).
+    fn restage(&mut self) -> Result<(), Error> {
+        let items: Vec<Staged> = self
+            .inflight
+            .drain(..)
+            .flatten()
+            .chain(self.current.drain(..))
+            .collect();
+        let vault = self.txn.vault;
+        self.txn = Txn::new(vault);
+        self.staged = self.committed;
+        self.pending_notes = 0;
+        self.pending_bytes = 0;
+        if let Some(job) = &mut self.job {
+            job.stored = vault.store.get(space::META, JobSlot::Import.meta_key())?;
+        }
+        for s in items {
+            self.stage(s.patient, s.note, Some(s.id))?;
+        }
+        Ok(())
+    }
+
+    /// Stages one note (with `id`, when staged again); true when the batch is full.
+    fn stage(
+        &mut self,
+        patient: NewPatient,
+        note: NewNote,
+        id: Option<NoteId>,
+    ) -> Result<(NoteId, bool), Error> {
         if !self.writable {
             self.txn.vault.require_writable()?;
             self.writable = true;
@@ -204,14 +277,15 @@ impl<S: Store> Import<'_, S> {
                 Ok(_) => {}
                 Err(Error::NoSuchPatient) => {
                     let at = note.created_at.unwrap_or_else(Timestamp::now);
-                    self.txn.create_patient(patient, at)?;
+                    self.txn.create_patient(patient.clone(), at)?;
                     self.staged.patients_created += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
         self.pending_bytes += note.body.as_bytes().len();
-        let id = self.txn.add_note(blind, note)?;
+        let id = self.txn.add_note(blind, &note, id)?;
+        self.current.push(Staged { patient, note, id });
         self.staged.notes_imported += 1;
         self.pending_notes += 1;
         let full =
@@ -227,13 +301,27 @@ impl<S: Store> Import<'_, S> {
     /// Commits the pending batch, with the import's progress record when it is resumable
     /// (marked complete by the last batch).
     fn write(&mut self, last: bool) -> Result<(), Error> {
-        if let Some((prepared, staged)) = self.prepare_write(last)? {
-            self.txn.vault.apply(prepared)?;
-            self.committed = staged;
-        } else {
-            self.committed = self.staged;
+        let mut attempt = 0;
+        loop {
+            let result = match self.prepare_write(last)? {
+                Some((prepared, staged)) => self.txn.vault.apply(prepared).map(|()| {
+                    self.written(staged);
+                }),
+                None => {
+                    self.committed = self.staged;
+                    Ok(())
+                }
+            };
+            match result {
+                // Lost a race with another writer: nothing of the batch was written.
+                Err(e) if is_conflict(&e) && attempt + 1 < ATTEMPTS => {
+                    backoff(attempt);
+                    attempt += 1;
+                    self.restage()?;
+                }
+                r => return r,
+            }
         }
-        Ok(())
     }
 
     /// Seals the pending batch with the import's progress record, for [`Vault::apply`]; with
@@ -265,6 +353,9 @@ impl<S: Store> Import<'_, S> {
             job.stored = Some(sealed);
         }
         let prepared = self.txn.prepare()?;
+        if prepared.is_some() {
+            self.inflight.push_back(std::mem::take(&mut self.current));
+        }
         self.pending_notes = 0;
         self.pending_bytes = 0;
         Ok(prepared.map(|p| (p, self.staged)))

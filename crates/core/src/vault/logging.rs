@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use carnet_storage::{Batch, Store};
+use carnet_storage::{Batch, Store, StoreError};
 
+use super::contention::{backoff, ATTEMPTS};
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::{outcome, reason, Action, AuditFilter, Checkpoint, LogEntry, ReadLog};
@@ -188,9 +189,20 @@ impl<S: Store> Vault<S> {
     /// Appends one entry in its own atomic batch, flushed as `policy` says.
     fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
         let _writing = self.writing();
-        let mut b = Batch::new();
-        self.stage_log(&mut b, event)?;
-        self.store.commit(b)?;
+        // Writers of this `Vault` take turns under the lock; another process sharing the store
+        // may still have moved the head since it was read: stage the entry again on the new one.
+        let mut attempt = 0;
+        loop {
+            let mut b = Batch::new();
+            self.stage_log(&mut b, event)?;
+            match self.store.commit(b) {
+                Err(StoreError::Conflict) if attempt + 1 < ATTEMPTS => {
+                    backoff(attempt);
+                    attempt += 1;
+                }
+                r => break r?,
+            }
+        }
         let mut unsynced = self.log.unsynced();
         let since = *unsynced.get_or_insert_with(Instant::now);
         match policy {
@@ -378,12 +390,38 @@ impl<S: Store> Vault<S> {
             });
             expected += 1;
         }
-        if expected != head.count || chain != head.head {
-            problems.push(IntegrityError::new(
+        // Entries past the head read first were appended since (by this process or another)
+        // if the head read again covers them.
+        let chain_at = |n: u64| match n {
+            0 => Some([0u8; 32]),
+            n => out.get(usize::try_from(n - 1).ok()?).map(|r| r.chain),
+        };
+        let removed = || {
+            IntegrityError::new(
                 "access log",
                 ProblemKind::Inconsistent,
                 format!("the head lists {} entries but {expected} are stored, or the chain differs (entries removed or replaced)", head.count),
-            ));
+            )
+        };
+        let problem = if expected <= head.count {
+            (expected < head.count || chain != head.head).then(removed)
+        } else {
+            match self.log_head() {
+                Ok((newer, _)) if newer.count == expected => (chain != newer.head).then(removed),
+                // Still more appended after the scan: the part the first head covers is checked.
+                Ok((newer, _)) if newer.count > expected => {
+                    (chain_at(head.count) != Some(head.head)).then(removed)
+                }
+                _ => Some(IntegrityError::new(
+                    "access log",
+                    ProblemKind::Inconsistent,
+                    format!("holds {expected} entries but its head lists {} (entries added past the head, or the head put back)", head.count),
+                )),
+            }
+        };
+        if let Some(p) = problem {
+            problems.push(p);
+            out.truncate(usize::try_from(head.count).unwrap_or(usize::MAX));
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@
 //! | `notes.rs` | opening note versions and checking a patient's note chain |
 //! | `read.rs` | reads, and the cache of chains already verified |
 //! | `write.rs` | the write transaction, and the writes built on it |
+//! | `contention.rs` | many threads on one vault: writers that lost a race retry, reads that saw two moments read again |
 //! | `import.rs` | bulk import |
 //! | `search.rs` | search |
 //! | `verify.rs` | checking the whole vault |
@@ -25,6 +26,7 @@ use carnet_storage::{DocReader, Store};
 
 #[cfg(test)]
 mod attacks;
+mod contention;
 mod erase;
 mod import;
 mod jobs;
@@ -100,6 +102,10 @@ pub struct Vault<S: Store> {
     /// Held while a transaction or a log entry writes (key store, then records), so that
     /// writers of this `Vault` cannot interleave between the two.
     write_lock: Mutex<()>,
+    /// Held by a single write (`add_patient`, `add_note`, `amend_note`) from reading the state
+    /// it changes to its commit: this `Vault`'s writers take turns instead of losing
+    /// compare-and-swap races to each other (`contention.rs`).
+    txn_lock: Mutex<()>,
 }
 
 impl<S: Store> Vault<S> {
@@ -111,6 +117,7 @@ impl<S: Store> Vault<S> {
             chains: ChainCache::default(),
             log: LogState::default(),
             write_lock: Mutex::default(),
+            txn_lock: Mutex::default(),
         }
     }
 
@@ -160,6 +167,14 @@ impl<S: Store> Vault<S> {
     fn writing(&self) -> MutexGuard<'_, ()> {
         // Poisoning is harmless: the guard protects no data, only the order of writes.
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: Store> Vault<S> {
+    /// Held by a single write from reading its state to its commit (see `txn_lock`).
+    fn txn_turn(&self) -> MutexGuard<'_, ()> {
+        // Poisoning is harmless: the guard protects no data, only whose turn it is.
+        self.txn_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

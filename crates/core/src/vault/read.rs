@@ -163,7 +163,9 @@ impl<S: Store> Vault<S> {
         self.logged(Action::NoteList, Some(id), None, || {
             self.require(Duty::Clinical)?;
             let st = self.find_patient(id)?;
-            Ok(current_versions(self.notes_of(&st, Bodies::None)?))
+            Ok(current_versions(
+                self.settled(&st, |st| self.notes_of(st, Bodies::None))?,
+            ))
         })
     }
 
@@ -174,7 +176,9 @@ impl<S: Store> Vault<S> {
         self.logged(Action::NoteRead, Some(id), None, || {
             self.require(Duty::Clinical)?;
             let st = self.find_patient(id)?;
-            Ok(current_versions(self.notes_of(&st, Bodies::Current)?))
+            Ok(current_versions(
+                self.settled(&st, |st| self.notes_of(st, Bodies::Current))?,
+            ))
         })
     }
 
@@ -183,7 +187,7 @@ impl<S: Store> Vault<S> {
         self.logged(Action::NoteShow, Some(id), Some(note), || {
             self.require(Duty::Clinical)?;
             let st = self.find_patient(id)?;
-            self.note_versions(&st, note, true)?
+            self.settled(&st, |st| self.note_versions(st, note, true))?
                 .pop()
                 .map(to_note)
                 .ok_or(Error::NoSuchNote)
@@ -196,7 +200,7 @@ impl<S: Store> Vault<S> {
             self.require(Duty::Clinical)?;
             let st = self.find_patient(id)?;
             Ok(self
-                .note_versions(&st, note, false)?
+                .settled(&st, |st| self.note_versions(st, note, false))?
                 .into_iter()
                 .map(to_note)
                 .collect())
@@ -210,8 +214,10 @@ impl<S: Store> Vault<S> {
         self.logged(Action::Export, Some(id), None, || {
             self.require(Duty::Clinical)?;
             let st = self.find_patient(id)?;
-            let patient = st.to_patient()?;
-            let all = self.notes_of(&st, Bodies::All)?;
+            // The patient (with its note count) and the notes of one moment.
+            let (patient, all) = self.settled(&st, |st| {
+                Ok((st.to_patient()?, self.notes_of(st, Bodies::All)?))
+            })?;
             let order = note_order(&all);
             let mut by_note: HashMap<[u8; 16], Vec<Decoded>> = HashMap::new();
             for d in all {

@@ -43,7 +43,8 @@ impl<S: Store> Vault<S> {
         // Patients are searched on every core; hits keep the patients' order.
         let per_patient = crate::par::map_parallel(states.iter().map(Ok), |st| {
             let mut hits = Vec::new();
-            for n in current_versions(self.notes_of(st, Bodies::Current)?) {
+            let notes = self.settled(st, |st| self.notes_of(st, Bodies::Current))?;
+            for n in current_versions(notes) {
                 let Some(body) = &n.body else { continue };
                 if let Some(snippet) = find_snippet(body.as_bytes(), &needle) {
                     hits.push(SearchHit {

@@ -12,7 +12,9 @@ use super::Vault;
 use crate::access_log::{Action, Checkpoint, LogEntry};
 use crate::error::{IntegrityError, ProblemKind};
 use crate::model::{NoteId, PatientId};
-use crate::records::{registry_link, space, Blind, JobSlot, ManifestState, RegistryV1};
+use crate::records::{
+    registry_link, space, Blind, JobSlot, ManifestState, RegistryV1, META_REGISTRY,
+};
 use crate::Error;
 
 /// A verification report.
@@ -95,13 +97,17 @@ impl<S: Store> Vault<S> {
             problems: Vec::new(),
             unfinished: Vec::new(),
         };
-        let registry = report.note(self.load_registry())?.map(|(r, _)| r);
+        // The log first, then what it describes: writes landing meanwhile only add to the
+        // state, so what the log records is stored (or newer) when read after it.
+        let read = self.verify_log(checkpoint, &mut report.problems)?;
+        report.records_checked += read.len() as u64 + 1;
+        let loaded = report.note(self.load_registry())?;
+        let registry_stored = loaded.as_ref().map(|(_, b)| b.clone());
+        let mut registry = loaded.map(|(r, _)| r);
         report.records_checked += 1;
         let total = registry.as_ref().map_or(0, |r| r.patients);
         report.note(self.load_users())?;
         report.records_checked += 1;
-        let read = self.verify_log(checkpoint, &mut report.problems)?;
-        report.records_checked += read.len() as u64 + 1;
         // What the log says must be stored; the note scan below keeps what it needs of it.
         let logged = logged_state(&read, |id| self.keys.blind(id));
         let log: Vec<LogEntry> = read.into_iter().map(|r| r.entry).collect();
@@ -139,9 +145,15 @@ impl<S: Store> Vault<S> {
             }
         }
         if let Some(reg) = &registry {
-            report
-                .problems
-                .extend(check_registry(reg, &patients, seen_blinds.len()));
+            let mut found = check_registry(reg, &patients, seen_blinds.len());
+            // Patients registered while the patients were read: check the registry again,
+            // against a scan that no registration interrupted.
+            if !found.is_empty() && self.store.get(space::META, META_REGISTRY)? != registry_stored {
+                let (reg, problems) = self.settled_registry()?;
+                registry = reg;
+                found = problems;
+            }
+            report.problems.extend(found);
         }
 
         // Every wrapped key in the key store opens. Keys of no registered patient are left by
@@ -156,7 +168,7 @@ impl<S: Store> Vault<S> {
             let (k, _) = r?;
             report.records_checked += 1;
             let owner = k.get(..32).and_then(Blind::from_slice);
-            if !owner.is_some_and(|b| seen_blinds.contains(&b)) {
+            if !owner.is_some_and(|b| seen_blinds.contains(&b)) && !self.registered_since(owner)? {
                 let location = owner.map_or_else(|| "manifest ?".into(), |b| manifest_location(&b));
                 report.problems.push(IntegrityError::new(
                     location,
@@ -189,6 +201,8 @@ impl<S: Store> Vault<S> {
                     };
                     (owner, scan.stored, scan.problems, notes)
                 }),
+                // A patient registered after the patients were read: checked next time.
+                None if self.registered_since(owner)? => Ok((None, 0, Vec::new(), Vec::new())),
                 None => {
                     let short = owner.map_or_else(|| "?".into(), |b| b.short());
                     let orphan = IntegrityError::new(
@@ -201,7 +215,12 @@ impl<S: Store> Vault<S> {
             }
         })?;
         for result in checked {
-            let (owner, stored, problems, notes) = result?;
+            let (owner, stored, mut problems, notes) = result?;
+            // A write to this patient landed between reading its manifest and its notes: check
+            // it again on one moment (`settled`).
+            if let Some(st) = owner.and_then(|b| patients.get(&b)) {
+                problems = self.recheck(st, problems)?;
+            }
             report.records_checked += stored;
             report.problems.extend(problems);
             if let Some(b) = owner {
@@ -220,9 +239,9 @@ impl<S: Store> Vault<S> {
             .collect();
         empty.sort();
         for blind in empty {
-            report
-                .problems
-                .extend(check_chain(&patients[blind], &[], 0));
+            let st = &patients[blind];
+            let problems = self.recheck(st, check_chain(st, &[], 0))?;
+            report.problems.extend(problems);
             done += 1;
             progress(done, total);
         }
@@ -238,6 +257,83 @@ impl<S: Store> Vault<S> {
             .problems
             .extend(logged.check(registry.as_ref(), &patients, &seen_blinds, &reported));
         Ok(report)
+    }
+
+    /// Whether the patient `owner` names is registered now (after verify read the patients):
+    /// its records are then those of a registration that landed during verify, not orphans.
+    fn registered_since(&self, owner: Option<Blind>) -> Result<bool, Error> {
+        Ok(match owner {
+            Some(b) => self.store.get(space::PATIENTS, &b.0)?.is_some(),
+            None => false,
+        })
+    }
+
+    /// `problems`, found in `st`'s notes, if no write to the patient landed since its manifest
+    /// was read (they are real); otherwise the problems of the patient read again, until a read
+    /// that no write interrupted (at most `ATTEMPTS` times).
+    fn recheck(
+        &self,
+        st: &PatientState,
+        mut problems: Vec<IntegrityError>,
+    ) -> Result<Vec<IntegrityError>, Error> {
+        let mut fresh: Option<PatientState> = None;
+        let mut attempt = 0;
+        loop {
+            let current = fresh.as_ref().unwrap_or(st);
+            if problems.is_empty()
+                || self.store.get(space::MANIFESTS, &current.blind.0)? == current.manifest_stored
+            {
+                return Ok(problems);
+            }
+            if attempt + 1 >= super::contention::ATTEMPTS {
+                return Err(Error::Storage(StoreError::Conflict));
+            }
+            super::contention::backoff(attempt);
+            attempt += 1;
+            let again = match self.reload_patient(&current.blind) {
+                Ok(again) => again,
+                Err(Error::Integrity(e)) => return Ok(vec![e]),
+                Err(e) => return Err(e),
+            };
+            problems = self.scan_notes(&again, Bodies::None)?.problems;
+            fresh = Some(again);
+        }
+    }
+
+    /// The registry and the problems of its check against the patients stored, read until no
+    /// registration landed in between (at most `ATTEMPTS` times).
+    fn settled_registry(&self) -> Result<(Option<RegistryV1>, Vec<IntegrityError>), Error> {
+        let mut attempt = 0;
+        loop {
+            let (reg, before) = match self.load_registry() {
+                Ok(r) => r,
+                Err(Error::Integrity(e)) => return Ok((None, vec![e])),
+                Err(e) => return Err(e),
+            };
+            let mut patients = HashMap::new();
+            let mut seen = 0usize;
+            let mut problems = Vec::new();
+            for r in self.patient_records() {
+                seen += 1;
+                match r.and_then(|(blind, v)| self.load_patient(&blind, &v)) {
+                    Ok(st) => {
+                        patients.insert(st.blind, st);
+                    }
+                    Err(Error::Integrity(e)) => problems.push(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            problems.extend(check_registry(&reg, &patients, seen));
+            let after = self.store.get(space::META, META_REGISTRY)?;
+            if problems.is_empty() || after.as_deref() == Some(&before[..]) {
+                return Ok((Some(reg), problems));
+            }
+            if attempt + 1 >= super::contention::ATTEMPTS {
+                return Err(Error::Storage(StoreError::Conflict));
+            }
+            super::contention::backoff(attempt);
+            attempt += 1;
+        }
     }
 
     /// What the access log says was written and must still be stored: every patient registered

@@ -33,15 +33,18 @@ impl<S: Store> Vault<S> {
     /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
     pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
         let id = patient.id.clone();
+        let at = Timestamp::now();
         let result = self.require_writable().and_then(|()| {
-            let mut txn = Txn::new(self);
-            txn.log = Some(Logged {
-                action: Action::PatientAdd,
-                patient: Some(patient.id.as_str().to_string()),
-                note: None,
-            });
-            txn.create_patient(patient, Timestamp::now())?;
-            txn.commit()
+            self.retrying(|| {
+                let mut txn = Txn::new(self);
+                txn.log = Some(Logged {
+                    action: Action::PatientAdd,
+                    patient: Some(patient.id.as_str().to_string()),
+                    note: None,
+                });
+                txn.create_patient(patient.clone(), at)?;
+                txn.commit()
+            })
         });
         self.log_failure(Action::PatientAdd, Some(&id), result)
     }
@@ -49,16 +52,18 @@ impl<S: Store> Vault<S> {
     /// Stores a note for an existing patient; returns its new id once it is durable.
     pub fn add_note(&self, id: &PatientId, note: NewNote) -> Result<NoteId, Error> {
         let result = self.require_writable().and_then(|()| {
-            let mut txn = Txn::new(self);
-            let blind = txn.existing_patient(id)?;
-            let note_id = txn.add_note(blind, note)?;
-            txn.log = Some(Logged {
-                action: Action::NoteAdd,
-                patient: Some(id.as_str().to_string()),
-                note: Some(note_id.to_string()),
-            });
-            txn.commit()?;
-            Ok(note_id)
+            self.retrying(|| {
+                let mut txn = Txn::new(self);
+                let blind = txn.existing_patient(id)?;
+                let note_id = txn.add_note(blind, &note, None)?;
+                txn.log = Some(Logged {
+                    action: Action::NoteAdd,
+                    patient: Some(id.as_str().to_string()),
+                    note: Some(note_id.to_string()),
+                });
+                txn.commit()?;
+                Ok(note_id)
+            })
         });
         self.log_failure(Action::NoteAdd, Some(id), result)
     }
@@ -72,7 +77,7 @@ impl<S: Store> Vault<S> {
         body: NoteBody,
         author: Option<String>,
     ) -> Result<u32, Error> {
-        let result = self.amend_unlogged(id, note, body, author);
+        let result = self.retrying(|| self.amend_unlogged(id, note, &body, author.clone()));
         self.log_failure(Action::NoteAmend, Some(id), result)
     }
 
@@ -80,7 +85,7 @@ impl<S: Store> Vault<S> {
         &self,
         id: &PatientId,
         note: &NoteId,
-        body: NoteBody,
+        body: &NoteBody,
         author: Option<String>,
     ) -> Result<u32, Error> {
         self.require_writable()?;
@@ -89,7 +94,7 @@ impl<S: Store> Vault<S> {
         let blind = txn.existing_patient(id)?;
         let st = &txn.patients[&blind];
         let latest = self
-            .notes_of(st, Bodies::None)?
+            .settled(st, |st| self.notes_of(st, Bodies::None))?
             .into_iter()
             .filter(|d| d.note == note.0)
             .max_by_key(|d| d.version)
@@ -102,7 +107,7 @@ impl<S: Store> Vault<S> {
             author: author.or_else(|| latest.meta.author.clone()),
             kind: latest.meta.kind.clone(),
         };
-        txn.add_version(blind, note.0, version, meta, &body)?;
+        txn.add_version(blind, note.0, version, meta, body)?;
         txn.log = Some(Logged {
             action: Action::NoteAmend,
             patient: Some(id.as_str().to_string()),
@@ -214,8 +219,15 @@ impl<'v, S: Store> Txn<'v, S> {
         Ok(())
     }
 
-    /// Stages a new note (its first version) for a patient already in the transaction.
-    pub(super) fn add_note(&mut self, blind: Blind, note: NewNote) -> Result<NoteId, Error> {
+    /// Stages a new note (its first version) for a patient already in the transaction, with
+    /// the id given (an import staging again a batch that lost a race keeps its notes' ids) or
+    /// a new one.
+    pub(super) fn add_note(
+        &mut self,
+        blind: Blind,
+        note: &NewNote,
+        id: Option<NoteId>,
+    ) -> Result<NoteId, Error> {
         check_field("the author", &note.author)?;
         check_field("the kind", &note.kind)?;
         let seq = self
@@ -224,7 +236,11 @@ impl<'v, S: Store> Txn<'v, S> {
             .ok_or(Error::Internal("patient not loaded"))?
             .manifest
             .next_seq;
-        let id = NoteId::at_position(seq)?;
+        // The id's leading position is only a hint for locality (ADR 0011): nothing checks it.
+        let id = match id {
+            Some(id) => id,
+            None => NoteId::at_position(seq)?,
+        };
         let now = Timestamp::now();
         let meta = NoteMetaV1 {
             seq: 0,

@@ -1,0 +1,118 @@
+//! Many threads (and, on a shared store, many processes) on one vault: a writer that loses a
+//! compare-and-swap race does its work again on the state that won, and a read that saw a
+//! patient at two moments (its manifest, then another writer's commit, then its notes) reads
+//! again, so that concurrent use never reports a healthy vault as damaged (docs/architecture.md,
+//! "Concurrency").
+//!
+//! The witness of "a write landed while reading" is the patient's manifest: every write to a
+//! patient replaces it in the same atomic batch, sealed with a fresh nonce, so equal bytes before
+//! and after a read mean that no write to that patient landed in between, and an integrity
+//! problem seen then is real.
+
+use std::time::Duration;
+
+use carnet_storage::{Store, StoreError};
+
+use super::patients::PatientState;
+use super::Vault;
+use crate::records::space;
+use crate::Error;
+
+/// How many times an operation is tried before it gives up with [`StoreError::Conflict`]
+/// ("a concurrent write changed the vault; try again": exit 6 at the command line).
+pub(super) const ATTEMPTS: u32 = 40;
+
+/// Whether `e` is a lost compare-and-swap race (nothing was written).
+pub(super) fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::Storage(StoreError::Conflict))
+}
+
+/// Waits before attempt `attempt + 1`: a random time up to 0.5 ms doubled per attempt (at most
+/// 64 ms), so that writers that collided do not collide again in step.
+pub(super) fn backoff(attempt: u32) {
+    let ceiling_us = 500u64 << attempt.min(7);
+    let mut r = [0u8; 8];
+    // Without randomness the wait is the ceiling: still correct, only less spread.
+    let jitter = match crate::crypto::fill_random(&mut r) {
+        Ok(()) => u64::from_le_bytes(r) % ceiling_us,
+        Err(_) => ceiling_us,
+    };
+    std::thread::sleep(Duration::from_micros(jitter + 50));
+}
+
+impl<S: Store> Vault<S> {
+    /// Runs the write `op` (which reads what it needs and commits one transaction) until it
+    /// does not lose a race: a lost compare-and-swap wrote nothing, so doing it again on the
+    /// new state is safe. Writers of this `Vault` take turns (they would only collide), so the
+    /// races left are with imports and with other processes.
+    pub(super) fn retrying<T>(&self, mut op: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+        let mut attempt = 0;
+        loop {
+            let result = {
+                let _turn = self.txn_turn();
+                op()
+            };
+            match result {
+                Err(e) if is_conflict(&e) && attempt + 1 < ATTEMPTS => {
+                    backoff(attempt);
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Runs the read `op` on `st`; if it finds an integrity problem while the patient's
+    /// manifest changed since `st` was read (a write landed between reading the manifest and
+    /// reading the notes), reads the patient again and runs `op` again. A problem seen while
+    /// the manifest stayed the same is reported; a patient that kept changing for every
+    /// attempt is [`StoreError::Conflict`], never an integrity failure.
+    pub(super) fn settled<T>(
+        &self,
+        st: &PatientState,
+        mut op: impl FnMut(&PatientState) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut reread: Option<PatientState> = None;
+        let mut attempt = 0;
+        loop {
+            let current = reread.as_ref().unwrap_or(st);
+            match op(current) {
+                Err(Error::Integrity(e)) => {
+                    let now = self.store.get(space::MANIFESTS, &current.blind.0)?;
+                    if now == current.manifest_stored {
+                        return Err(Error::Integrity(e));
+                    }
+                    if attempt + 1 >= ATTEMPTS {
+                        return Err(Error::Storage(StoreError::Conflict));
+                    }
+                    backoff(attempt);
+                    attempt += 1;
+                    let blind = current.blind;
+                    let id = current.info.id.clone();
+                    let fresh = self.reload_patient(&blind)?;
+                    if fresh.info.id != id {
+                        return Err(crate::error::integrity(
+                            fresh.location(),
+                            crate::error::ProblemKind::Moved,
+                            "identifier mismatch",
+                        ));
+                    }
+                    reread = Some(fresh);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The patient stored under `blind`, read again.
+    pub(super) fn reload_patient(
+        &self,
+        blind: &crate::records::Blind,
+    ) -> Result<PatientState, Error> {
+        let stored = self
+            .store
+            .get(space::PATIENTS, &blind.0)?
+            .ok_or(Error::NoSuchPatient)?;
+        self.load_patient(blind, &stored)
+    }
+}
