@@ -64,9 +64,10 @@ impl<S: Store> Vault<S> {
 
     /// Runs the read `op` on `st`; if it finds an integrity problem while the patient's
     /// manifest changed since `st` was read (a write landed between reading the manifest and
-    /// reading the notes), reads the patient again and runs `op` again. A problem seen while
-    /// the manifest stayed the same is reported; a patient that kept changing for every
-    /// attempt is [`StoreError::Conflict`], never an integrity failure.
+    /// reading the notes: the manifest read again opens and lists more note versions), reads the
+    /// patient again and runs `op` again. A problem seen while the manifest stayed the same, or
+    /// changed to anything but a newer authentic one, is reported; a patient that really kept
+    /// being written for every attempt is [`StoreError::Conflict`].
     pub(super) fn settled<T>(
         &self,
         st: &PatientState,
@@ -82,21 +83,25 @@ impl<S: Store> Vault<S> {
                     if now == current.manifest_stored {
                         return Err(Error::Integrity(e));
                     }
-                    if attempt + 1 >= ATTEMPTS {
-                        return Err(Error::Storage(StoreError::Conflict));
+                    // Read again only for a write that landed: a manifest that opens and lists
+                    // more note versions (writes only add them). Bytes that do not open, or an
+                    // older or equal manifest, are the store's doing: the problem is reported.
+                    let fresh = self.reload_patient(&current.blind)?;
+                    if fresh.manifest.next_seq <= current.manifest.next_seq {
+                        return Err(Error::Integrity(e));
                     }
-                    backoff(attempt);
-                    attempt += 1;
-                    let blind = current.blind;
-                    let id = current.info.id.clone();
-                    let fresh = self.reload_patient(&blind)?;
-                    if fresh.info.id != id {
+                    if fresh.info.id != current.info.id {
                         return Err(crate::error::integrity(
                             fresh.location(),
                             crate::error::ProblemKind::Moved,
                             "identifier mismatch",
                         ));
                     }
+                    if attempt + 1 >= ATTEMPTS {
+                        return Err(Error::Storage(StoreError::Conflict));
+                    }
+                    backoff(attempt);
+                    attempt += 1;
                     reread = Some(fresh);
                 }
                 r => return r,

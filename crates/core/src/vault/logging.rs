@@ -406,10 +406,16 @@ impl<S: Store> Vault<S> {
         let problem = if expected <= head.count {
             (expected < head.count || chain != head.head).then(removed)
         } else {
-            match self.log_head() {
-                Ok((newer, _)) if newer.count == expected => (chain != newer.head).then(removed),
+            let newer = match self.log_head() {
+                Ok((newer, _)) => Ok(newer),
+                Err(Error::Integrity(e)) => Err(e),
+                // A storage failure is not a finding: it stops the read.
+                Err(e) => return Err(e),
+            };
+            match newer {
+                Ok(newer) if newer.count == expected => (chain != newer.head).then(removed),
                 // Still more appended after the scan: the part the first head covers is checked.
-                Ok((newer, _)) if newer.count > expected => {
+                Ok(newer) if newer.count > expected => {
                     (chain_at(head.count) != Some(head.head)).then(removed)
                 }
                 _ => Some(IntegrityError::new(

@@ -38,6 +38,8 @@ mod patients;
 mod read;
 #[cfg(test)]
 mod review_attacks;
+#[cfg(test)]
+mod review_concurrency;
 mod rotate_master;
 mod rotate_patients;
 mod search;

@@ -214,12 +214,17 @@ impl<S: Store> Vault<S> {
                 }
             }
         })?;
+        // Patients read again because a write landed during the pass: the state checked against
+        // the log below is the one read again.
+        let mut newer: Vec<PatientState> = Vec::new();
         for result in checked {
             let (owner, stored, mut problems, notes) = result?;
             // A write to this patient landed between reading its manifest and its notes: check
-            // it again on one moment (`settled`).
+            // it again on one moment.
             if let Some(st) = owner.and_then(|b| patients.get(&b)) {
-                problems = self.recheck(st, problems)?;
+                let (found, fresh) = self.recheck(st, problems)?;
+                problems = found;
+                newer.extend(fresh);
             }
             report.records_checked += stored;
             report.problems.extend(problems);
@@ -240,7 +245,8 @@ impl<S: Store> Vault<S> {
         empty.sort();
         for blind in empty {
             let st = &patients[blind];
-            let problems = self.recheck(st, check_chain(st, &[], 0))?;
+            let (problems, fresh) = self.recheck(st, check_chain(st, &[], 0))?;
+            newer.extend(fresh);
             report.problems.extend(problems);
             done += 1;
             progress(done, total);
@@ -248,6 +254,9 @@ impl<S: Store> Vault<S> {
         // What the log names and the store lacks, note by note (format 1's check), then what
         // format 2's entries record of each manifest and the registry, for the patients the
         // first found nothing wrong with.
+        for st in newer {
+            patients.insert(st.blind, st);
+        }
         let mut reported = HashSet::new();
         for (blind, p) in missing_from_state(&expected, &seen_blinds, &versions) {
             reported.insert(blind);
@@ -268,14 +277,15 @@ impl<S: Store> Vault<S> {
         })
     }
 
-    /// `problems`, found in `st`'s notes, if no write to the patient landed since its manifest
-    /// was read (they are real); otherwise the problems of the patient read again, until a read
-    /// that no write interrupted (at most `ATTEMPTS` times).
+    /// `problems`, found in `st`'s notes, unless a write to the patient landed since its
+    /// manifest was read (the manifest read again opens and lists more note versions): then the
+    /// problems of the patient read again, with that newer state, until a read that no write
+    /// interrupted (at most `ATTEMPTS` times). Anything else the store shows is reported.
     fn recheck(
         &self,
         st: &PatientState,
         mut problems: Vec<IntegrityError>,
-    ) -> Result<Vec<IntegrityError>, Error> {
+    ) -> Result<(Vec<IntegrityError>, Option<PatientState>), Error> {
         let mut fresh: Option<PatientState> = None;
         let mut attempt = 0;
         loop {
@@ -283,18 +293,26 @@ impl<S: Store> Vault<S> {
             if problems.is_empty()
                 || self.store.get(space::MANIFESTS, &current.blind.0)? == current.manifest_stored
             {
-                return Ok(problems);
+                return Ok((problems, fresh));
+            }
+            let again = match self.reload_patient(&current.blind) {
+                Ok(again) => again,
+                Err(Error::Integrity(e)) => {
+                    problems.push(e);
+                    return Ok((problems, fresh));
+                }
+                Err(e) => return Err(e),
+            };
+            if again.manifest.next_seq <= current.manifest.next_seq
+                || again.info.id != current.info.id
+            {
+                return Ok((problems, fresh));
             }
             if attempt + 1 >= super::contention::ATTEMPTS {
                 return Err(Error::Storage(StoreError::Conflict));
             }
             super::contention::backoff(attempt);
             attempt += 1;
-            let again = match self.reload_patient(&current.blind) {
-                Ok(again) => again,
-                Err(Error::Integrity(e)) => return Ok(vec![e]),
-                Err(e) => return Err(e),
-            };
             problems = self.scan_notes(&again, Bodies::None)?.problems;
             fresh = Some(again);
         }
@@ -327,6 +345,17 @@ impl<S: Store> Vault<S> {
             let after = self.store.get(space::META, META_REGISTRY)?;
             if problems.is_empty() || after.as_deref() == Some(&before[..]) {
                 return Ok((Some(reg), problems));
+            }
+            // Scanned again only for a registration that landed: a registry that opens and
+            // lists more patients. Anything else the store shows is reported.
+            match self.load_registry() {
+                Ok((newer, _)) if newer.patients > reg.patients => {}
+                Ok(_) => return Ok((Some(reg), problems)),
+                Err(Error::Integrity(e)) => {
+                    problems.push(e);
+                    return Ok((Some(reg), problems));
+                }
+                Err(e) => return Err(e),
             }
             if attempt + 1 >= super::contention::ATTEMPTS {
                 return Err(Error::Storage(StoreError::Conflict));
