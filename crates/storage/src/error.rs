@@ -20,6 +20,13 @@ pub enum StoreError {
     /// A batch's precondition did not hold: another writer changed a record first.
     #[error("a concurrent write changed the vault; try again")]
     Conflict,
+    /// A database server is unreachable, refused the connection or the credentials, or failed
+    /// a statement (the message names no stored value).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store was written by a newer Carnet (its tables' version), or is not Carnet's.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backend's own files are damaged.
     #[error("the storage files are damaged: {0}")]
     Corrupt(String),

@@ -16,8 +16,9 @@
 //!   replaced atomically and without leaving older versions in the backend's files, or appended
 //!   to durably.
 //!
-//! Two backends ship: [`MemStore`] (tests, embedding) and [`SledStore`] (the embedded default,
-//! sled 0.34.7). [`conformance::run`] is the suite every backend must pass, and
+//! Three backends ship: [`MemStore`] (tests, embedding), [`SledStore`] (the embedded default,
+//! sled 0.34.7) and [`PgStore`] (PostgreSQL: several processes on one vault, many vaults in one
+//! database; [`pg_cluster`] starts a throwaway server for tests). [`conformance::run`] is the suite every backend must pass, and
 //! [`FaultyStore`] wraps a backend to fail the N-th write, for crash and fault tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -27,12 +28,15 @@ pub mod conformance;
 mod error;
 mod faulty;
 mod memory;
+pub mod pg_cluster;
+mod postgres_store;
 mod sled_store;
 
 pub use batch::{Batch, DocName, Op, Precondition, Space};
 pub use error::StoreError;
 pub use faulty::FaultyStore;
 pub use memory::MemStore;
+pub use postgres_store::{parse_uri as parse_postgres_uri, PgStore, SCHEMA_VERSION};
 pub use sled_store::{SledDocuments, SledStore};
 
 /// One stored record: its key and its value, both opaque.

@@ -1,0 +1,244 @@
+//! A throwaway PostgreSQL server for tests and benchmarks: `initdb` and `pg_ctl` from the
+//! system's PostgreSQL, in a new private directory, listening on a Unix socket only (no TCP
+//! port), run as the `postgres` user when the caller is root (PostgreSQL refuses to run as
+//! root). Stopped and removed when dropped.
+//!
+//! `CARNET_TEST_POSTGRES_URL` names an existing server instead (a URI without `vault=`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A running throwaway server (or the one `CARNET_TEST_POSTGRES_URL` names).
+pub struct TestCluster {
+    dir: Option<PathBuf>,
+    bin: Option<PathBuf>,
+    as_postgres: bool,
+    base: String,
+}
+
+/// Why no server could be had: PostgreSQL is not installed (tests skip, unless
+/// `CARNET_REQUIRE_POSTGRES` is set), or it failed to start.
+#[derive(Debug)]
+pub enum Unavailable {
+    /// No `initdb` found.
+    NotInstalled,
+    /// It is installed but did not start: the reason.
+    Failed(String),
+}
+
+/// The directory of the newest installed PostgreSQL's programs.
+fn bin_dir() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    // Versions are directory names: the numerically greatest last.
+    found.sort_by_key(|b| {
+        b.parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop()
+}
+
+/// Whether this process runs as root (asked of `id -u`: this crate forbids `unsafe`).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .is_some_and(|s| s.trim() == "0")
+}
+
+impl TestCluster {
+    /// Starts a server (or uses `CARNET_TEST_POSTGRES_URL`).
+    pub fn start() -> Result<TestCluster, Unavailable> {
+        if let Ok(url) = std::env::var("CARNET_TEST_POSTGRES_URL") {
+            return Ok(TestCluster {
+                dir: None,
+                bin: None,
+                as_postgres: false,
+                base: url,
+            });
+        }
+        let bin = bin_dir().ok_or(Unavailable::NotInstalled)?;
+        let as_postgres = is_root();
+        let mut r = [0u8; 8];
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        r[..4].copy_from_slice(&nanos.to_le_bytes());
+        r[4..].copy_from_slice(&std::process::id().to_le_bytes());
+        let dir = std::env::temp_dir().join(format!("carnet-pg-{:016x}", u64::from_le_bytes(r)));
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| Unavailable::Failed(format!("{what}: {e}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| fail("cannot create the cluster directory", &e))?;
+        }
+        let mut cluster = TestCluster {
+            dir: Some(dir.clone()),
+            bin: Some(bin.clone()),
+            as_postgres,
+            base: String::new(),
+        };
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(Unavailable::Failed(
+                    "cannot give the directory to the postgres user".into(),
+                ));
+            }
+        }
+        let data = dir.join("data");
+        cluster.run(
+            &bin.join("initdb"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "carnet".as_ref(),
+                "--auth=trust".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        )?;
+        let options = format!(
+            "-c listen_addresses='' -k {} -c fsync=on -c max_connections=200",
+            dir.display()
+        );
+        cluster.run(
+            &bin.join("pg_ctl"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-l".as_ref(),
+                dir.join("server.log").as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        )?;
+        cluster.base = format!(
+            "postgresql://carnet@%2F{}/postgres",
+            dir.display()
+                .to_string()
+                .trim_start_matches('/')
+                .replace('/', "%2F")
+        );
+        Ok(cluster)
+    }
+
+    /// Starts a server, or returns `None` after saying why on stderr when PostgreSQL is not
+    /// installed and `CARNET_REQUIRE_POSTGRES` is not set (a failure to start always panics).
+    pub fn start_or_skip(test: &str) -> Option<TestCluster> {
+        match TestCluster::start() {
+            Ok(c) => Some(c),
+            Err(Unavailable::NotInstalled)
+                if std::env::var_os("CARNET_REQUIRE_POSTGRES").is_none() =>
+            {
+                eprintln!(
+                    "{test}: skipped, PostgreSQL is not installed (apt-get install postgresql)"
+                );
+                None
+            }
+            Err(e) => panic!("{test}: no PostgreSQL server: {e:?}"),
+        }
+    }
+
+    /// A connection URI for the vault `vault` on this server.
+    pub fn uri(&self, vault: &str) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}vault={vault}", self.base)
+    }
+
+    /// The server's directory (`None` for an external server).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`), then starts it
+    /// again: for restart and fault tests.
+    pub fn restart(&self) -> Result<(), Unavailable> {
+        let (Some(dir), Some(bin)) = (&self.dir, &self.bin) else {
+            return Err(Unavailable::Failed(
+                "an external server cannot be restarted".into(),
+            ));
+        };
+        let data = dir.join("data");
+        self.run(
+            &bin.join("pg_ctl"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "restart".as_ref(),
+            ],
+        )
+    }
+
+    fn run(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Result<(), Unavailable> {
+        let mut c = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(d) = &self.dir {
+            c.current_dir(d);
+        }
+        let out = c
+            .output()
+            .map_err(|e| Unavailable::Failed(format!("cannot run {}: {e}", program.display())))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Unavailable::Failed(format!(
+                "{} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let (Some(dir), Some(bin)) = (&self.dir, &self.bin) {
+            let data = dir.join("data");
+            let _ = self.run(
+                &bin.join("pg_ctl"),
+                &[
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-m".as_ref(),
+                    "immediate".as_ref(),
+                    "stop".as_ref(),
+                ],
+            );
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The PostgreSQL backend (ADR 0017): many vaults in one database, each isolated by a vault
+//! number in every row; records and documents in three tables, created and migrated by the
+//! program itself; a batch is one transaction whose preconditions compare SHA-256 digests
+//! (never the values themselves) under row locks.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls};
+use sha2::{Digest, Sha256};
+
+use crate::{Batch, DocName, Entry, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
+
+/// The version of the tables this code writes. A database whose tables a newer Carnet wrote is
+/// refused ([`StoreError::Unsupported`]).
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Rows read per round trip by a scan.
+const SCAN_PAGE: i64 = 512;
+
+/// Connections kept open for reuse.
+const IDLE_CONNECTIONS: usize = 8;
+
+/// The tables, version 1. Every name starts with `carnet_`: the tables live beside another
+/// program's in a shared database.
+const SCHEMA_V1: &str = "
+CREATE TABLE carnet_vaults (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL UNIQUE
+);
+CREATE TABLE carnet_records (
+    vault bigint NOT NULL REFERENCES carnet_vaults (id),
+    space text NOT NULL,
+    key bytea NOT NULL,
+    value bytea NOT NULL,
+    digest bytea NOT NULL,
+    PRIMARY KEY (vault, space, key)
+);
+-- Ciphertext does not compress: store it out of line without trying.
+ALTER TABLE carnet_records ALTER COLUMN value SET STORAGE EXTERNAL;
+CREATE TABLE carnet_documents (
+    vault bigint NOT NULL REFERENCES carnet_vaults (id),
+    name text NOT NULL,
+    bytes bytea NOT NULL,
+    PRIMARY KEY (vault, name)
+);
+";
+
+/// A vault's store in a PostgreSQL database. Cheap to share between threads: each operation
+/// takes a connection from a small pool.
+pub struct PgStore {
+    config: Config,
+    vault: i64,
+    name: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("vault", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection URI split into the server's settings and the vault's name: libpq's URI syntax
+/// (`postgresql://user@host:port/db?sslmode=…`), with `vault=NAME` among the parameters.
+pub fn parse_uri(uri: &str) -> Result<(Config, String), StoreError> {
+    let bad = |why: &str| StoreError::Unavailable(format!("invalid PostgreSQL URI: {why}"));
+    let (base, query) = match uri.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (uri, ""),
+    };
+    let mut vault = None;
+    let mut rest = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=') {
+            Some(("vault", v)) => vault = Some(v.to_string()),
+            Some(("password", _)) => {
+                return Err(bad(
+                    "a password never goes in the URI (use ~/.pgpass or PGPASSFILE)",
+                ))
+            }
+            _ => rest.push(param),
+        }
+    }
+    let Some(vault) = vault else {
+        return Err(bad("it names no vault (add ?vault=NAME)"));
+    };
+    if vault.is_empty()
+        || vault.len() > 64
+        || !vault
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(bad(
+            "the vault name must be 1 to 64 ASCII letters, digits, - or _",
+        ));
+    }
+    let uri = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let authority = base
+        .split_once("://")
+        .map_or("", |(_, r)| r.split('/').next().unwrap_or(""));
+    if authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+    {
+        return Err(bad(
+            "a password never goes in the URI (use ~/.pgpass or PGPASSFILE)",
+        ));
+    }
+    let config = Config::from_str(&uri).map_err(|_| bad("not a connection URI libpq accepts"))?;
+    Ok((config, vault))
+}
+
+/// A PostgreSQL error as one line that names no value (the server's DETAIL lines can quote a
+/// row's key: ciphertext, but still not for a log).
+fn pg_error(context: &str, e: &postgres::Error) -> StoreError {
+    if is_race(e) {
+        return StoreError::Conflict;
+    }
+    match e.as_db_error() {
+        Some(db) => StoreError::Unavailable(format!(
+            "{context}: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError::Unavailable(format!("{context}: {e}")),
+    }
+}
+
+/// Whether `e` is a lost race between transactions (nothing was written).
+fn is_race(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+fn digest(value: &[u8]) -> Vec<u8> {
+    Sha256::digest(value).to_vec()
+}
+
+/// The smallest byte string greater than every string starting with `prefix` (`None`: there
+/// is none, every key from `prefix` on qualifies).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl PgStore {
+    /// Connects to the database `uri` names and creates the vault `vault=NAME` in it (the
+    /// tables too, on first use). [`StoreError::NotEmpty`] if the vault exists.
+    pub fn create(uri: &str) -> Result<Self, StoreError> {
+        let (config, name) = parse_uri(uri)?;
+        let mut client = connect(&config)?;
+        migrate(&mut client)?;
+        let inserted = client
+            .query_opt(
+                "INSERT INTO carnet_vaults (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&name],
+            )
+            .map_err(|e| pg_error("cannot create the vault", &e))?;
+        let Some(row) = inserted else {
+            return Err(StoreError::NotEmpty(format!(
+                "the vault {name} in this database"
+            )));
+        };
+        Ok(Self::with(config, row.get(0), name, client))
+    }
+
+    /// Connects to the vault `uri` names. [`StoreError::NotFound`] if the database holds no
+    /// vault of that name.
+    pub fn open(uri: &str) -> Result<Self, StoreError> {
+        let (config, name) = parse_uri(uri)?;
+        let mut client = connect(&config)?;
+        migrate(&mut client)?;
+        let row = client
+            .query_opt("SELECT id FROM carnet_vaults WHERE name = $1", &[&name])
+            .map_err(|e| pg_error("cannot read the vaults", &e))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!(
+                "the vault {name} in this database"
+            )));
+        };
+        Ok(Self::with(config, row.get(0), name, client))
+    }
+
+    /// Whether the database `uri` names holds the vault it names (tables absent: no).
+    pub fn exists(uri: &str) -> Result<bool, StoreError> {
+        let (config, name) = parse_uri(uri)?;
+        let mut client = connect(&config)?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE tablename = 'carnet_vaults' AND schemaname = current_schema()",
+                &[],
+            )
+            .map_err(|e| pg_error("cannot read the tables", &e))?;
+        if row.is_none() {
+            return Ok(false);
+        }
+        let row = client
+            .query_opt("SELECT 1 FROM carnet_vaults WHERE name = $1", &[&name])
+            .map_err(|e| pg_error("cannot read the vaults", &e))?;
+        Ok(row.is_some())
+    }
+
+    fn with(config: Config, vault: i64, name: String, client: Client) -> Self {
+        PgStore {
+            config,
+            vault,
+            name,
+            idle: Mutex::new(vec![client]),
+        }
+    }
+
+    /// The vault's name in its database.
+    pub fn vault_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on a pooled connection (a new one when none is idle); the connection goes back
+    /// to the pool unless it broke.
+    fn with_client<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // Poisoning is harmless: the pool only holds idle connections.
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut client = match idle {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.config)?,
+        };
+        let result = f(&mut client);
+        if !client.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_CONNECTIONS {
+                idle.push(client);
+            }
+        }
+        result
+    }
+
+    /// One page of a scan: up to [`SCAN_PAGE`] records of `space` from `from` (exclusive after
+    /// the first page) below `end`.
+    fn page(
+        &self,
+        space: Space,
+        from: &[u8],
+        inclusive: bool,
+        end: Option<&[u8]>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.with_client(|c| {
+            let rows = c
+                .query(
+                    "SELECT key, value FROM carnet_records
+                     WHERE vault = $1 AND space = $2
+                       AND (key > $3 OR ($4 AND key = $3))
+                       AND ($5::bytea IS NULL OR key < $5)
+                     ORDER BY key LIMIT $6",
+                    &[
+                        &self.vault,
+                        &space.name(),
+                        &from,
+                        &inclusive,
+                        &end,
+                        &SCAN_PAGE,
+                    ],
+                )
+                .map_err(|e| pg_error("cannot scan the records", &e))?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+}
+
+fn connect(config: &Config) -> Result<Client, StoreError> {
+    let mut client = config.connect(NoTls).map_err(|e| {
+        StoreError::Unavailable(match e.as_db_error() {
+            Some(db) => format!("cannot connect to PostgreSQL: {}", db.message()),
+            None => format!("cannot connect to PostgreSQL: {e}"),
+        })
+    })?;
+    // An acknowledged write is durable whatever the server's default.
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .map_err(|e| pg_error("cannot configure the session", &e))?;
+    Ok(client)
+}
+
+/// Creates the tables in a database that has none, or checks that they are a version this code
+/// reads; serialized between processes by an advisory lock.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client
+        .transaction()
+        .map_err(|e| pg_error("cannot begin", &e))?;
+    tx.execute("SELECT pg_advisory_xact_lock(4242424242)", &[])
+        .map_err(|e| pg_error("cannot lock the schema", &e))?;
+    let has = tx
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE tablename = 'carnet_schema' AND schemaname = current_schema()",
+            &[],
+        )
+        .map_err(|e| pg_error("cannot read the tables", &e))?
+        .is_some();
+    if !has {
+        tx.batch_execute("CREATE TABLE carnet_schema (version integer NOT NULL)")
+            .and_then(|()| tx.batch_execute(SCHEMA_V1))
+            .and_then(|()| {
+                tx.execute(
+                    "INSERT INTO carnet_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .map(|_| ())
+            })
+            .map_err(|e| pg_error("cannot create Carnet's tables", &e))?;
+    } else {
+        let version: Option<i32> = tx
+            .query_opt("SELECT max(version) FROM carnet_schema", &[])
+            .map_err(|e| pg_error("cannot read Carnet's schema version", &e))?
+            .and_then(|r| r.get(0));
+        match version {
+            Some(SCHEMA_VERSION) => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Unsupported(format!(
+                    "the database's Carnet tables are version {v}, newer than this Carnet reads ({SCHEMA_VERSION}): upgrade Carnet"
+                )))
+            }
+            _ => {
+                return Err(StoreError::Unsupported(
+                    "the table carnet_schema holds no version this Carnet knows".into(),
+                ))
+            }
+        }
+    }
+    tx.commit().map_err(|e| pg_error("cannot commit", &e))
+}
+
+/// Iterates over a scan, a page at a time.
+struct Scan<'a> {
+    store: &'a PgStore,
+    space: Space,
+    end: Option<Vec<u8>>,
+    from: Vec<u8>,
+    first: bool,
+    page: std::vec::IntoIter<Entry>,
+    done: bool,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Entry, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.page.next() {
+            return Some(Ok(e));
+        }
+        if self.done {
+            return None;
+        }
+        match self
+            .store
+            .page(self.space, &self.from, self.first, self.end.as_deref())
+        {
+            Ok(rows) => {
+                self.first = false;
+                self.done = (rows.len() as i64) < SCAN_PAGE;
+                if let Some((k, _)) = rows.last() {
+                    self.from = k.clone();
+                }
+                self.page = rows.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Store for PgStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_client(|c| {
+            let row = c
+                .query_opt(
+                    "SELECT value FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3",
+                    &[&self.vault, &space.name(), &key],
+                )
+                .map_err(|e| pg_error("cannot read a record", &e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn scan_prefix(&self, space: Space, prefix: &[u8]) -> EntryIter<'_> {
+        Box::new(Scan {
+            store: self,
+            space,
+            end: prefix_end(prefix),
+            from: prefix.to_vec(),
+            first: true,
+            page: Vec::new().into_iter(),
+            done: false,
+        })
+    }
+
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        // The last operation on each record wins, as applying them in order would leave it.
+        let mut last: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        for op in batch.ops {
+            match op {
+                Op::Put { space, key, value } => last.insert((space.name(), key), Some(value)),
+                Op::Delete { space, key } => last.insert((space.name(), key), None),
+            };
+        }
+        let mut pre = batch.preconditions;
+        // One order for every writer's row locks: fewer deadlocks.
+        pre.sort_by(|a, b| (a.space.name(), &a.key).cmp(&(b.space.name(), &b.key)));
+        self.with_client(|c| {
+            let mut tx = c.transaction().map_err(|e| pg_error("cannot begin", &e))?;
+            for p in &pre {
+                let row = tx
+                    .query_opt(
+                        "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR UPDATE",
+                        &[&self.vault, &p.space.name(), &p.key],
+                    )
+                    .map_err(|e| pg_error("cannot check a precondition", &e))?;
+                let current: Option<Vec<u8>> = row.map(|r| r.get(0));
+                if current != p.expected.as_deref().map(digest) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            let (mut ps, mut pk, mut pv, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut ds, mut dk) = (Vec::new(), Vec::new());
+            for ((space, key), value) in last {
+                match value {
+                    Some(v) => {
+                        ps.push(space);
+                        pd.push(digest(&v));
+                        pk.push(key);
+                        pv.push(v);
+                    }
+                    None => {
+                        ds.push(space);
+                        dk.push(key);
+                    }
+                }
+            }
+            if !ds.is_empty() {
+                tx.execute(
+                    "DELETE FROM carnet_records r USING unnest($2::text[], $3::bytea[]) AS d(space, key)
+                     WHERE r.vault = $1 AND r.space = d.space AND r.key = d.key",
+                    &[&self.vault, &ds, &dk],
+                )
+                .map_err(|e| pg_error("cannot delete records", &e))?;
+            }
+            if !ps.is_empty() {
+                tx.execute(
+                    "INSERT INTO carnet_records (vault, space, key, value, digest)
+                     SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[])
+                     ON CONFLICT (vault, space, key)
+                     DO UPDATE SET value = EXCLUDED.value, digest = EXCLUDED.digest",
+                    &[&self.vault, &ps, &pk, &pv, &pd],
+                )
+                .map_err(|e| pg_error("cannot write records", &e))?;
+            }
+            tx.commit().map_err(|e| pg_error("cannot commit", &e))
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every commit returned only once PostgreSQL made it durable (synchronous_commit).
+        Ok(())
+    }
+
+    fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_client(|c| {
+            let row = c
+                .query_opt(
+                    "SELECT bytes FROM carnet_documents WHERE vault = $1 AND name = $2",
+                    &[&self.vault, &name.name()],
+                )
+                .map_err(|e| pg_error("cannot read a document", &e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        self.with_client(|c| {
+            c.execute(
+                "INSERT INTO carnet_documents (vault, name, bytes) VALUES ($1, $2, $3)
+                 ON CONFLICT (vault, name) DO UPDATE SET bytes = EXCLUDED.bytes",
+                &[&self.vault, &name.name(), &bytes],
+            )
+            .map_err(|e| pg_error("cannot write a document", &e))?;
+            Ok(())
+        })
+    }
+
+    fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        self.with_client(|c| {
+            c.execute(
+                "INSERT INTO carnet_documents (vault, name, bytes) VALUES ($1, $2, $3)
+                 ON CONFLICT (vault, name) DO UPDATE SET bytes = carnet_documents.bytes || EXCLUDED.bytes",
+                &[&self.vault, &name.name(), &bytes],
+            )
+            .map_err(|e| pg_error("cannot append to a document", &e))?;
+            Ok(())
+        })
+    }
+
+    fn replace_all(
+        &self,
+        records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+    ) -> Result<(), StoreError> {
+        self.with_client(|c| {
+            let mut tx = c.transaction().map_err(|e| pg_error("cannot begin", &e))?;
+            // The new records go to a table of this transaction first: the iterator may read the
+            // old ones (through other connections, which see them until the commit).
+            tx.batch_execute(
+                "CREATE TEMP TABLE carnet_new (space text, key bytea, value bytea) ON COMMIT DROP",
+            )
+            .map_err(|e| pg_error("cannot stage the records", &e))?;
+            let mut chunk: Vec<SpacedEntry> = Vec::new();
+            let flush = |tx: &mut postgres::Transaction<'_>, chunk: &mut Vec<SpacedEntry>| {
+                let (mut s, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+                for (space, key, value) in chunk.drain(..) {
+                    s.push(space.name());
+                    k.push(key);
+                    v.push(value);
+                }
+                tx.execute(
+                    "INSERT INTO carnet_new SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])",
+                    &[&s, &k, &v],
+                )
+                .map(|_| ())
+                .map_err(|e| pg_error("cannot stage the records", &e))
+            };
+            for r in records {
+                chunk.push(r?);
+                if chunk.len() >= 1000 {
+                    flush(&mut tx, &mut chunk)?;
+                }
+            }
+            if !chunk.is_empty() {
+                flush(&mut tx, &mut chunk)?;
+            }
+            tx.execute("DELETE FROM carnet_records WHERE vault = $1", &[&self.vault])
+                .and_then(|_| {
+                    tx.execute(
+                        "INSERT INTO carnet_records (vault, space, key, value, digest)
+                         SELECT $1, space, key, value, sha256(value) FROM carnet_new",
+                        &[&self.vault],
+                    )
+                })
+                .map_err(|e| pg_error("cannot replace the records", &e))?;
+            tx.commit().map_err(|e| pg_error("cannot commit", &e))?;
+            // What MVCC keeps of the old rows goes at the next vacuum; ask for it now (WAL,
+            // replicas and backups keep their own history: docs/key-management.md).
+            c.batch_execute("VACUUM carnet_records")
+                .map_err(|e| pg_error("cannot vacuum", &e))
+        })
+    }
+}
