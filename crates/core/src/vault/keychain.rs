@@ -608,6 +608,30 @@ impl Keychain {
         Ok(self.open_patient_key(&at, &wrapped)?.derive())
     }
 
+    /// Reads the key store again and takes in the patient keys another process sharing the
+    /// store appended since (a `Vault` on PostgreSQL beside others): keys already known stay as
+    /// they are, and a new one is authenticated when it is opened, as at unlock. A key store
+    /// rewritten under another epoch (a master-key rotation elsewhere) is left alone: the keys
+    /// missing stay missing. Returns whether any key was taken in.
+    pub(super) fn refresh_patient_keys<S: Store>(&self, store: &S) -> Result<bool, Error> {
+        let Some(bytes) = store.read_doc(KEYS_DOC)? else {
+            return Ok(false);
+        };
+        let fresh = KeyStore::parse(&bytes, self.vault_id())?;
+        let mut index = self.index();
+        if fresh.epoch != index.epoch {
+            return Ok(false);
+        }
+        let mut added = false;
+        for (at, w) in fresh.patient {
+            if let std::collections::hash_map::Entry::Vacant(e) = index.patient.entry(at) {
+                e.insert(w);
+                added = true;
+            }
+        }
+        Ok(added)
+    }
+
     /// Unwraps a patient key (docs/format.md, "Records", kind 2: raw 32 bytes, no frame).
     pub(super) fn open_patient_key(
         &self,
@@ -649,6 +673,11 @@ impl Keychain {
             key.bytes_to_wrap(),
         )?;
         Ok((key, WrappedKey::new(wrapped)))
+    }
+
+    /// The wrapped key the key store holds for `at`, if any.
+    pub(super) fn stored_patient_key(&self, at: &PatientKeyAt) -> Option<WrappedKey> {
+        self.index().patient.get(at).cloned()
     }
 
     /// Whether the key store holds `at`.

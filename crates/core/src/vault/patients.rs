@@ -66,11 +66,22 @@ pub(super) fn manifest_location(blind: &Blind) -> String {
 
 impl<S: Store> Vault<S> {
     /// The record keys of one version of a patient's key.
+    /// A key missing from the key store read at unlock may have been appended since by another
+    /// process sharing the store: the key store is read again once before it is called missing.
     pub(super) fn patient_keys(&self, blind: &Blind, version: u32) -> Result<PatientKeys, Error> {
-        self.keys.patient_keys(PatientKeyAt {
+        let at = PatientKeyAt {
             blind: *blind,
             version,
-        })
+        };
+        match self.keys.patient_keys(at) {
+            Err(Error::Integrity(e))
+                if e.kind() == ProblemKind::Missing
+                    && self.keys.refresh_patient_keys(&self.store)? =>
+            {
+                self.keys.patient_keys(at)
+            }
+            r => r,
+        }
     }
 
     /// Decrypts a patient's record (`stored`, under `blind`) and manifest.

@@ -188,8 +188,21 @@ impl<'v, S: Store> Txn<'v, S> {
             blind,
             version: v.keys.patient_key_floor().max(1),
         };
-        let (pk, wrapped) = v.keys.new_patient_key(key_at)?;
-        let keys = pk.derive();
+        // A key already stored for this patient and no record: left by an attempt that lost its
+        // race, or by a registration a crash cut short. Used again rather than appending a
+        // second key for the same place (another process may have taken in the first).
+        let reused = match v.keys.stored_patient_key(&key_at) {
+            Some(wrapped) => Some(v.keys.open_patient_key(&key_at, &wrapped)?),
+            None => None,
+        };
+        let keys = match reused {
+            Some(pk) => pk.derive(),
+            None => {
+                let (pk, wrapped) = v.keys.new_patient_key(key_at)?;
+                self.new_keys.push((key_at, wrapped));
+                pk.derive()
+            }
+        };
         let info = PatientV1 {
             seq,
             id: p.id.as_str().to_string(),
@@ -198,7 +211,6 @@ impl<'v, S: Store> Txn<'v, S> {
             created_at: at.unix_millis(),
         };
         let record = seal_frame::<PatientRecord, _>(&keys.record, v.vault_id(), &blind, &info)?;
-        self.new_keys.push((key_at, wrapped));
         self.batch.require(space::PATIENTS, blind.0.to_vec(), None);
         self.batch.put(space::PATIENTS, blind.0.to_vec(), record);
         self.patients.insert(
