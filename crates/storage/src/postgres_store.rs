@@ -505,7 +505,10 @@ impl Store for PgStore {
                 &[&self.vault, &name.name(), &bytes],
             )
             .map_err(|e| pg_error("cannot write a document", &e))?;
-            Ok(())
+            // The replaced version (key material, for the keyring and the key store) is a dead
+            // row until a vacuum: ask for one now (docs/key-management.md, "On PostgreSQL").
+            c.batch_execute("VACUUM carnet_documents")
+                .map_err(|e| pg_error("cannot vacuum the documents", &e))
         })
     }
 
