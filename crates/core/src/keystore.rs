@@ -33,6 +33,11 @@ pub(crate) struct KeyStore {
     /// Sealed PatientKey records by patient and key version. A later entry replaces an earlier
     /// one.
     pub(crate) patient: HashMap<PatientKeyAt, WrappedKey>,
+    /// The earlier, different entries for a place that a later one replaced, oldest first: two
+    /// processes registering one patient at once each append a key, and the one whose record
+    /// won may be the earlier (the record tells which: see `Vault::load_patient`). Kept by a
+    /// rewrite, before the chosen entry.
+    pub(crate) earlier: HashMap<PatientKeyAt, Vec<WrappedKey>>,
     /// Whether the file ends with an incomplete entry (an append interrupted by a crash, never
     /// acknowledged). The next append first rewrites the file without it.
     pub(crate) torn: bool,
@@ -49,6 +54,7 @@ impl KeyStore {
             epoch,
             vault_keys: None,
             patient: HashMap::new(),
+            earlier: HashMap::new(),
             torn: false,
         }
     }
@@ -91,7 +97,8 @@ impl KeyStore {
                     let blind =
                         Blind::from_slice(&entry[1..33]).ok_or_else(|| malformed("entry"))?;
                     let version = u32::from_be_bytes([entry[33], entry[34], entry[35], entry[36]]);
-                    ks.patient.insert(
+                    // The last entry for a place is chosen; the others stay candidates.
+                    ks.choose(
                         PatientKeyAt { blind, version },
                         WrappedKey::new(entry[37..].to_vec()),
                     );
@@ -126,7 +133,39 @@ impl KeyStore {
         )
     }
 
-    /// The whole file, for a rewrite (entries in a stable order, duplicates gone).
+    /// Records `w` as an earlier candidate for `at` (once; never the chosen entry itself).
+    pub(crate) fn add_earlier(&mut self, at: PatientKeyAt, w: WrappedKey) {
+        if self.patient.get(&at).map(WrappedKey::as_bytes) == Some(w.as_bytes()) {
+            return;
+        }
+        let list = self.earlier.entry(at).or_default();
+        if !list.iter().any(|e| e.as_bytes() == w.as_bytes()) {
+            list.push(w);
+        }
+    }
+
+    /// Makes `w` the chosen entry for `at` (the one that opened the patient's record); the one it
+    /// replaces becomes an earlier candidate.
+    pub(crate) fn choose(&mut self, at: PatientKeyAt, w: WrappedKey) {
+        if let Some(list) = self.earlier.get_mut(&at) {
+            list.retain(|e| e.as_bytes() != w.as_bytes());
+        }
+        if let Some(old) = self.patient.insert(at, w) {
+            self.add_earlier(at, old);
+        }
+        if self.earlier.get(&at).is_some_and(Vec::is_empty) {
+            self.earlier.remove(&at);
+        }
+    }
+
+    /// Removes every entry for `at`.
+    pub(crate) fn remove(&mut self, at: &PatientKeyAt) -> bool {
+        self.earlier.remove(at);
+        self.patient.remove(at).is_some()
+    }
+
+    /// The whole file, for a rewrite (entries in a stable order, repeats gone; a place's earlier
+    /// candidates before its chosen entry, which a later entry being chosen keeps chosen).
     pub(crate) fn encode(&self, vault_id: &[u8; 16]) -> Vec<u8> {
         let mut out = Self::header(vault_id, self.epoch);
         if let Some(v) = &self.vault_keys {
@@ -135,6 +174,9 @@ impl KeyStore {
         let mut keys: Vec<&PatientKeyAt> = self.patient.keys().collect();
         keys.sort();
         for k in keys {
+            for e in self.earlier.get(k).into_iter().flatten() {
+                out.extend_from_slice(&Self::patient_entry(k, e));
+            }
             out.extend_from_slice(&Self::patient_entry(k, &self.patient[k]));
         }
         out
@@ -173,8 +215,25 @@ mod tests {
         assert_eq!(ks.epoch, 7);
         assert_eq!(ks.patient[&at(1)].as_bytes(), b"new", "a later entry wins");
         assert!(!ks.torn);
+        assert_eq!(
+            ks.earlier[&at(1)][0].as_bytes(),
+            b"old",
+            "the earlier one a candidate"
+        );
         let again = KeyStore::parse(&ks.encode(&vid), &vid).unwrap();
         assert_eq!(again.patient.len(), 1);
+        assert_eq!(
+            again.patient[&at(1)].as_bytes(),
+            b"new",
+            "a rewrite keeps the choice"
+        );
+        assert_eq!(again.earlier[&at(1)].len(), 1);
+        // Choosing the candidate (it opened the record) survives a rewrite too.
+        let mut chosen = again;
+        chosen.choose(at(1), wrapped(b"old"));
+        let reread = KeyStore::parse(&chosen.encode(&vid), &vid).unwrap();
+        assert_eq!(reread.patient[&at(1)].as_bytes(), b"old");
+        assert_eq!(reread.earlier[&at(1)][0].as_bytes(), b"new");
         assert_eq!(
             again.vault_keys.as_ref().map(WrappedKey::as_bytes),
             Some(&b"vk"[..])

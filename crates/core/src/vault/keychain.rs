@@ -590,6 +590,7 @@ impl Keychain {
             &keys,
         )?));
         next.patient = index.patient.clone();
+        next.earlier = index.earlier.clone();
         store.replace_doc(KEYS_DOC, &next.encode(&vault_id))?;
         *index = next;
         Ok(())
@@ -623,10 +624,24 @@ impl Keychain {
             return Ok(false);
         }
         let mut added = false;
-        for (at, w) in fresh.patient {
-            if let std::collections::hash_map::Entry::Vacant(e) = index.patient.entry(at) {
-                e.insert(w);
-                added = true;
+        let earlier = fresh
+            .earlier
+            .into_iter()
+            .flat_map(|(at, ws)| ws.into_iter().map(move |w| (at, w)));
+        for (at, w) in fresh.patient.into_iter().chain(earlier) {
+            match index.patient.get(&at) {
+                None => {
+                    index.patient.insert(at, w);
+                    added = true;
+                }
+                // Another process appended a different key for a place this one knows: a
+                // candidate (the patient's record tells which key is its own).
+                Some(known) if known.as_bytes() != w.as_bytes() => {
+                    let before = index.earlier.get(&at).map_or(0, Vec::len);
+                    index.add_earlier(at, w);
+                    added |= index.earlier.get(&at).map_or(0, Vec::len) > before;
+                }
+                Some(_) => {}
             }
         }
         Ok(added)
@@ -675,6 +690,16 @@ impl Keychain {
         Ok((key, WrappedKey::new(wrapped)))
     }
 
+    /// The other keys the key store holds for `at` (see `KeyStore::earlier`).
+    pub(super) fn patient_key_candidates(&self, at: &PatientKeyAt) -> Vec<WrappedKey> {
+        self.index().earlier.get(at).cloned().unwrap_or_default()
+    }
+
+    /// Makes `w` the key used for `at` from now on: it opened the patient's record.
+    pub(super) fn choose_patient_key(&self, at: PatientKeyAt, w: WrappedKey) {
+        self.index().choose(at, w);
+    }
+
     /// The wrapped key the key store holds for `at`, if any.
     pub(super) fn stored_patient_key(&self, at: &PatientKeyAt) -> Option<WrappedKey> {
         self.index().patient.get(at).cloned()
@@ -711,8 +736,9 @@ impl Keychain {
             let mut next = KeyStore::new(index.epoch);
             next.vault_keys = index.vault_keys.clone();
             next.patient = index.patient.clone();
+            next.earlier = index.earlier.clone();
             for (at, w) in &keys {
-                next.patient.insert(*at, w.clone());
+                next.choose(*at, w.clone());
             }
             store.replace_doc(KEYS_DOC, &next.encode(self.vault_id()))?;
             *index = next;
@@ -724,7 +750,7 @@ impl Keychain {
         }
         store.append_doc(KEYS_DOC, &bytes)?;
         for (at, w) in keys {
-            index.patient.insert(at, w);
+            index.choose(at, w);
         }
         Ok(())
     }
@@ -742,9 +768,10 @@ impl Keychain {
         let mut next = KeyStore::new(index.epoch);
         next.vault_keys = index.vault_keys.clone();
         next.patient = index.patient.clone();
+        next.earlier = index.earlier.clone();
         let mut n = 0;
         for at in which {
-            if next.patient.remove(at).is_some() {
+            if next.remove(at) {
                 n += 1;
             }
         }

@@ -14,6 +14,10 @@ use crate::records::{
 use crate::sealing::{ManifestRecord, PatientRecord, RegistryRecord};
 use crate::Error;
 
+/// Opens a patient's record with a candidate's keys.
+type OpenRecord<'a> =
+    dyn Fn(&PatientKeys) -> Result<(PatientV1, crate::secret::SecretBytes), Error> + 'a;
+
 /// A patient's decrypted record, keys and manifest.
 pub(super) struct PatientState {
     pub(super) blind: Blind,
@@ -103,13 +107,22 @@ impl<S: Store> Vault<S> {
             ));
         }
         let keys = self.patient_keys(blind, sealed.key_version)?;
-        let (info, _) = open_frame::<PatientRecord, PatientV1>(
-            &location,
-            stored,
-            &keys.record,
-            self.vault_id(),
-            blind,
-        )?;
+        let open = |keys: &PatientKeys| {
+            open_frame::<PatientRecord, PatientV1>(
+                &location,
+                stored,
+                &keys.record,
+                self.vault_id(),
+                blind,
+            )
+        };
+        let (keys, info) = match open(&keys) {
+            Ok((info, _)) => (keys, info),
+            Err(Error::Integrity(e)) => {
+                self.other_patient_key(blind, sealed.key_version, &open, e)?
+            }
+            Err(e) => return Err(e),
+        };
         let mlocation = manifest_location(blind);
         let mstored = self
             .store
@@ -138,6 +151,40 @@ impl<S: Store> Vault<S> {
             manifest_stored: Some(mstored),
             dirty: false,
         })
+    }
+
+    /// When the chosen key of a patient's place does not open its record: another key the key
+    /// store holds for that place (two processes registered the patient at once, and the record
+    /// that won is sealed under the other's key), read again once from the store if none of
+    /// those known opens it. The key that opens it is chosen from then on; if none does, the
+    /// record's problem `e` is reported.
+    fn other_patient_key(
+        &self,
+        blind: &Blind,
+        version: u32,
+        open: &OpenRecord<'_>,
+        e: crate::error::IntegrityError,
+    ) -> Result<(PatientKeys, PatientV1), Error> {
+        let at = PatientKeyAt {
+            blind: *blind,
+            version,
+        };
+        for attempt in 0..2 {
+            for w in self.keys.patient_key_candidates(&at) {
+                let Ok(key) = self.keys.open_patient_key(&at, &w) else {
+                    continue;
+                };
+                let keys = key.derive();
+                if let Ok((info, _)) = open(&keys) {
+                    self.keys.choose_patient_key(at, w);
+                    return Ok((keys, info));
+                }
+            }
+            if attempt == 0 && !self.keys.refresh_patient_keys(&self.store)? {
+                break;
+            }
+        }
+        Err(Error::Integrity(e))
     }
 
     /// The patient registered as `id`.

@@ -142,3 +142,42 @@ fn a_rollback_during_verify_is_reported_by_it() {
     );
     assert!(!v.verify(&mut |_, _| {}).unwrap().is_ok());
 }
+
+/// Two processes register one new patient at once: each appends a key for its place, and the
+/// record that wins may be sealed under the key that is not the last entry (which the key store
+/// chooses). The record tells which key is its own: every process reads the patient, before and
+/// after a master-key rotation (which re-wraps the other candidates too).
+#[test]
+fn a_patient_registered_by_two_processes_at_once_opens_everywhere() {
+    use crate::records::PatientKeyAt;
+    let store = Arc::new(MemStore::new());
+    let a = Vault::create_in_format(Arc::clone(&store), "admin", &pass(ADMIN), kdf(), 2).unwrap();
+    let unlock = || Vault::unlock(Arc::clone(&store), "admin", &pass(ADMIN)).unwrap();
+    let b = unlock();
+    // B passed its "not registered yet" check and appended its key just after A appended its
+    // own; A's record won the race (B's commit then finds the patient registered).
+    a.add_patient(NewPatient::new(pid())).unwrap();
+    let at = PatientKeyAt {
+        blind: b.keys.blind(&pid()),
+        version: b.keys.patient_key_floor().max(1),
+    };
+    let (_, wrapped) = b.keys.new_patient_key(at).unwrap();
+    b.keys
+        .append_patient_keys(&b.store, vec![(at, wrapped)])
+        .unwrap();
+    a.add_note(&pid(), note("from A")).unwrap();
+
+    // B (which chose its own key), a fresh process, and A again all read the patient.
+    assert_eq!(b.notes(&pid()).unwrap().len(), 1);
+    let c = unlock();
+    assert_eq!(c.notes(&pid()).unwrap().len(), 1);
+    assert!(c.verify(&mut |_, _| {}).unwrap().is_ok());
+    a.add_note(&pid(), note("again")).unwrap();
+    // A rotation by a process that never read the patient keeps the key its record needs.
+    let mut d = unlock();
+    d.rotate_master(&mut |_, _| {}).unwrap();
+    drop(d);
+    let e = unlock();
+    assert_eq!(e.notes(&pid()).unwrap().len(), 2);
+    assert!(e.verify(&mut |_, _| {}).unwrap().is_ok());
+}

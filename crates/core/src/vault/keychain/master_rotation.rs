@@ -113,6 +113,23 @@ impl Keychain {
                 }
                 progress(rewrapped, total);
             }
+            // The earlier candidates of a place (two processes registered one patient at once:
+            // the patient's record may need one of them) are re-wrapped too; one that does not
+            // open is no key of this vault's and is dropped.
+            for (at, ws) in &index.earlier {
+                for w in ws {
+                    if let Ok(w) = rewrap::<PatientKeyRecord>(
+                        &vault_id,
+                        "patient key",
+                        w,
+                        at,
+                        old_wrap_patient,
+                        &new_wrap_patient,
+                    ) {
+                        rewritten.add_earlier(*at, w);
+                    }
+                }
+            }
             drop(entries);
             store.replace_doc(KEYS_DOC, &rewritten.encode(&vault_id))?;
             *index = rewritten;
