@@ -229,7 +229,7 @@ mod tests {
         );
         assert_eq!(again.earlier[&at(1)].len(), 1);
         // Choosing the candidate (it opened the record) survives a rewrite too.
-        let mut chosen = again;
+        let mut chosen = KeyStore::parse(&ks.encode(&vid), &vid).unwrap();
         chosen.choose(at(1), wrapped(b"old"));
         let reread = KeyStore::parse(&chosen.encode(&vid), &vid).unwrap();
         assert_eq!(reread.patient[&at(1)].as_bytes(), b"old");
