@@ -21,6 +21,8 @@ const VERSION: u16 = 1;
 const HEADER_LEN: usize = 8 + 2 + 16 + 4;
 const TAG_VAULT_KEYS: u8 = 1;
 const TAG_PATIENT_KEY: u8 = 2;
+/// Candidates kept per place (see `KeyStore::earlier`).
+const MAX_CANDIDATES: usize = 16;
 /// Largest entry accepted (a wrapped key is about 100 bytes; the vault keys a few hundred).
 const MAX_ENTRY: usize = 64 * 1024;
 
@@ -139,7 +141,9 @@ impl KeyStore {
             return;
         }
         let list = self.earlier.entry(at).or_default();
-        if !list.iter().any(|e| e.as_bytes() == w.as_bytes()) {
+        // A few at most in honest use (processes registering one patient at the same moment);
+        // bounded, so that entries planted by the storage host cost no more than a few.
+        if list.len() < MAX_CANDIDATES && !list.iter().any(|e| e.as_bytes() == w.as_bytes()) {
             list.push(w);
         }
     }

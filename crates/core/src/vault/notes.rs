@@ -75,7 +75,11 @@ impl<S: Store> Vault<S> {
         let note_key = if sealed.key_version == st.keys.version() {
             &st.keys.note
         } else {
-            other = self.patient_keys(&at.blind, sealed.key_version)?;
+            other = self.patient_keys_opening(&at.blind, sealed.key_version, &|k| {
+                sealed
+                    .open_at::<NoteRecord>(at, &k.note, self.vault_id(), &at)
+                    .is_ok()
+            })?;
             &other.note
         };
         // Opened and decoded once: the metadata and the body come from the same frame.

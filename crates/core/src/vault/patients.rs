@@ -155,9 +155,8 @@ impl<S: Store> Vault<S> {
 
     /// When the chosen key of a patient's place does not open its record: another key the key
     /// store holds for that place (two processes registered the patient at once, and the record
-    /// that won is sealed under the other's key), read again once from the store if none of
-    /// those known opens it. The key that opens it is chosen from then on; if none does, the
-    /// record's problem `e` is reported.
+    /// that won is sealed under the other's key). If none opens it, the record's problem `e` is
+    /// reported.
     fn other_patient_key(
         &self,
         blind: &Blind,
@@ -169,22 +168,58 @@ impl<S: Store> Vault<S> {
             blind: *blind,
             version,
         };
+        match self.candidate_opening(at, &|keys| open(keys).is_ok())? {
+            Some(keys) => {
+                let (info, _) = open(&keys)?;
+                Ok((keys, info))
+            }
+            None => Err(Error::Integrity(e)),
+        }
+    }
+
+    /// The keys of `blind` at `version` under which `opens` succeeds (a note sealed under that
+    /// version): the chosen key, else a candidate, chosen from then on. When none does, the
+    /// chosen key (the caller's own open then reports the problem).
+    pub(super) fn patient_keys_opening(
+        &self,
+        blind: &Blind,
+        version: u32,
+        opens: &dyn Fn(&PatientKeys) -> bool,
+    ) -> Result<PatientKeys, Error> {
+        let keys = self.patient_keys(blind, version)?;
+        if opens(&keys) {
+            return Ok(keys);
+        }
+        let at = PatientKeyAt {
+            blind: *blind,
+            version,
+        };
+        Ok(self.candidate_opening(at, opens)?.unwrap_or(keys))
+    }
+
+    /// The candidate key of `at` (`KeyStore::earlier`) under which `opens` succeeds, chosen
+    /// from then on; the key store is read again once if none of those known does.
+    fn candidate_opening(
+        &self,
+        at: PatientKeyAt,
+        opens: &dyn Fn(&PatientKeys) -> bool,
+    ) -> Result<Option<PatientKeys>, Error> {
         for attempt in 0..2 {
             for w in self.keys.patient_key_candidates(&at) {
                 let Ok(key) = self.keys.open_patient_key(&at, &w) else {
                     continue;
                 };
                 let keys = key.derive();
-                if let Ok((info, _)) = open(&keys) {
+                if opens(&keys) {
                     self.keys.choose_patient_key(at, w);
-                    return Ok((keys, info));
+                    return Ok(Some(keys));
                 }
             }
             if attempt == 0 && !self.keys.refresh_patient_keys(&self.store)? {
                 break;
             }
         }
-        Err(Error::Integrity(e))
+        Ok(None)
     }
 
     /// The patient registered as `id`.

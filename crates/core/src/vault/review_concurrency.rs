@@ -180,4 +180,24 @@ fn a_patient_registered_by_two_processes_at_once_opens_everywhere() {
     let e = unlock();
     assert_eq!(e.notes(&pid()).unwrap().len(), 2);
     assert!(e.verify(&mut |_, _| {}).unwrap().is_ok());
+    drop(e);
+    // A patient-key rotation and a revocation in processes that never read the patient.
+    let mut f = unlock();
+    f.rotate_patients(super::Patients::One(&pid()), &mut |_, _| {})
+        .unwrap();
+    drop(f);
+    let mut g = unlock();
+    g.add_user(
+        "bob",
+        crate::access::Role::Clinician,
+        &pass(super::attacks::BOB),
+    )
+    .unwrap();
+    drop(g);
+    let mut h = unlock();
+    h.remove_user("bob", &mut |_, _| {}).unwrap();
+    drop(h);
+    let i = unlock();
+    assert_eq!(i.notes(&pid()).unwrap().len(), 2);
+    assert!(i.verify(&mut |_, _| {}).unwrap().is_ok());
 }
