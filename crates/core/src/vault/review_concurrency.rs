@@ -201,3 +201,24 @@ fn a_patient_registered_by_two_processes_at_once_opens_everywhere() {
     assert_eq!(i.notes(&pid()).unwrap().len(), 2);
     assert!(i.verify(&mut |_, _| {}).unwrap().is_ok());
 }
+
+/// A record planted in the manifests under a registered patient's blind followed by more bytes
+/// belongs to no patient: verify calls it an orphan (it used to look only at the first 32
+/// bytes of the key).
+#[test]
+fn a_manifest_key_longer_than_a_blind_is_an_orphan() {
+    let (store, v, blind) = setup();
+    let planted = [&blind[..], b"-extra"].concat();
+    let mut b = Batch::new();
+    b.put(space::MANIFESTS, planted, b"planted".to_vec());
+    store.inner.commit(b).unwrap();
+    let report = v.verify(&mut |_, _| {}).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind() == crate::error::ProblemKind::Orphan),
+        "{:?}",
+        report.problems
+    );
+}

@@ -167,7 +167,8 @@ impl<S: Store> Vault<S> {
         for r in self.store.scan_prefix(space::MANIFESTS, &[]) {
             let (k, _) = r?;
             report.records_checked += 1;
-            let owner = k.get(..32).and_then(Blind::from_slice);
+            // A manifest's key is exactly a blind: anything longer belongs to no patient.
+            let owner = Blind::from_slice(&k);
             if !owner.is_some_and(|b| seen_blinds.contains(&b)) && !self.registered_since(owner)? {
                 let location = owner.map_or_else(|| "manifest ?".into(), |b| manifest_location(&b));
                 report.problems.push(IntegrityError::new(
