@@ -135,17 +135,20 @@ impl KeyStore {
         )
     }
 
-    /// Records `w` as an earlier candidate for `at` (once; never the chosen entry itself).
-    pub(crate) fn add_earlier(&mut self, at: PatientKeyAt, w: WrappedKey) {
+    /// Records `w` as an earlier candidate for `at` (once; never the chosen entry itself);
+    /// returns whether it is new.
+    pub(crate) fn add_earlier(&mut self, at: PatientKeyAt, w: WrappedKey) -> bool {
         if self.patient.get(&at).map(WrappedKey::as_bytes) == Some(w.as_bytes()) {
-            return;
+            return false;
         }
         let list = self.earlier.entry(at).or_default();
         // A few at most in honest use (processes registering one patient at the same moment);
         // bounded, so that entries planted by the storage host cost no more than a few.
-        if list.len() < MAX_CANDIDATES && !list.iter().any(|e| e.as_bytes() == w.as_bytes()) {
+        let new = list.len() < MAX_CANDIDATES && !list.iter().any(|e| e.as_bytes() == w.as_bytes());
+        if new {
             list.push(w);
         }
+        new
     }
 
     /// Makes `w` the chosen entry for `at` (the one that opened the patient's record); the one it

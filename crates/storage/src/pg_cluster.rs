@@ -172,28 +172,6 @@ impl TestCluster {
         self.dir.as_deref()
     }
 
-    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`), then starts it
-    /// again: for restart and fault tests.
-    pub fn restart(&self) -> Result<(), Unavailable> {
-        let (Some(dir), Some(bin)) = (&self.dir, &self.bin) else {
-            return Err(Unavailable::Failed(
-                "an external server cannot be restarted".into(),
-            ));
-        };
-        let data = dir.join("data");
-        self.run(
-            &bin.join("pg_ctl"),
-            &[
-                "-D".as_ref(),
-                data.as_os_str(),
-                "-m".as_ref(),
-                "immediate".as_ref(),
-                "-w".as_ref(),
-                "restart".as_ref(),
-            ],
-        )
-    }
-
     fn run(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Result<(), Unavailable> {
         let mut c = if self.as_postgres {
             let mut c = Command::new("runuser");

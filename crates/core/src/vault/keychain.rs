@@ -634,14 +634,9 @@ impl Keychain {
                     index.patient.insert(at, w);
                     added = true;
                 }
-                // Another process appended a different key for a place this one knows: a
-                // candidate (the patient's record tells which key is its own).
-                Some(known) if known.as_bytes() != w.as_bytes() => {
-                    let before = index.earlier.get(&at).map_or(0, Vec::len);
-                    index.add_earlier(at, w);
-                    added |= index.earlier.get(&at).map_or(0, Vec::len) > before;
-                }
-                Some(_) => {}
+                // Another process appended another key for a place this one knows: a candidate
+                // (the patient's record tells which key is its own; the same key is no news).
+                Some(_) => added |= index.add_earlier(at, w),
             }
         }
         Ok(added)

@@ -71,19 +71,15 @@ impl<S: Store> Vault<S> {
         let sealed = Sealed::parse(stored).map_err(|e| parse_error(&at.to_string(), e))?;
         // Between the steps of a patient-key rotation, notes may be sealed under the next (or
         // the previous) key version; any version still in the key store opens them.
-        let other;
-        let note_key = if sealed.key_version == st.keys.version() {
-            &st.keys.note
-        } else {
-            other = self.patient_keys_opening(&at.blind, sealed.key_version, &|k| {
-                sealed
-                    .open_at::<NoteRecord>(at, &k.note, self.vault_id(), &at)
-                    .is_ok()
-            })?;
-            &other.note
-        };
         // Opened and decoded once: the metadata and the body come from the same frame.
-        let plain = sealed.open_at::<NoteRecord>(at, note_key, self.vault_id(), &at)?;
+        let plain = if sealed.key_version == st.keys.version() {
+            sealed.open_at::<NoteRecord>(at, &st.keys.note, self.vault_id(), &at)?
+        } else {
+            self.patient_keys_opening(&at.blind, sealed.key_version, &|k| {
+                sealed.open_at::<NoteRecord>(at, &k.note, self.vault_id(), &at)
+            })?
+            .1
+        };
         let (meta, written_by, body) = if sealed.format == FORMAT_1 {
             let (meta, body) = frame::decode::<NoteMetaV1>(&plain)
                 .ok_or_else(|| malformed_payload(at.to_string()))?;

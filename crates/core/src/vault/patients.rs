@@ -168,51 +168,51 @@ impl<S: Store> Vault<S> {
             blind: *blind,
             version,
         };
-        match self.candidate_opening(at, &|keys| open(keys).is_ok())? {
-            Some(keys) => {
-                let (info, _) = open(&keys)?;
-                Ok((keys, info))
-            }
+        match self.candidate_opening(at, open)? {
+            Some((keys, (info, _))) => Ok((keys, info)),
             None => Err(Error::Integrity(e)),
         }
     }
 
-    /// The keys of `blind` at `version` under which `opens` succeeds (a note sealed under that
-    /// version): the chosen key, else a candidate, chosen from then on. When none does, the
-    /// chosen key (the caller's own open then reports the problem).
-    pub(super) fn patient_keys_opening(
+    /// The keys of `blind` at `version` under which `open` succeeds (a note sealed under that
+    /// version), with what it opened: the chosen key, else a candidate, chosen from then on.
+    /// When none does, the chosen key's failure.
+    pub(super) fn patient_keys_opening<T>(
         &self,
         blind: &Blind,
         version: u32,
-        opens: &dyn Fn(&PatientKeys) -> bool,
-    ) -> Result<PatientKeys, Error> {
+        open: &dyn Fn(&PatientKeys) -> Result<T, Error>,
+    ) -> Result<(PatientKeys, T), Error> {
         let keys = self.patient_keys(blind, version)?;
-        if opens(&keys) {
-            return Ok(keys);
-        }
+        let failure = match open(&keys) {
+            Ok(t) => return Ok((keys, t)),
+            Err(Error::Integrity(e)) => e,
+            Err(e) => return Err(e),
+        };
         let at = PatientKeyAt {
             blind: *blind,
             version,
         };
-        Ok(self.candidate_opening(at, opens)?.unwrap_or(keys))
+        self.candidate_opening(at, open)?
+            .ok_or(Error::Integrity(failure))
     }
 
-    /// The candidate key of `at` (`KeyStore::earlier`) under which `opens` succeeds, chosen
-    /// from then on; the key store is read again once if none of those known does.
-    fn candidate_opening(
+    /// The candidate key of `at` (`KeyStore::earlier`) under which `open` succeeds, with what it
+    /// opened, chosen from then on; the key store is read again once if none of those known does.
+    fn candidate_opening<T>(
         &self,
         at: PatientKeyAt,
-        opens: &dyn Fn(&PatientKeys) -> bool,
-    ) -> Result<Option<PatientKeys>, Error> {
+        open: &dyn Fn(&PatientKeys) -> Result<T, Error>,
+    ) -> Result<Option<(PatientKeys, T)>, Error> {
         for attempt in 0..2 {
             for w in self.keys.patient_key_candidates(&at) {
                 let Ok(key) = self.keys.open_patient_key(&at, &w) else {
                     continue;
                 };
                 let keys = key.derive();
-                if opens(&keys) {
+                if let Ok(t) = open(&keys) {
                     self.keys.choose_patient_key(at, w);
-                    return Ok(Some(keys));
+                    return Ok(Some((keys, t)));
                 }
             }
             if attempt == 0 && !self.keys.refresh_patient_keys(&self.store)? {

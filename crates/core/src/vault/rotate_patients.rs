@@ -342,11 +342,11 @@ impl<S: Store> Vault<S> {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(sealed.key_version) {
-                e.insert(self.patient_keys_opening(&blind, sealed.key_version, &|k| {
-                    sealed
-                        .open_at::<NoteRecord>(&location, &k.note, self.vault_id(), &at)
-                        .is_ok()
-                })?);
+                // The key that opens this note (a candidate, if the chosen one does not).
+                let (k, _) = self.patient_keys_opening(&blind, sealed.key_version, &|k| {
+                    sealed.open_at::<NoteRecord>(&location, &k.note, self.vault_id(), &at)
+                })?;
+                e.insert(k);
             }
             let old = &keys[&sealed.key_version];
             let plain = sealed.open_at::<NoteRecord>(&location, &old.note, self.vault_id(), &at)?;
