@@ -35,9 +35,21 @@ pub struct Cli {
 /// Options accepted before or after any subcommand.
 #[derive(Args)]
 pub struct Global {
-    /// The vault directory [default: $XDG_DATA_HOME/carnet, else ~/.local/share/carnet]
-    #[arg(long, global = true, env = "CARNET_VAULT", value_name = "DIR")]
+    /// The vault: a directory, or a PostgreSQL URI naming the vault in its database
+    /// (postgresql://USER@HOST/DB?vault=NAME, libpq's syntax, sslmode honoured; the password
+    /// comes from ~/.pgpass, PGPASSFILE or --db-password-file, never from the URI) [default:
+    /// $XDG_DATA_HOME/carnet, else ~/.local/share/carnet]
+    #[arg(long, global = true, env = "CARNET_VAULT", value_name = "DIR|URI")]
     pub vault: Option<PathBuf>,
+    /// Read the PostgreSQL password from the first line of FILE (private to you) instead of
+    /// ~/.pgpass or PGPASSFILE
+    #[arg(
+        long,
+        global = true,
+        env = "CARNET_DB_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub db_password_file: Option<PathBuf>,
     /// Read the passphrase from the first line of FILE, instead of asking on the terminal
     #[arg(
         long,

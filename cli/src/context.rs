@@ -5,25 +5,42 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use carnet_core::{Checkpoint, Expected, Passphrase, RecoveryKey, Strength, Vault};
-use carnet_storage::{SledStore, StoreError};
+use carnet_storage::{AnyStore, Location, PgAddress, PgStore, SledStore, StoreError};
 use zeroize::Zeroizing;
 
 use crate::args::Global;
 use crate::error::{CliError, Exit};
 use crate::state::{slot_tag, Memory, Seen};
 
-/// The vault directory: --vault, else $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
-pub fn vault_dir(global: &Global) -> Result<PathBuf, CliError> {
-    if let Some(d) = &global.vault {
-        return Ok(d.clone());
+/// Where the vault is: --vault (a directory, or a PostgreSQL URI whose password comes from
+/// --db-password-file, else libpq's password file), else the default directory.
+pub fn vault_location(global: &Global) -> Result<Location, CliError> {
+    let mut location = match &global.vault {
+        Some(v) => Location::parse(v).map_err(|e| {
+            CliError::usage(e.to_string())
+                .hint("e.g. --vault 'postgresql://clinic@db.example/carnet?vault=rue-des-lilas'")
+        })?,
+        None => Location::Dir(default_dir()?),
+    };
+    if let Location::Postgres(address) = &mut location {
+        match &global.db_password_file {
+            Some(f) => address.use_password_file(f),
+            None => address.use_pgpass(),
+        }
+        .map_err(|e| CliError::usage(e.to_string()))?;
     }
+    Ok(location)
+}
+
+/// The default vault directory: $XDG_DATA_HOME/carnet, else ~/.local/share/carnet.
+fn default_dir() -> Result<PathBuf, CliError> {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("carnet"));
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(h) => Ok(PathBuf::from(h).join(".local/share/carnet")),
         None => Err(CliError::usage(
-            "no vault directory: pass --vault DIR or set CARNET_VAULT",
+            "no vault directory: pass --vault DIR|URI or set CARNET_VAULT",
         )),
     }
 }
@@ -155,7 +172,7 @@ fn check_new(p: &Passphrase, user: &str) -> Result<(), CliError> {
 /// An unlocked vault, and what this machine remembers of it: when the command is done (the
 /// value dropped), the log's durable head is remembered for the next unlock to check.
 pub struct Unlocked {
-    vault: Vault<SledStore>,
+    vault: Vault<AnyStore>,
     memory: Option<Memory>,
     /// Whether what this machine remembered was checked (or deliberately set aside): only then
     /// may the vault's head be remembered, or a refused rollback would be accepted next time.
@@ -163,14 +180,14 @@ pub struct Unlocked {
 }
 
 impl std::ops::Deref for Unlocked {
-    type Target = Vault<SledStore>;
-    fn deref(&self) -> &Vault<SledStore> {
+    type Target = Vault<AnyStore>;
+    fn deref(&self) -> &Vault<AnyStore> {
         &self.vault
     }
 }
 
 impl std::ops::DerefMut for Unlocked {
-    fn deref_mut(&mut self) -> &mut Vault<SledStore> {
+    fn deref_mut(&mut self) -> &mut Vault<AnyStore> {
         &mut self.vault
     }
 }
@@ -232,7 +249,7 @@ fn warn_no_memory(why: &str) {
 
 /// What this machine learns of the vault from this unlock besides its head: its format, and
 /// (format 2) the keyring-key version the unlocking slot holds now.
-pub fn seen_now(vault: &Vault<SledStore>) -> Seen {
+pub fn seen_now(vault: &Vault<AnyStore>) -> Seen {
     let mut seen = Seen {
         format: vault.format(),
         ..Seen::default()
@@ -258,16 +275,13 @@ fn slot_name(user: &str, via_recovery_key: bool) -> String {
     }
 }
 
-/// What this machine saw of the vault in `dir` before, for the unlock to check before anything
-/// is written (a downgrade of the keyring or of the user's slot is refused there).
-fn expected(dir: &Path, global: &Global) -> Expected {
-    let Some(id) = carnet_core::vault_id(&SledStore::documents(dir))
-        .ok()
-        .flatten()
-    else {
+/// What this machine saw of the vault at `location` before, for the unlock to check before
+/// anything is written (a downgrade of the keyring or of the user's slot is refused there).
+fn expected(store: &AnyStore, location: &Location, global: &Global) -> Expected {
+    let Some(id) = carnet_core::vault_id(store).ok().flatten() else {
         return Expected::default();
     };
-    let Some(memory) = Memory::of(id, dir) else {
+    let Some(memory) = Memory::of(id, location) else {
         return Expected::default();
     };
     if !matches!(memory.seen(), Ok(Some(_))) {
@@ -312,7 +326,7 @@ pub fn unlock(global: &Global) -> Result<Unlocked, CliError> {
 /// On first use at a location: a warning when this machine saw the same vault newer at another
 /// location and this copy does not extend it (an older copy, or the vault reached through
 /// another path). Not a refusal: a backup restored elsewhere to check it is older too.
-fn warn_if_newer_elsewhere(vault: &Vault<SledStore>, memory: &Memory) {
+fn warn_if_newer_elsewhere(vault: &Vault<AnyStore>, memory: &Memory) {
     for (location, head) in memory.elsewhere() {
         if vault.check_extends(&head).is_err() {
             eprintln!(
@@ -324,15 +338,27 @@ fn warn_if_newer_elsewhere(vault: &Vault<SledStore>, memory: &Memory) {
 
 /// [`unlock`] without the check of what this machine saw (for `audit accept-rewind`).
 pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
-    let dir = vault_dir(global)?;
-    require_vault(&dir)?;
+    let location = vault_location(global)?;
+    // A database is reached before the prompt (an unreachable server or refused credentials
+    // are said at once); it takes no lock.
+    let early = match &location {
+        Location::Dir(dir) => {
+            require_vault(dir)?;
+            None
+        }
+        Location::Postgres(address) => Some(open_postgres(address)?),
+    };
     // The secret first, the vault's lock after: a desk at the passphrase prompt holds nothing.
     let secret = match &global.recovery_key_file {
         Some(f) => Err(recovery_key_from_file(f)?),
         None => Ok(passphrase(global)?),
     };
-    let store = open_store_waiting(&dir, global)?;
-    let expected = expected(&dir, global);
+    let store = match (early, &location) {
+        (Some(pg), _) => AnyStore::Postgres(pg),
+        (None, Location::Dir(dir)) => AnyStore::Sled(open_sled_waiting(dir, global)?),
+        (None, Location::Postgres(address)) => AnyStore::Postgres(open_postgres(address)?),
+    };
+    let expected = expected(&store, &location, global);
     let downgrade_hint = |e: carnet_core::Error| {
         let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)
             if i.kind() == carnet_core::ProblemKind::RolledBack && i.location() == "keyring");
@@ -352,7 +378,7 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
             .map_err(downgrade_hint)?,
     };
     warn_unfinished(&vault);
-    let memory = Memory::of(vault.id(), &dir);
+    let memory = Memory::of(vault.id(), &location);
     if memory.is_none() {
         warn_no_memory("no state directory (set CARNET_STATE_DIR, XDG_STATE_HOME or HOME)");
     }
@@ -365,7 +391,7 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
 
 /// A warning on stderr for each key operation left unfinished: until it is finished, writes
 /// are refused. (Shown even with --quiet: it is about the vault's safety, not progress.)
-fn warn_unfinished(vault: &Vault<SledStore>) {
+fn warn_unfinished(vault: &Vault<AnyStore>) {
     if let Ok(unfinished) = vault.unfinished() {
         for u in unfinished {
             eprintln!(
@@ -436,9 +462,29 @@ fn require_vault(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The store of the vault in `dir`, opened (and so locked) if `dir` holds a vault, waiting for
-/// another carnet command that holds it for up to `--wait` seconds (and saying so).
-pub fn open_store_waiting(dir: &Path, global: &Global) -> Result<SledStore, CliError> {
+/// The store of the vault at `location`, opened if it holds a vault: a directory is locked,
+/// waiting for another carnet command that holds it for up to `--wait` seconds (and saying
+/// so); a database is shared.
+pub fn open_store(location: &Location, global: &Global) -> Result<AnyStore, CliError> {
+    match location {
+        Location::Dir(dir) => Ok(AnyStore::Sled(open_sled_waiting(dir, global)?)),
+        Location::Postgres(address) => Ok(AnyStore::Postgres(open_postgres(address)?)),
+    }
+}
+
+/// The PostgreSQL vault at `address`, if the database holds one.
+fn open_postgres(address: &PgAddress) -> Result<PgStore, CliError> {
+    let store = PgStore::open_at(address)?;
+    if !carnet_core::is_vault(&store)? {
+        return Err(CliError::failure(format!(
+            "the vault {} holds no key files (it was never finished)",
+            address.location()
+        )));
+    }
+    Ok(store)
+}
+
+fn open_sled_waiting(dir: &Path, global: &Global) -> Result<SledStore, CliError> {
     require_vault(dir)?;
     let wait = std::time::Duration::from_secs(global.wait);
     let quiet = global.quiet;
@@ -465,5 +511,5 @@ pub fn open_store_waiting(dir: &Path, global: &Global) -> Result<SledStore, CliE
 
 fn not_a_vault(dir: &Path) -> CliError {
     CliError::failure(format!("no vault at {}", dir.display()))
-        .hint("run `carnet init` first, or pass --vault DIR")
+        .hint("run `carnet init` first, or pass --vault DIR|URI")
 }

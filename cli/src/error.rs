@@ -69,7 +69,10 @@ impl From<StoreError> for CliError {
             )
             .hint("try again"),
             StoreError::NotFound(dir) => CliError::failure(format!("no vault at {dir}"))
-                .hint("run `carnet init` first, or pass --vault DIR"),
+                .hint("run `carnet init` first, or pass --vault DIR|URI"),
+            StoreError::Denied(why) => CliError::new(Exit::Auth, why).hint(
+                "check the user in the URI, and the password in ~/.pgpass, PGPASSFILE or --db-password-file",
+            ),
             StoreError::NotEmpty(dir) => CliError::failure(format!("{dir} is not empty"))
                 .hint("choose an empty or new directory for a new vault"),
             StoreError::Io { context, source } => {
@@ -110,7 +113,7 @@ impl From<CoreError> for CliError {
             }
             CoreError::Storage(s) => s.into(),
             CoreError::NotAVault => CliError::failure("no vault here")
-                .hint("run `carnet init` first, or pass --vault DIR"),
+                .hint("run `carnet init` first, or pass --vault DIR|URI"),
             CoreError::Foreign => CliError::failure("this directory does not hold a Carnet vault (unrecognized files)"),
             CoreError::Unfinished(u) => CliError::failure(format!(
                 "{u} is unfinished: nothing new may be written until it is, as it would be sealed under keys it retires"

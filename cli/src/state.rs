@@ -16,6 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use carnet_core::Checkpoint;
+use carnet_storage::Location;
 use sha2::{Digest, Sha256};
 
 /// The state directory: `CARNET_STATE_DIR`, else `$XDG_STATE_HOME/carnet`, else
@@ -121,14 +122,22 @@ fn hex(b: &[u8]) -> String {
 }
 
 impl Memory {
-    /// Where this machine remembers the vault `id` at `location` (made absolute and real).
-    pub fn of(id: [u8; 16], location: &Path) -> Option<Memory> {
-        Some(Self::at(state_dir()?, id, location))
+    /// Where this machine remembers the vault `id` at `location`: a directory (made
+    /// absolute), or a PostgreSQL vault (by its server, database and name).
+    pub fn of(id: [u8; 16], location: &Location) -> Option<Memory> {
+        let dir = state_dir()?;
+        Some(match location {
+            Location::Dir(d) => Self::at(dir, id, d),
+            Location::Postgres(a) => Self::named(dir, id, PathBuf::from(a.location())),
+        })
     }
 
-    /// [`Memory::of`], in the state directory `dir`.
+    /// [`Memory::of`] a directory, in the state directory `dir`.
     fn at(dir: PathBuf, id: [u8; 16], location: &Path) -> Memory {
-        let location = location_of(location);
+        Self::named(dir, id, location_of(location))
+    }
+
+    fn named(dir: PathBuf, id: [u8; 16], location: PathBuf) -> Memory {
         let mut h = Sha256::new();
         h.update(b"carnet/v1/state");
         h.update(id);

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use carnet_core::{restore_backup, write_backup};
-use carnet_storage::SledStore;
+use carnet_storage::{AnyStore, Location, PgAddress, PgStore, SledStore, StoreError};
 
 use crate::args::Global;
 use crate::context;
@@ -14,9 +14,13 @@ use crate::error::CliError;
 use crate::render;
 
 pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
-    let dir = context::vault_dir(g)?;
-    // The store's lock keeps every writer out while the archive is made: it is consistent.
-    let store = context::open_store_waiting(&dir, g)?;
+    let location = context::vault_location(g)?;
+    // A directory's lock keeps every writer out while the archive is made; a database is read
+    // in one snapshot while others keep writing: either way the archive is one moment.
+    let store = match context::open_store(&location, g)? {
+        AnyStore::Postgres(pg) => AnyStore::Postgres(pg.snapshot()?),
+        sled => sled,
+    };
     let tmp = file.with_extension("carnet-partial");
     let f = OpenOptions::new()
         .write(true)
@@ -83,8 +87,29 @@ fn remove_stale_staging(parent: &Path, prefix: &str) {
     }
 }
 
+/// What a restore says when the archive is refused.
+fn archive_error(file: &Path, e: carnet_core::Error) -> CliError {
+    match e {
+        carnet_core::Error::Integrity(i) => CliError::new(
+            crate::error::Exit::Integrity,
+            format!(
+                "the archive is damaged ({}): nothing was restored",
+                i.problem()
+            ),
+        )
+        .hint("use another copy of the backup"),
+        carnet_core::Error::Foreign => {
+            CliError::failure(format!("{} is not a Carnet backup", file.display()))
+        }
+        other => other.into(),
+    }
+}
+
 pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
-    let dir = context::vault_dir(g)?;
+    let dir = match context::vault_location(g)? {
+        Location::Dir(dir) => dir,
+        Location::Postgres(address) => return restore_postgres(g, file, &address),
+    };
     if dir.exists()
         && fs::read_dir(&dir)
             .map(|mut d| d.next().is_some())
@@ -120,20 +145,7 @@ pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
         })?;
     let summary = (|| {
         let store = SledStore::create(staging.path())?;
-        let s = restore_backup(input, &store).map_err(|e| match e {
-            carnet_core::Error::Integrity(i) => CliError::new(
-                crate::error::Exit::Integrity,
-                format!(
-                    "the archive is damaged ({}): nothing was restored",
-                    i.problem()
-                ),
-            )
-            .hint("use another copy of the backup"),
-            carnet_core::Error::Foreign => {
-                CliError::failure(format!("{} is not a Carnet backup", file.display()))
-            }
-            other => other.into(),
-        })?;
+        let s = restore_backup(input, &store).map_err(|e| archive_error(file, e))?;
         drop(store);
         let _ = fs::remove_file(staging.path().join("carnet.lock"));
         Ok::<_, CliError>(s)
@@ -151,10 +163,45 @@ pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
     }
     // A restore is a deliberate return to an older state, here and only here: this machine
     // forgets what it saw of the vault at this location, and accepts it as restored.
-    let forgotten = carnet_core::vault_id(&SledStore::documents(&dir))
+    let id = carnet_core::vault_id(&SledStore::documents(&dir))
         .ok()
-        .flatten()
-        .and_then(|id| crate::state::Memory::of(id, &dir))
+        .flatten();
+    restored(g, &Location::Dir(dir), id, &summary)
+}
+
+/// A restore into a PostgreSQL database: the new vault is written in one transaction, so a
+/// restore that fails or is killed leaves nothing.
+fn restore_postgres(g: &Global, file: &Path, address: &PgAddress) -> Result<(), CliError> {
+    let input = fs::File::open(file)
+        .map_err(|e| CliError::failure(format!("cannot open {}: {e}", file.display())))?;
+    let store = PgStore::begin_create(address).map_err(|e| match e {
+        StoreError::NotEmpty(_) => {
+            CliError::failure(format!("{} already holds a vault", address.location()))
+                .hint("restore into a new vault name (?vault=NAME); nothing was changed")
+        }
+        other => other.into(),
+    })?;
+    let summary = restore_backup(input, &store).map_err(|e| archive_error(file, e))?;
+    store.finish()?;
+    let id = carnet_core::vault_id(&store).ok().flatten();
+    restored(
+        g,
+        &Location::Postgres(Box::new(address.clone())),
+        id,
+        &summary,
+    )
+}
+
+/// After a restore: a deliberate return to an older state, here and only here, so this
+/// machine forgets what it saw of the vault at this location and accepts it as restored.
+fn restored(
+    g: &Global,
+    location: &Location,
+    id: Option<[u8; 16]>,
+    summary: &carnet_core::BackupSummary,
+) -> Result<(), CliError> {
+    let forgotten = id
+        .and_then(|id| crate::state::Memory::of(id, location))
         .map(|m| m.forget());
     if let Some(Err(why)) = forgotten {
         eprintln!("carnet: warning: {why}: this machine may refuse the restored vault as rolled back (accept it with `carnet audit accept-rewind`)");
@@ -170,7 +217,7 @@ pub fn restore(g: &Global, file: &Path) -> Result<(), CliError> {
         "Restored {} records and {} key documents into {}. Run `carnet verify` to check them.",
         summary.records,
         summary.documents,
-        dir.display()
+        location.describe()
     )
     .map_err(render::stdout_error)
 }

@@ -1,7 +1,7 @@
 //! `carnet init`
 
 use carnet_core::{KdfParams, Vault};
-use carnet_storage::SledStore;
+use carnet_storage::{AnyStore, Location, PgStore, SledStore};
 
 use crate::args::{Global, InitArgs};
 use crate::context;
@@ -10,19 +10,24 @@ use crate::render;
 
 pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     let kdf = KdfParams::new(a.kdf_memory_mib, a.kdf_iterations, a.kdf_parallelism)?;
-    let dir = context::vault_dir(g)?;
-    if SledStore::exists(&dir) {
-        if carnet_core::is_vault(&SledStore::documents(&dir))? {
-            return Err(
-                CliError::failure(format!("{} already holds a vault", dir.display()))
-                    .hint("nothing was changed; use another --vault DIR for a new vault"),
-            );
+    let location = context::vault_location(g)?;
+    let already = || {
+        CliError::failure(format!("{} already holds a vault", location.describe()))
+            .hint("nothing was changed; use another --vault DIR|URI for a new vault")
+    };
+    match &location {
+        Location::Dir(dir) if SledStore::exists(dir) => {
+            if carnet_core::is_vault(&SledStore::documents(dir))? {
+                return Err(already());
+            }
+            return Err(CliError::failure(format!(
+                "{} holds an incomplete vault (an interrupted init?)",
+                dir.display()
+            ))
+            .hint("it holds no data: remove the directory and run init again"));
         }
-        return Err(CliError::failure(format!(
-            "{} holds an incomplete vault (an interrupted init?)",
-            dir.display()
-        ))
-        .hint("it holds no data: remove the directory and run init again"));
+        Location::Postgres(address) if PgStore::exists_at(address)? => return Err(already()),
+        _ => {}
     }
     let pass = context::new_passphrase(g.passphrase_file.as_deref(), &a.admin)?;
     if kdf.is_below_default() && !g.quiet {
@@ -31,11 +36,23 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
              use these settings only for tests or very weak hardware"
         );
     }
-    let store = SledStore::create(&dir)?;
+    let store = match &location {
+        Location::Dir(dir) => AnyStore::Sled(SledStore::create(dir)?),
+        // One transaction: a vault is in the database whole, or not at all.
+        Location::Postgres(address) => {
+            AnyStore::Postgres(PgStore::begin_create(address).map_err(|e| match e {
+                carnet_storage::StoreError::NotEmpty(_) => already(),
+                other => other.into(),
+            })?)
+        }
+    };
     let mut vault = Vault::create(store, &a.admin, &pass, kdf)?;
     let recovery = vault.rotate_recovery_key()?;
+    if let AnyStore::Postgres(pg) = vault.store() {
+        pg.finish()?;
+    }
     // This machine remembers the new vault from its first state on.
-    if let Some(m) = crate::state::Memory::of(vault.id(), &dir) {
+    if let Some(m) = crate::state::Memory::of(vault.id(), &location) {
         if let Err(why) = vault
             .durable_head()
             .map_err(|e| e.to_string())
@@ -57,7 +74,7 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     let shown = context::deliver_recovery_key(&recovery, a.recovery_key_out.as_deref())?;
     if g.json {
         render::print_json(&serde_json::json!({
-            "vault": dir.display().to_string(),
+            "vault": location.describe(),
             "recovery_key": if a.recovery_key_out.is_some() { None } else { Some(recovery.to_text().to_string()) },
             "user": a.admin,
             "kdf": {"memory_mib": kdf.memory_mib(), "iterations": kdf.iterations(), "parallelism": kdf.parallelism()},
@@ -65,7 +82,7 @@ pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     } else {
         render::print(&format!(
             "Created a vault at {} for user {}.\nKeep the passphrase safe: without it (or the recovery key), nothing in the vault can be read.\n{shown}",
-            dir.display(),
+            location.describe(),
             a.admin
         ))
     }

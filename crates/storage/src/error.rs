@@ -24,6 +24,10 @@ pub enum StoreError {
     /// a statement (the message names no stored value).
     #[error("{0}")]
     Unavailable(String),
+    /// A database server refused the credentials (a wrong or missing password, a role it does
+    /// not admit).
+    #[error("{0}")]
+    Denied(String),
     /// The store was written by a newer Carnet (its tables' version), or is not Carnet's.
     #[error("{0}")]
     Unsupported(String),

@@ -23,20 +23,25 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod any;
 mod batch;
 pub mod conformance;
 mod error;
 mod faulty;
 mod memory;
+mod pg_address;
 pub mod pg_cluster;
+mod pg_tls;
 mod postgres_store;
 mod sled_store;
 
+pub use any::{AnyStore, Location};
 pub use batch::{Batch, DocName, Op, Precondition, Space};
 pub use error::StoreError;
 pub use faulty::FaultyStore;
 pub use memory::MemStore;
-pub use postgres_store::{parse_uri as parse_postgres_uri, PgStore, SCHEMA_VERSION};
+pub use pg_address::{is_postgres_uri, PgAddress, TlsMode};
+pub use postgres_store::{PgStore, SCHEMA_VERSION};
 pub use sled_store::{SledDocuments, SledStore};
 
 /// One stored record: its key and its value, both opaque.

@@ -8,6 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The role of a throwaway server that signs in with a password (none is set: a test creates
+/// it with one); every other role is trusted on the Unix socket.
+pub const PASSWORD_ROLE: &str = "carnet_pw";
+
 /// A running throwaway server (or the one `CARNET_TEST_POSTGRES_URL` names).
 pub struct TestCluster {
     dir: Option<PathBuf>,
@@ -42,6 +46,14 @@ fn bin_dir() -> Option<PathBuf> {
             .unwrap_or(0)
     });
     found.pop()
+}
+
+/// The server's settings: the socket in `dir`, no TCP port.
+fn server_options(dir: &Path) -> String {
+    format!(
+        "-c listen_addresses='' -k {} -c fsync=on -c max_connections=200",
+        dir.display()
+    )
 }
 
 /// Whether this process runs as root (asked of `id -u`: this crate forbids `unsafe`).
@@ -115,10 +127,15 @@ impl TestCluster {
                 "--no-sync".as_ref(),
             ],
         )?;
-        let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=on -c max_connections=200",
-            dir.display()
-        );
+        // One role signs in with a password (scram-sha-256), for tests of credentials; every
+        // other role is trusted on the socket.
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\n"),
+        )
+        .map_err(|e| fail("cannot write pg_hba.conf", &e))?;
+        let options = server_options(&dir);
         cluster.run(
             &bin.join("pg_ctl"),
             &[
@@ -165,6 +182,69 @@ impl TestCluster {
     pub fn uri(&self, vault: &str) -> String {
         let sep = if self.base.contains('?') { '&' } else { '?' };
         format!("{}{sep}vault={vault}", self.base)
+    }
+
+    /// A connection URI for the vault `vault` in the database `database`, as `user`.
+    pub fn uri_as(&self, user: &str, database: &str, vault: &str) -> String {
+        let (base, query) = self.base.split_once('?').unwrap_or((&self.base, ""));
+        let (server, _) = base.rsplit_once('/').unwrap_or((base, ""));
+        let server = match server.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{user}@{host}")
+            }
+            None => server.to_string(),
+        };
+        let sep = if query.is_empty() { "?" } else { "&" };
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("{server}/{database}{query}{sep}vault={vault}")
+    }
+
+    /// Runs `sql` (statements separated by `;`) as the server's superuser, in `database`.
+    pub fn execute(&self, database: &str, sql: &str) -> Result<(), String> {
+        let uri = self.uri_as("carnet", database, "x");
+        let uri = uri.rsplit_once("vault=x").map_or(uri.as_str(), |(u, _)| u);
+        let uri = uri.trim_end_matches(['?', '&']);
+        let mut client = postgres::Client::connect(uri, postgres::NoTls)
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        client
+            .batch_execute(sql)
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => e.to_string(),
+            })
+    }
+
+    /// Restarts the server at once, as a crash would (`pg_ctl -m immediate restart`): every
+    /// connection is cut, and what was committed survives.
+    pub fn restart(&self) -> Result<(), String> {
+        let (Some(dir), Some(bin)) = (&self.dir, &self.bin) else {
+            return Err("an external server is not restarted".into());
+        };
+        let data = dir.join("data");
+        let options = server_options(dir);
+        self.run(
+            &bin.join("pg_ctl"),
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-l".as_ref(),
+                dir.join("server.log").as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "restart".as_ref(),
+            ],
+        )
+        .map_err(|e| format!("{e:?}"))
     }
 
     /// The server's directory (`None` for an external server).

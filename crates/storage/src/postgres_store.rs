@@ -4,14 +4,17 @@
 //! (never the values themselves) under row locks.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use postgres::error::SqlState;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, GenericClient, NoTls};
 use sha2::{Digest, Sha256};
 
-use crate::{Batch, DocName, Entry, EntryIter, Op, Space, SpacedEntry, Store, StoreError};
+use crate::pg_address::PgAddress;
+use crate::pg_tls::{connector, Tls};
+use crate::{
+    Batch, DocName, Entry, EntryIter, Op, Precondition, Space, SpacedEntry, Store, StoreError,
+};
 
 /// The version of the tables this code writes. A database whose tables a newer Carnet wrote is
 /// refused ([`StoreError::Unsupported`]).
@@ -51,72 +54,29 @@ CREATE TABLE carnet_documents (
 /// A vault's store in a PostgreSQL database. Cheap to share between threads: each operation
 /// takes a connection from a small pool.
 pub struct PgStore {
-    config: Config,
+    address: PgAddress,
+    tls: Tls,
     vault: i64,
-    name: String,
-    idle: Mutex<Vec<Client>>,
+    conn: Conn,
+}
+
+/// How a store reaches the server.
+#[allow(clippy::large_enum_variant)] // one value per store
+enum Conn {
+    /// A small pool: each operation on a connection of its own, each batch a transaction.
+    Pool(Mutex<Vec<Client>>),
+    /// One connection inside one transaction that every operation joins: a snapshot that reads
+    /// one moment ([`PgStore::snapshot`]), or a vault written whole or not at all
+    /// ([`PgStore::begin_create`]).
+    Session(Mutex<Client>),
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("vault", &self.name)
+            .field("vault", &self.address.location())
             .finish_non_exhaustive()
     }
-}
-
-/// A connection URI split into the server's settings and the vault's name: libpq's URI syntax
-/// (`postgresql://user@host:port/db?sslmode=…`), with `vault=NAME` among the parameters.
-pub fn parse_uri(uri: &str) -> Result<(Config, String), StoreError> {
-    let bad = |why: &str| StoreError::Unavailable(format!("invalid PostgreSQL URI: {why}"));
-    let (base, query) = match uri.split_once('?') {
-        Some((b, q)) => (b, q),
-        None => (uri, ""),
-    };
-    let mut vault = None;
-    let mut rest = Vec::new();
-    for param in query.split('&').filter(|p| !p.is_empty()) {
-        match param.split_once('=') {
-            Some(("vault", v)) => vault = Some(v.to_string()),
-            Some(("password", _)) => {
-                return Err(bad(
-                    "a password never goes in the URI (use ~/.pgpass or PGPASSFILE)",
-                ))
-            }
-            _ => rest.push(param),
-        }
-    }
-    let Some(vault) = vault else {
-        return Err(bad("it names no vault (add ?vault=NAME)"));
-    };
-    if vault.is_empty()
-        || vault.len() > 64
-        || !vault
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(bad(
-            "the vault name must be 1 to 64 ASCII letters, digits, - or _",
-        ));
-    }
-    let uri = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    let authority = base
-        .split_once("://")
-        .map_or("", |(_, r)| r.split('/').next().unwrap_or(""));
-    if authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'))
-    {
-        return Err(bad(
-            "a password never goes in the URI (use ~/.pgpass or PGPASSFILE)",
-        ));
-    }
-    let config = Config::from_str(&uri).map_err(|_| bad("not a connection URI libpq accepts"))?;
-    Ok((config, vault))
 }
 
 /// A PostgreSQL error as one line that names no value (the server's DETAIL lines can quote a
@@ -164,11 +124,35 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl PgStore {
     /// Connects to the database `uri` names and creates the vault `vault=NAME` in it (the
-    /// tables too, on first use). [`StoreError::NotEmpty`] if the vault exists.
+    /// tables too, on first use); the password, if the server asks for one, from libpq's
+    /// password file. [`StoreError::NotEmpty`] if the vault exists.
     pub fn create(uri: &str) -> Result<Self, StoreError> {
-        let (config, name) = parse_uri(uri)?;
-        let mut client = connect(&config)?;
+        Self::create_at(&Self::address(uri)?)
+    }
+
+    /// Connects to the vault `uri` names, as [`PgStore::create`] does. [`StoreError::NotFound`]
+    /// if the database holds no vault of that name.
+    pub fn open(uri: &str) -> Result<Self, StoreError> {
+        Self::open_at(&Self::address(uri)?)
+    }
+
+    /// Whether the database `uri` names holds the vault it names (tables absent: no).
+    pub fn exists(uri: &str) -> Result<bool, StoreError> {
+        Self::exists_at(&Self::address(uri)?)
+    }
+
+    fn address(uri: &str) -> Result<PgAddress, StoreError> {
+        let mut address = PgAddress::parse(uri)?;
+        address.use_pgpass()?;
+        Ok(address)
+    }
+
+    /// [`PgStore::create`] at a parsed address (its password already chosen).
+    pub fn create_at(address: &PgAddress) -> Result<Self, StoreError> {
+        let tls = connector(address)?;
+        let mut client = connect(address, &tls)?;
         migrate(&mut client)?;
+        let name = address.vault_name();
         let inserted = client
             .query_opt(
                 "INSERT INTO carnet_vaults (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -180,57 +164,125 @@ impl PgStore {
                 "the vault {name} in this database"
             )));
         };
-        Ok(Self::with(config, row.get(0), name, client))
+        Ok(Self::with(address.clone(), tls, row.get(0), client))
     }
 
-    /// Connects to the vault `uri` names. [`StoreError::NotFound`] if the database holds no
-    /// vault of that name.
-    pub fn open(uri: &str) -> Result<Self, StoreError> {
-        let (config, name) = parse_uri(uri)?;
-        let mut client = connect(&config)?;
+    /// [`PgStore::open`] at a parsed address.
+    pub fn open_at(address: &PgAddress) -> Result<Self, StoreError> {
+        let tls = connector(address)?;
+        let mut client = connect(address, &tls)?;
+        let name = address.vault_name();
+        if !has_tables(&mut client)? {
+            return Err(StoreError::NotFound(address.location()));
+        }
         migrate(&mut client)?;
         let row = client
             .query_opt("SELECT id FROM carnet_vaults WHERE name = $1", &[&name])
             .map_err(|e| pg_error("cannot read the vaults", &e))?;
         let Some(row) = row else {
-            return Err(StoreError::NotFound(format!(
-                "the vault {name} in this database"
-            )));
+            return Err(StoreError::NotFound(address.location()));
         };
-        Ok(Self::with(config, row.get(0), name, client))
+        Ok(Self::with(address.clone(), tls, row.get(0), client))
     }
 
-    /// Whether the database `uri` names holds the vault it names (tables absent: no).
-    pub fn exists(uri: &str) -> Result<bool, StoreError> {
-        let (config, name) = parse_uri(uri)?;
-        let mut client = connect(&config)?;
-        let row = client
-            .query_opt(
-                "SELECT 1 FROM pg_tables WHERE tablename = 'carnet_vaults' AND schemaname = current_schema()",
-                &[],
-            )
-            .map_err(|e| pg_error("cannot read the tables", &e))?;
-        if row.is_none() {
+    /// [`PgStore::exists`] at a parsed address.
+    pub fn exists_at(address: &PgAddress) -> Result<bool, StoreError> {
+        let tls = connector(address)?;
+        let mut client = connect(address, &tls)?;
+        // Tables this code could not use are said now, before anything is asked or made.
+        check_schema(&mut client)?;
+        if !has_tables(&mut client)? {
             return Ok(false);
         }
         let row = client
-            .query_opt("SELECT 1 FROM carnet_vaults WHERE name = $1", &[&name])
+            .query_opt(
+                "SELECT 1 FROM carnet_vaults WHERE name = $1",
+                &[&address.vault_name()],
+            )
             .map_err(|e| pg_error("cannot read the vaults", &e))?;
         Ok(row.is_some())
     }
 
-    fn with(config: Config, vault: i64, name: String, client: Client) -> Self {
+    fn with(address: PgAddress, tls: Tls, vault: i64, client: Client) -> Self {
         PgStore {
-            config,
+            address,
+            tls,
             vault,
-            name,
-            idle: Mutex::new(vec![client]),
+            conn: Conn::Pool(Mutex::new(vec![client])),
         }
+    }
+
+    /// Begins a new vault at `address` inside one transaction: nothing of it is visible, to
+    /// others or after a crash, until [`PgStore::finish`] commits it whole (a restore that
+    /// fails or is killed leaves nothing). [`StoreError::NotEmpty`] if the vault exists; a
+    /// concurrent creation of the same vault waits for this one's end.
+    pub fn begin_create(address: &PgAddress) -> Result<Self, StoreError> {
+        let tls = connector(address)?;
+        let mut client = connect(address, &tls)?;
+        migrate(&mut client)?;
+        client
+            .batch_execute("BEGIN")
+            .map_err(|e| pg_error("cannot begin", &e))?;
+        let name = address.vault_name();
+        let inserted = client
+            .query_opt(
+                "INSERT INTO carnet_vaults (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&name],
+            )
+            .map_err(|e| pg_error("cannot create the vault", &e))?;
+        let Some(row) = inserted else {
+            return Err(StoreError::NotEmpty(format!(
+                "the vault {name} in this database"
+            )));
+        };
+        Ok(PgStore {
+            address: address.clone(),
+            tls,
+            vault: row.get(0),
+            conn: Conn::Session(Mutex::new(client)),
+        })
+    }
+
+    /// Commits what a store from [`PgStore::begin_create`] wrote; a pooled store has nothing
+    /// to commit. The store is usable afterwards, one connection at a time.
+    pub fn finish(&self) -> Result<(), StoreError> {
+        match &self.conn {
+            Conn::Pool(_) => Ok(()),
+            Conn::Session(c) => c
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .batch_execute("COMMIT")
+                .map_err(|e| pg_error("cannot commit the vault", &e)),
+        }
+    }
+
+    /// A read-only view of the vault at one moment (a repeatable-read transaction), while
+    /// others keep writing: what a backup reads.
+    pub fn snapshot(&self) -> Result<PgStore, StoreError> {
+        let mut client = connect(&self.address, &self.tls)?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .map_err(|e| pg_error("cannot begin a snapshot", &e))?;
+        Ok(PgStore {
+            address: self.address.clone(),
+            tls: self.tls.clone(),
+            vault: self.vault,
+            conn: Conn::Session(Mutex::new(client)),
+        })
+    }
+
+    fn in_session(&self) -> bool {
+        matches!(self.conn, Conn::Session(_))
+    }
+
+    /// Where the vault is, naming no secret (`postgresql://user@host:port/db?vault=NAME`).
+    pub fn location(&self) -> String {
+        self.address.location()
     }
 
     /// The vault's name in its database.
     pub fn vault_name(&self) -> &str {
-        &self.name
+        self.address.vault_name()
     }
 
     /// Runs `f` on a pooled connection (a new one when none is idle); the connection goes back
@@ -239,15 +291,21 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let pool = match &self.conn {
+            Conn::Pool(pool) => pool,
+            // A failed statement aborts the session's transaction: it reports the first error,
+            // then every later statement fails too, and nothing is committed.
+            Conn::Session(c) => return f(&mut c.lock().unwrap_or_else(|p| p.into_inner())),
+        };
         // Poisoning is harmless: the pool only holds idle connections.
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut client = match idle {
             Some(c) if !c.is_closed() => c,
-            _ => connect(&self.config)?,
+            _ => connect(&self.address, &self.tls)?,
         };
         let result = f(&mut client);
         if !client.is_closed() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < IDLE_CONNECTIONS {
                 idle.push(client);
             }
@@ -287,18 +345,57 @@ impl PgStore {
     }
 }
 
-fn connect(config: &Config) -> Result<Client, StoreError> {
-    let mut client = config.connect(NoTls).map_err(|e| {
-        StoreError::Unavailable(match e.as_db_error() {
-            Some(db) => format!("cannot connect to PostgreSQL: {}", db.message()),
-            None => format!("cannot connect to PostgreSQL: {e}"),
-        })
-    })?;
+fn connect(address: &PgAddress, tls: &Tls) -> Result<Client, StoreError> {
+    let config = &address.config;
+    let connected = match tls {
+        Tls::None => config.connect(NoTls),
+        Tls::Rustls(make) => config.connect(make.clone()),
+    };
+    let mut client = connected.map_err(|e| connect_error(address, &e))?;
     // An acknowledged write is durable whatever the server's default.
     client
         .batch_execute("SET synchronous_commit = on")
         .map_err(|e| pg_error("cannot configure the session", &e))?;
     Ok(client)
+}
+
+/// Why a connection failed, in one line: refused credentials are [`StoreError::Denied`].
+fn connect_error(address: &PgAddress, e: &postgres::Error) -> StoreError {
+    let at = address.location();
+    if let Some(db) = e.as_db_error() {
+        // Class 28: invalid authorization (a wrong password, a role pg_hba.conf refuses).
+        if db.code().code().starts_with("28") {
+            return StoreError::Denied(format!(
+                "PostgreSQL refused the credentials for {at}: {}",
+                db.message()
+            ));
+        }
+        return StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {at}: {}",
+            db.message()
+        ));
+    }
+    let text = e.to_string();
+    let why = std::error::Error::source(e)
+        .map(|s| format!("{text}: {s}"))
+        .unwrap_or(text);
+    if why.contains("password missing") {
+        return StoreError::Denied(format!(
+            "PostgreSQL asks for a password for {at} and none was found (in ~/.pgpass, PGPASSFILE or --db-password-file)"
+        ));
+    }
+    StoreError::Unavailable(format!("cannot connect to PostgreSQL at {at}: {why}"))
+}
+
+/// Whether the database holds Carnet's tables.
+fn has_tables(client: &mut Client) -> Result<bool, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE tablename = 'carnet_vaults' AND schemaname = current_schema()",
+            &[],
+        )
+        .map_err(|e| pg_error("cannot read the tables", &e))?;
+    Ok(row.is_some())
 }
 
 /// Creates the tables in a database that has none, or checks that they are a version this code
@@ -309,14 +406,7 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map_err(|e| pg_error("cannot begin", &e))?;
     tx.execute("SELECT pg_advisory_xact_lock(4242424242)", &[])
         .map_err(|e| pg_error("cannot lock the schema", &e))?;
-    let has = tx
-        .query_opt(
-            "SELECT 1 FROM pg_tables WHERE tablename = 'carnet_schema' AND schemaname = current_schema()",
-            &[],
-        )
-        .map_err(|e| pg_error("cannot read the tables", &e))?
-        .is_some();
-    if !has {
+    if !check_schema(&mut tx)? {
         tx.batch_execute("CREATE TABLE carnet_schema (version integer NOT NULL)")
             .and_then(|()| tx.batch_execute(SCHEMA_V1))
             .and_then(|()| {
@@ -327,26 +417,107 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
                 .map(|_| ())
             })
             .map_err(|e| pg_error("cannot create Carnet's tables", &e))?;
-    } else {
-        let version: Option<i32> = tx
-            .query_opt("SELECT max(version) FROM carnet_schema", &[])
-            .map_err(|e| pg_error("cannot read Carnet's schema version", &e))?
-            .and_then(|r| r.get(0));
-        match version {
-            Some(SCHEMA_VERSION) => {}
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Unsupported(format!(
-                    "the database's Carnet tables are version {v}, newer than this Carnet reads ({SCHEMA_VERSION}): upgrade Carnet"
-                )))
+    }
+    tx.commit().map_err(|e| pg_error("cannot commit", &e))
+}
+
+/// Whether the database holds Carnet's tables in a version this code reads (`false`: none of
+/// them, they may be created); a newer version, or a table of Carnet's name that Carnet did
+/// not make, is [`StoreError::Unsupported`].
+fn check_schema(c: &mut impl GenericClient) -> Result<bool, StoreError> {
+    let has = c
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE tablename = 'carnet_schema' AND schemaname = current_schema()",
+            &[],
+        )
+        .map_err(|e| pg_error("cannot read the tables", &e))?
+        .is_some();
+    if !has {
+        let taken = c
+            .query_opt(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()
+                 AND tablename IN ('carnet_vaults', 'carnet_records', 'carnet_documents')",
+                &[],
+            )
+            .map_err(|e| pg_error("cannot read the tables", &e))?;
+        if let Some(row) = taken {
+            let table: String = row.get(0);
+            return Err(StoreError::Unsupported(format!(
+                "the database holds a table {table} that Carnet did not make (no carnet_schema): use another database or schema"
+            )));
+        }
+        return Ok(false);
+    }
+    let version: Option<i32> = c
+        .query_opt("SELECT max(version) FROM carnet_schema", &[])
+        .map_err(|e| pg_error("cannot read Carnet's schema version", &e))?
+        .and_then(|r| r.get(0));
+    match version {
+        Some(SCHEMA_VERSION) => Ok(true),
+        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Unsupported(format!(
+            "the database's Carnet tables are version {v}, newer than this Carnet reads ({SCHEMA_VERSION}): upgrade Carnet"
+        ))),
+        _ => Err(StoreError::Unsupported(
+            "the table carnet_schema holds no version this Carnet knows".into(),
+        )),
+    }
+}
+
+/// Checks a batch's preconditions (under row locks) and applies its last operation on each
+/// record, inside the caller's transaction.
+fn apply_batch(
+    tx: &mut impl GenericClient,
+    vault: i64,
+    pre: &[Precondition],
+    last: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+) -> Result<(), StoreError> {
+    for p in pre {
+        let row = tx
+                .query_opt(
+                    "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR UPDATE",
+                    &[&vault, &p.space.name(), &p.key],
+                )
+                .map_err(|e| pg_error("cannot check a precondition", &e))?;
+        let current: Option<Vec<u8>> = row.map(|r| r.get(0));
+        if current != p.expected.as_deref().map(digest) {
+            return Err(StoreError::Conflict);
+        }
+    }
+    let (mut ps, mut pk, mut pv, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ds, mut dk) = (Vec::new(), Vec::new());
+    for ((space, key), value) in last {
+        match value {
+            Some(v) => {
+                ps.push(space);
+                pd.push(digest(&v));
+                pk.push(key);
+                pv.push(v);
             }
-            _ => {
-                return Err(StoreError::Unsupported(
-                    "the table carnet_schema holds no version this Carnet knows".into(),
-                ))
+            None => {
+                ds.push(space);
+                dk.push(key);
             }
         }
     }
-    tx.commit().map_err(|e| pg_error("cannot commit", &e))
+    if !ds.is_empty() {
+        tx.execute(
+            "DELETE FROM carnet_records r USING unnest($2::text[], $3::bytea[]) AS d(space, key)
+                 WHERE r.vault = $1 AND r.space = d.space AND r.key = d.key",
+            &[&vault, &ds, &dk],
+        )
+        .map_err(|e| pg_error("cannot delete records", &e))?;
+    }
+    if !ps.is_empty() {
+        tx.execute(
+            "INSERT INTO carnet_records (vault, space, key, value, digest)
+                 SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[])
+                 ON CONFLICT (vault, space, key)
+                 DO UPDATE SET value = EXCLUDED.value, digest = EXCLUDED.digest",
+            &[&vault, &ps, &pk, &pv, &pd],
+        )
+        .map_err(|e| pg_error("cannot write records", &e))?;
+    }
+    Ok(())
 }
 
 /// Iterates over a scan, a page at a time.
@@ -428,54 +599,14 @@ impl Store for PgStore {
         let mut pre = batch.preconditions;
         // One order for every writer's row locks: fewer deadlocks.
         pre.sort_by(|a, b| (a.space.name(), &a.key).cmp(&(b.space.name(), &b.key)));
+        let session = self.in_session();
         self.with_client(|c| {
+            if session {
+                // Inside the session's transaction already.
+                return apply_batch(c, self.vault, &pre, last);
+            }
             let mut tx = c.transaction().map_err(|e| pg_error("cannot begin", &e))?;
-            for p in &pre {
-                let row = tx
-                    .query_opt(
-                        "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR UPDATE",
-                        &[&self.vault, &p.space.name(), &p.key],
-                    )
-                    .map_err(|e| pg_error("cannot check a precondition", &e))?;
-                let current: Option<Vec<u8>> = row.map(|r| r.get(0));
-                if current != p.expected.as_deref().map(digest) {
-                    return Err(StoreError::Conflict);
-                }
-            }
-            let (mut ps, mut pk, mut pv, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let (mut ds, mut dk) = (Vec::new(), Vec::new());
-            for ((space, key), value) in last {
-                match value {
-                    Some(v) => {
-                        ps.push(space);
-                        pd.push(digest(&v));
-                        pk.push(key);
-                        pv.push(v);
-                    }
-                    None => {
-                        ds.push(space);
-                        dk.push(key);
-                    }
-                }
-            }
-            if !ds.is_empty() {
-                tx.execute(
-                    "DELETE FROM carnet_records r USING unnest($2::text[], $3::bytea[]) AS d(space, key)
-                     WHERE r.vault = $1 AND r.space = d.space AND r.key = d.key",
-                    &[&self.vault, &ds, &dk],
-                )
-                .map_err(|e| pg_error("cannot delete records", &e))?;
-            }
-            if !ps.is_empty() {
-                tx.execute(
-                    "INSERT INTO carnet_records (vault, space, key, value, digest)
-                     SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[])
-                     ON CONFLICT (vault, space, key)
-                     DO UPDATE SET value = EXCLUDED.value, digest = EXCLUDED.digest",
-                    &[&self.vault, &ps, &pk, &pv, &pd],
-                )
-                .map_err(|e| pg_error("cannot write records", &e))?;
-            }
+            apply_batch(&mut tx, self.vault, &pre, last)?;
             tx.commit().map_err(|e| pg_error("cannot commit", &e))
         })
     }
@@ -498,6 +629,7 @@ impl Store for PgStore {
     }
 
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+        let session = self.in_session();
         self.with_client(|c| {
             c.execute(
                 "INSERT INTO carnet_documents (vault, name, bytes) VALUES ($1, $2, $3)
@@ -505,6 +637,11 @@ impl Store for PgStore {
                 &[&self.vault, &name.name(), &bytes],
             )
             .map_err(|e| pg_error("cannot write a document", &e))?;
+            if session {
+                // No vacuum inside a transaction; a session writes a new vault, with no
+                // older version to remove.
+                return Ok(());
+            }
             // The replaced version (key material, for the keyring and the key store) is a dead
             // row until a vacuum: ask for one now (docs/key-management.md, "On PostgreSQL").
             c.batch_execute("VACUUM carnet_documents")
@@ -528,6 +665,11 @@ impl Store for PgStore {
         &self,
         records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
     ) -> Result<(), StoreError> {
+        if self.in_session() {
+            return Err(StoreError::Unsupported(
+                "replacing every record is not done inside a snapshot or a restore".into(),
+            ));
+        }
         self.with_client(|c| {
             let mut tx = c.transaction().map_err(|e| pg_error("cannot begin", &e))?;
             // The new records go to a table of this transaction first: the iterator may read the

@@ -1,0 +1,291 @@
+//! The `carnet` binary on a PostgreSQL vault (issue 14): a clinic's desks at once, moving a
+//! vault between engines, a backup while others write, and every problem with the server as
+//! one line and the right exit code. Each test starts its own throwaway server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use carnet_storage::pg_cluster::{TestCluster, PASSWORD_ROLE};
+use carnet_tests::{write_secret, TestVault, INIT};
+
+/// A test vault whose `--vault` is `uri` (its temporary directory holds only the passphrase
+/// file and this machine's state).
+fn at(uri: &str) -> TestVault {
+    let mut v = TestVault::new();
+    v.dir = PathBuf::from(uri);
+    v
+}
+
+/// Every regular file under `dir` (a server's directory also holds its socket), with its
+/// contents.
+fn files_under_regular(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Each patient's notes, as `note list --json` shows them (ids and versions).
+fn chart(v: &TestVault, patient: &str) -> serde_json::Value {
+    v.run(&["--json", "note", "list", patient]).expect(0).json()
+}
+
+const PATIENTS: [(&str, &str); 2] = [
+    ("CANARY-PAT-1", "Zéphyrine Canarinom"),
+    ("CANARY-PAT-2", "Anatole Canariprénom"),
+];
+
+#[test]
+fn desks_share_a_postgres_vault_and_the_server_holds_only_ciphertext() {
+    let Some(pg) = TestCluster::start_or_skip("desks_share_a_postgres_vault") else {
+        return;
+    };
+    let v = at(&pg.uri("rue-des-lilas"));
+    let r = v.run(&INIT).expect(0);
+    assert!(
+        r.stdout_str().contains("vault=rue-des-lilas"),
+        "{}",
+        r.stdout_str()
+    );
+    for (id, name) in PATIENTS {
+        v.run(&["patient", "add", id, "--name", name]).expect(0);
+    }
+    // Four desks at once, two on each patient, three notes each, while a fifth reads.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let desks: Vec<_> = (0..4)
+            .map(|d| {
+                let v = &v;
+                s.spawn(move || {
+                    (0..3)
+                        .map(|n| {
+                            v.add_note(
+                                PATIENTS[d % 2].0,
+                                &format!("CANARY-NOTE sérologie desk {d} note {n}"),
+                                &["--author", "Dr Canari"],
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let reader = s.spawn(|| {
+            for _ in 0..3 {
+                v.run(&["note", "list", PATIENTS[0].0]).expect(0);
+                v.run(&["verify"]).expect(0);
+            }
+        });
+        reader.join().unwrap();
+        desks.into_iter().flat_map(|d| d.join().unwrap()).collect()
+    });
+    assert_eq!(ids.len(), 12);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 12, "no note twice");
+    for (patient, _) in PATIENTS {
+        let listed = chart(&v, patient);
+        let listed = listed.as_array().unwrap();
+        assert_eq!(listed.len(), 6, "{patient}: {listed:?}");
+    }
+    let r = v.run(&["--json", "verify"]).expect(0);
+    assert_eq!(r.json()["problems"].as_array().map(Vec::len), Some(0));
+    // What the server keeps (tables, WAL, logs) holds none of it in clear.
+    pg.execute("postgres", "CHECKPOINT").unwrap();
+    let Some(dir) = pg.dir() else { return };
+    let files: Vec<_> = files_under_regular(dir);
+    assert!(files.len() > 100, "the server's files were read");
+    for canary in ["CANARY", "Canari", "Zéphyrine", "sérologie", "Dr Canari"] {
+        for (path, bytes) in &files {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{canary} in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_vault_moves_from_sled_to_postgres_and_back_unchanged() {
+    let Some(pg) = TestCluster::start_or_skip("a_vault_moves_between_engines") else {
+        return;
+    };
+    let sled = TestVault::init();
+    for (id, name) in PATIENTS {
+        sled.run(&["patient", "add", id, "--name", name]).expect(0);
+        sled.add_note(id, "first visit", &[]);
+        sled.add_note(id, "second visit", &[]);
+    }
+    let archive = sled.tmp.path().join("clinic.carnet");
+    sled.run(&["backup", archive.to_str().unwrap()]).expect(0);
+
+    let on_pg = at(&pg.uri("moved"));
+    std::fs::copy(&sled.pass_file, &on_pg.pass_file).unwrap();
+    on_pg.run(&["restore", archive.to_str().unwrap()]).expect(0);
+    on_pg.run(&["verify"]).expect(0);
+    for (id, _) in PATIENTS {
+        assert_eq!(chart(&on_pg, id), chart(&sled, id), "{id} on PostgreSQL");
+    }
+    // A second restore into the same vault name changes nothing.
+    let r = on_pg.run(&["restore", archive.to_str().unwrap()]).expect(1);
+    assert!(r.stderr.contains("already holds a vault"), "{}", r.stderr);
+    // It keeps working there, then comes back to a directory.
+    on_pg.add_note(PATIENTS[0].0, "written on PostgreSQL", &[]);
+    let back_archive = on_pg.tmp.path().join("back.carnet");
+    on_pg
+        .run(&["backup", back_archive.to_str().unwrap()])
+        .expect(0);
+    let back = TestVault::new();
+    std::fs::copy(&sled.pass_file, &back.pass_file).unwrap();
+    back.run(&["restore", back_archive.to_str().unwrap()])
+        .expect(0);
+    back.run(&["verify"]).expect(0);
+    for (id, _) in PATIENTS {
+        assert_eq!(chart(&back, id), chart(&on_pg, id), "{id} back on sled");
+    }
+    assert_eq!(chart(&back, PATIENTS[0].0).as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_backup_of_a_postgres_vault_that_others_write_is_one_moment() {
+    let Some(pg) = TestCluster::start_or_skip("a_backup_while_others_write") else {
+        return;
+    };
+    let v = at(&pg.uri("busy"));
+    v.run(&INIT).expect(0);
+    for (id, name) in PATIENTS {
+        v.run(&["patient", "add", id, "--name", name]).expect(0);
+    }
+    let archives: Vec<PathBuf> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2)
+            .map(|d| {
+                let v = &v;
+                s.spawn(move || {
+                    for n in 0..6 {
+                        v.add_note(PATIENTS[d].0, &format!("note {n}"), &[]);
+                    }
+                })
+            })
+            .collect();
+        let archives = (0..4)
+            .map(|i| {
+                let a = v.tmp.path().join(format!("b{i}.carnet"));
+                v.run(&["backup", a.to_str().unwrap()]).expect(0);
+                a
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        archives
+    });
+    // Each archive, restored, is a healthy vault: no note without its manifest, no manifest
+    // ahead of its notes, a log that ends where the records do.
+    for a in archives {
+        let restored = TestVault::new();
+        std::fs::copy(&v.pass_file, &restored.pass_file).unwrap();
+        restored.run(&["restore", a.to_str().unwrap()]).expect(0);
+        restored.run(&["verify"]).expect(0);
+    }
+}
+
+#[test]
+fn problems_with_the_server_are_one_line_errors_with_their_exit_code() {
+    let Some(pg) = TestCluster::start_or_skip("problems_with_the_server") else {
+        return;
+    };
+    let one_line = |r: &carnet_tests::Run, code: i32, says: &str| {
+        assert_eq!(r.code, code, "{says}: {}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains(says), "{says}: {}", r.stderr);
+    };
+    // A URI that is not one, or carries a password: a usage error, the password not repeated.
+    let r = at("postgresql://carnet@%2Ftmp/postgres").run(&["patient", "list"]);
+    one_line(&r, 2, "names no vault");
+    let r =
+        at("postgresql://carnet:hunter2-secret@%2Ftmp/postgres?vault=v").run(&["patient", "list"]);
+    one_line(&r, 2, "a password never goes in the URI");
+    assert!(!r.stderr.contains("hunter2"));
+    // No server there.
+    let r = at("postgresql://carnet@%2Fnonexistent-dir/postgres?vault=v").run(&["patient", "list"]);
+    one_line(
+        &r,
+        1,
+        "cannot connect to PostgreSQL at postgresql://carnet@",
+    );
+    // A database without Carnet's tables, and a vault name that is not there.
+    let r = at(&pg.uri("nobody")).run(&["patient", "list"]);
+    one_line(&r, 1, "no vault at postgresql://");
+    at(&pg.uri("somebody")).run(&INIT).expect(0);
+    let r = at(&pg.uri("nobody")).run(&["patient", "list"]);
+    one_line(&r, 1, "no vault at postgresql://");
+    // init twice.
+    let r = at(&pg.uri("somebody")).run(&INIT);
+    one_line(&r, 1, "already holds a vault");
+    // Another program's table of the same name, in another database.
+    pg.execute("postgres", "CREATE DATABASE other").unwrap();
+    pg.execute("other", "CREATE TABLE carnet_records (id int)")
+        .unwrap();
+    let r = at(&pg.uri_as("carnet", "other", "v")).run(&INIT);
+    one_line(&r, 1, "Carnet did not make");
+    // Tables a newer Carnet wrote.
+    pg.execute("postgres", "UPDATE carnet_schema SET version = 99")
+        .unwrap();
+    let r = at(&pg.uri("somebody")).run(&["patient", "list"]);
+    one_line(&r, 1, "newer than this Carnet reads");
+    pg.execute("postgres", "UPDATE carnet_schema SET version = 1")
+        .unwrap();
+
+    // Credentials: a role that signs in with a password (only on a server of the test's own).
+    if pg.dir().is_none() {
+        return;
+    }
+    pg.execute(
+        "postgres",
+        &format!("CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'right-db-password'"),
+    )
+    .unwrap();
+    // (CREATE DATABASE runs alone, outside any transaction.)
+    pg.execute(
+        "postgres",
+        &format!("CREATE DATABASE clinic OWNER {PASSWORD_ROLE}"),
+    )
+    .unwrap();
+    let v = at(&pg.uri_as(PASSWORD_ROLE, "clinic", "pw"));
+    let r = v.run(&["patient", "list"]);
+    one_line(&r, 3, "asks for a password");
+    let wrong = v.tmp.path().join("db-password");
+    write_secret(&wrong, "wrong-db-password\n");
+    let r = v.run(&[
+        "--db-password-file",
+        wrong.to_str().unwrap(),
+        "patient",
+        "list",
+    ]);
+    one_line(&r, 3, "refused the credentials");
+    assert!(!r.stderr.contains("wrong-db-password"));
+    // ~/.pgpass, as libpq reads it: private, or refused.
+    let pgpass = v.tmp.path().join(".pgpass");
+    write_secret(
+        &pgpass,
+        format!("*:*:clinic:{PASSWORD_ROLE}:right-db-password\n"),
+    );
+    v.run(&INIT).expect(0);
+    v.run(&["patient", "add", "P1", "--name", "Camille Martin"])
+        .expect(0);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let r = v.run(&["patient", "list"]);
+    one_line(&r, 2, "can be read or changed by other users");
+}
