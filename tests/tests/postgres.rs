@@ -289,3 +289,71 @@ fn problems_with_the_server_are_one_line_errors_with_their_exit_code() {
     let r = v.run(&["patient", "list"]);
     one_line(&r, 2, "can be read or changed by other users");
 }
+
+#[test]
+fn tls_to_the_server_is_checked_as_sslmode_says() {
+    let pg = match TestCluster::start_tls() {
+        Ok(pg) => pg,
+        Err(carnet_storage::pg_cluster::Unavailable::NotInstalled)
+            if std::env::var_os("CARNET_REQUIRE_POSTGRES").is_none() =>
+        {
+            eprintln!("tls_to_the_server: skipped, PostgreSQL is not installed");
+            return;
+        }
+        Err(e) => panic!("no TLS server: {e:?}"),
+    };
+    let ca = pg.tls_file("ca.pem").unwrap();
+    let other = pg.tls_file("other-ca.pem").unwrap();
+    let uri = |host: &str, params: String| pg.tls_uri(host, &params, "tls").unwrap();
+    let with_root = |mode: &str, root: &std::path::Path| {
+        format!("sslmode={mode}&sslrootcert={}", root.display())
+    };
+    // The certificate is signed by the root and names the host: verify-full connects.
+    let good = at(&uri("localhost", with_root("verify-full", &ca)));
+    good.run(&INIT).expect(0);
+    good.run(&["patient", "add", "P1", "--name", "Camille Martin"])
+        .expect(0);
+    let state = good.state_dir();
+    let pass = good.pass_file.clone();
+    let run = |vault: String| {
+        let v = at(&vault);
+        std::fs::copy(&pass, &v.pass_file).unwrap();
+        // The same machine: what it remembers of the vault goes along.
+        let mut c = v.cmd(&["patient", "list"]);
+        c.env("CARNET_STATE_DIR", &state);
+        carnet_tests::run_cmd(c, None)
+    };
+    // A root that did not sign it: refused, in one line.
+    let r = run(uri("localhost", with_root("verify-full", &other)));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot connect to PostgreSQL"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+    let r = run(uri("localhost", with_root("verify-ca", &other)));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    // A host the certificate does not name: verify-full refuses, verify-ca accepts.
+    let r = run(uri("127.0.0.1", with_root("verify-full", &ca)));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot connect to PostgreSQL"),
+        "{}",
+        r.stderr
+    );
+    run(uri("127.0.0.1", with_root("verify-ca", &ca))).expect(0);
+    // require checks nothing without a root certificate (as libpq), and the root when given.
+    run(uri("localhost", "sslmode=require".into())).expect(0);
+    let r = run(uri("localhost", with_root("require", &other)));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    // verify-full without any root certificate: said before connecting.
+    let r = run(uri("localhost", "sslmode=verify-full".into()));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("need a root certificate"), "{}", r.stderr);
+    // Without TLS the server admits nobody on TCP (hostssl only).
+    let r = run(uri("localhost", "sslmode=disable".into()));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let r = run(uri("localhost", "sslmode=prefer".into())).expect(0);
+    assert!(r.stdout_str().contains("P1"), "{}", r.stdout_str());
+}

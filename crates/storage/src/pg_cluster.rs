@@ -18,6 +18,8 @@ pub struct TestCluster {
     bin: Option<PathBuf>,
     as_postgres: bool,
     base: String,
+    /// The TCP port of a server started with TLS ([`TestCluster::start_tls`]).
+    tls_port: Option<u16>,
 }
 
 /// Why no server could be had: PostgreSQL is not installed (tests skip, unless
@@ -48,12 +50,11 @@ fn bin_dir() -> Option<PathBuf> {
     found.pop()
 }
 
-/// The server's settings: the socket in `dir`, no TCP port.
-fn server_options(dir: &Path) -> String {
-    format!(
-        "-c listen_addresses='' -k {} -c fsync=on -c max_connections=200",
-        dir.display()
-    )
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Whether this process runs as root (asked of `id -u`: this crate forbids `unsafe`).
@@ -69,12 +70,25 @@ fn is_root() -> bool {
 impl TestCluster {
     /// Starts a server (or uses `CARNET_TEST_POSTGRES_URL`).
     pub fn start() -> Result<TestCluster, Unavailable> {
-        if let Ok(url) = std::env::var("CARNET_TEST_POSTGRES_URL") {
+        Self::start_with(false)
+    }
+
+    /// Starts a server of its own (never `CARNET_TEST_POSTGRES_URL`) that also listens on
+    /// 127.0.0.1 with TLS only, its certificate (for `localhost`) signed by a certificate
+    /// authority made for it ([`TestCluster::tls_file`]: `ca.pem`, and `other-ca.pem`, which
+    /// signed nothing).
+    pub fn start_tls() -> Result<TestCluster, Unavailable> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<TestCluster, Unavailable> {
+        if let (false, Ok(url)) = (tls, std::env::var("CARNET_TEST_POSTGRES_URL")) {
             return Ok(TestCluster {
                 dir: None,
                 bin: None,
                 as_postgres: false,
                 base: url,
+                tls_port: None,
             });
         }
         let bin = bin_dir().ok_or(Unavailable::NotInstalled)?;
@@ -100,6 +114,7 @@ impl TestCluster {
             bin: Some(bin.clone()),
             as_postgres,
             base: String::new(),
+            tls_port: None,
         };
         if as_postgres {
             let ok = Command::new("chown")
@@ -128,14 +143,20 @@ impl TestCluster {
             ],
         )?;
         // One role signs in with a password (scram-sha-256), for tests of credentials; every
-        // other role is trusted on the socket.
+        // other role is trusted on the socket, and on 127.0.0.1 over TLS only.
         let hba = data.join("pg_hba.conf");
         std::fs::write(
             &hba,
-            format!("local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\n"),
+            format!(
+                "local all {PASSWORD_ROLE} scram-sha-256\nlocal all all trust\nhostssl all all 127.0.0.1/32 trust\n"
+            ),
         )
         .map_err(|e| fail("cannot write pg_hba.conf", &e))?;
-        let options = server_options(&dir);
+        if tls {
+            cluster.make_certificates()?;
+            cluster.tls_port = Some(free_port().map_err(|e| fail("no free port", &e))?);
+        }
+        let options = cluster.server_options();
         cluster.run(
             &bin.join("pg_ctl"),
             &[
@@ -184,6 +205,89 @@ impl TestCluster {
         format!("{}{sep}vault={vault}", self.base)
     }
 
+    /// The server's settings: the socket in its directory; no TCP port, or 127.0.0.1 with TLS.
+    fn server_options(&self) -> String {
+        let dir = self.dir.as_deref().unwrap_or(Path::new("/nonexistent"));
+        let mut o = format!("-c fsync=on -c max_connections=200 -k {}", dir.display());
+        match self.tls_port {
+            None => o.push_str(" -c listen_addresses=''"),
+            Some(port) => o.push_str(&format!(
+                " -c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
+                dir.join("tls").display()
+            )),
+        }
+        o
+    }
+
+    /// Makes a certificate authority, a server certificate for `localhost` it signs, and
+    /// another authority that signs nothing, with the system's `openssl`.
+    fn make_certificates(&self) -> Result<(), Unavailable> {
+        let dir = self
+            .dir
+            .as_deref()
+            .unwrap_or(Path::new("/nonexistent"))
+            .join("tls");
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| Unavailable::Failed(format!("{what}: {e}"));
+        std::fs::create_dir(&dir).map_err(|e| fail("cannot create tls/", &e))?;
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .map_err(|e| fail("cannot write ext.cnf", &e))?;
+        let ca = |key: &str, pem: &str| -> Vec<String> {
+            format!("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {key} -out {pem} -days 2 -subj /CN=carnet-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+                .split(' ').map(String::from).collect()
+        };
+        let split = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+        for args in [
+            ca("ca.key", "ca.pem"),
+            ca("other-ca.key", "other-ca.pem"),
+            split("req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr -subj /CN=localhost"),
+            split("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf"),
+        ] {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| fail("cannot run openssl (apt-get install openssl)", &e))?;
+            if !out.status.success() {
+                return Err(Unavailable::Failed(format!(
+                    "openssl {} failed: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        if self.as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(Unavailable::Failed("cannot give tls/ to postgres".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A file of the TLS server's certificates (`ca.pem`, `other-ca.pem`).
+    pub fn tls_file(&self, name: &str) -> Option<PathBuf> {
+        self.tls_port?;
+        Some(self.dir.as_deref()?.join("tls").join(name))
+    }
+
+    /// A URI for the vault `vault` over TCP and TLS to `host` (`localhost` or `127.0.0.1`),
+    /// with the extra parameters `params` (`sslmode=…`).
+    pub fn tls_uri(&self, host: &str, params: &str, vault: &str) -> Option<String> {
+        let port = self.tls_port?;
+        Some(format!(
+            "postgresql://carnet@{host}:{port}/postgres?{params}&vault={vault}"
+        ))
+    }
+
     /// A connection URI for the vault `vault` in the database `database`, as `user`.
     pub fn uri_as(&self, user: &str, database: &str, vault: &str) -> String {
         let (base, query) = self.base.split_once('?').unwrap_or((&self.base, ""));
@@ -226,7 +330,7 @@ impl TestCluster {
             return Err("an external server is not restarted".into());
         };
         let data = dir.join("data");
-        let options = server_options(dir);
+        let options = self.server_options();
         self.run(
             &bin.join("pg_ctl"),
             &[

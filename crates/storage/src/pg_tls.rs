@@ -77,8 +77,12 @@ pub(crate) fn connector(address: &PgAddress) -> Result<Tls, StoreError> {
         (TlsMode::Require, Some(path)) if named.is_some() || path.is_file() => {
             Some(read_roots(&path)?)
         }
-        (TlsMode::VerifyCa | TlsMode::VerifyFull, Some(path)) => Some(read_roots(&path)?),
-        (TlsMode::VerifyCa | TlsMode::VerifyFull, None) => {
+        (TlsMode::VerifyCa | TlsMode::VerifyFull, Some(path))
+            if named.is_some() || path.is_file() =>
+        {
+            Some(read_roots(&path)?)
+        }
+        (TlsMode::VerifyCa | TlsMode::VerifyFull, _) => {
             return Err(unavailable(
                 "sslmode verify-ca and verify-full need a root certificate: add sslrootcert=FILE to the URI, or put it in ~/.postgresql/root.crt".into(),
             ))
