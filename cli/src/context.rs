@@ -377,6 +377,30 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
         Ok(pass) => Vault::unlock_expecting(store, &global.user, &pass, &expected)
             .map_err(downgrade_hint)?,
     };
+    let mut vault = vault;
+    // A key operation of another desk runs alone: wait for it (up to --wait), then read the
+    // keys it left.
+    let quiet = global.quiet;
+    vault.wait_for_key_operations(std::time::Duration::from_secs(global.wait), &mut |op| {
+        if !quiet {
+            eprintln!(
+                "carnet: waiting for another administrator's {op} to finish (up to {} s; --wait to change)…",
+                global.wait
+            );
+        }
+    })?;
+    // And the same during the command, for an operation that starts meanwhile.
+    vault.set_patience(
+        std::time::Duration::from_secs(global.wait),
+        (!quiet).then(|| {
+            let wait = global.wait;
+            Box::new(move |op: &'static str| {
+                eprintln!(
+                    "carnet: waiting for another administrator's {op} to finish (up to {wait} s; --wait to change)…"
+                )
+            }) as Box<dyn Fn(&'static str) + Send + Sync>
+        }),
+    );
     warn_unfinished(&vault);
     let memory = Memory::of(vault.id(), &location);
     if memory.is_none() {

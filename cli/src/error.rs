@@ -112,6 +112,19 @@ impl From<CoreError> for CliError {
                     .hint("ask an administrator, or use --user with an account that has this right")
             }
             CoreError::Storage(s) => s.into(),
+            CoreError::Busy { operation, for_at_most } => CliError::new(
+                Exit::InUse,
+                format!("another administrator's {operation} is under way: it runs alone, and nothing of this command was written"),
+            )
+            .hint(format!(
+                "try again when it is done (at most {} min), or raise --wait",
+                for_at_most.as_secs().div_ceil(60)
+            )),
+            CoreError::KeysChanged => CliError::new(
+                Exit::InUse,
+                "an administrator changed the vault's keys while this command ran; nothing of it was written",
+            )
+            .hint("run it again"),
             CoreError::NotAVault => CliError::failure("no vault here")
                 .hint("run `carnet init` first, or pass --vault DIR|URI"),
             CoreError::Foreign => CliError::failure("this directory does not hold a Carnet vault (unrecognized files)"),

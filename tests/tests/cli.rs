@@ -446,8 +446,9 @@ fn verify_reports_json_and_exits_0_on_a_clean_vault() {
     assert_eq!(r["ok"], true);
     assert_eq!(r["problems"], json!([]));
     // keyring, vault keys, registry, users; patient, key, manifest; the note; the log's head
-    // and 3 entries (init's recovery key, patient add, note add)
-    assert_eq!(r["records_checked"], 4 + 3 + 1 + (1 + 3));
+    // and 4 entries (the fence made and the recovery key by init, patient add, note add); the
+    // fence of key operations
+    assert_eq!(r["records_checked"], 4 + 3 + 1 + (1 + 4) + 1);
 }
 
 #[test]

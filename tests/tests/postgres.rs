@@ -357,3 +357,79 @@ fn tls_to_the_server_is_checked_as_sslmode_says() {
     let r = run(uri("localhost", "sslmode=prefer".into())).expect(0);
     assert!(r.stdout_str().contains("P1"), "{}", r.stdout_str());
 }
+
+#[test]
+fn a_rotation_at_one_desk_runs_alone_while_other_desks_keep_writing() {
+    let Some(pg) = TestCluster::start_or_skip("a_rotation_runs_alone") else {
+        return;
+    };
+    let v = at(&pg.uri("rotating"));
+    v.run(&INIT).expect(0);
+    let lines: String = (0..300)
+        .map(|i| format!("{{\"patient_id\": \"P{i:03}\", \"body\": \"note {i}\"}}\n"))
+        .collect();
+    let file = v.tmp.path().join("import.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    v.run(&["import", file.to_str().unwrap()]).expect(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (written, refused) = std::thread::scope(|s| {
+        let desk = s.spawn(|| {
+            let (mut written, mut refused) = (Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || written.len() < 3 {
+                let r = v.run_stdin(
+                    &["--wait", "0", "note", "add", "P001"],
+                    b"written meanwhile",
+                );
+                match r.code {
+                    0 => written.push(r.stdout_str().trim().to_string()),
+                    6 => {
+                        assert!(r.stderr.contains("administrator"), "{}", r.stderr);
+                        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+                        refused += 1;
+                    }
+                    c => panic!("note add exited {c}: {}", r.stderr),
+                }
+            }
+            (written, refused)
+        });
+        for _ in 0..2 {
+            v.run(&["key", "rotate-patient", "--all"]).expect(0);
+            v.run(&["key", "rotate-master"]).expect(0);
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        desk.join().unwrap()
+    });
+    eprintln!(
+        "{} notes written, {refused} refused during the rotations",
+        written.len()
+    );
+    // Every note acknowledged is there and readable under the keys in use now.
+    for id in &written {
+        v.run(&["note", "show", "P001", id]).expect(0);
+    }
+    let listed = chart(&v, "P001");
+    assert_eq!(listed.as_array().unwrap().len(), 1 + written.len());
+    v.run(&["verify"]).expect(0);
+    // A desk that finds a rotation under way waits for it, saying so.
+    let waiting = std::thread::scope(|s| {
+        let rotation = s.spawn(|| v.run(&["key", "rotate-patient", "--all"]).expect(0));
+        let mut saw = false;
+        for _ in 0..40 {
+            // It waits, then lists, or (the keys changed under it) says to run it again.
+            let r = v.run(&["--wait", "30", "note", "list", "P002"]);
+            assert!(
+                r.code == 0 || (r.code == 6 && r.stderr.contains("run it again")),
+                "{}: {}",
+                r.code,
+                r.stderr
+            );
+            if r.stderr.contains("waiting for another administrator's") {
+                saw = true;
+                break;
+            }
+        }
+        rotation.join().unwrap();
+        saw
+    });
+    assert!(waiting, "a desk waits for the rotation, saying so");
+}

@@ -183,9 +183,10 @@ fn an_unfinished_revocation_stops_writes_and_warns_on_every_command() {
     v.run(&["patient", "add", "P1"]).expect(0);
     v.add_note("P1", "before the revocation", &[]);
     // `user remove bob` interrupted after its first durable step (the role gone, the job
-    // record written), as a kill there would leave it.
+    // record written), as a kill there would leave it (writes 1 and 2 take the fence of key
+    // operations).
     {
-        let store = FaultyStore::new(SledStore::open(&v.dir).unwrap(), 3);
+        let store = FaultyStore::new(SledStore::open(&v.dir).unwrap(), 5);
         let mut vault =
             Vault::unlock(store, "admin", &Passphrase::new(carnet_tests::PASS.into())).unwrap();
         assert!(vault.remove_user("bob", &mut |_, _| {}).is_err());

@@ -81,9 +81,10 @@ fn every_record_flipped_deleted_or_swapped_is_detected() {
     let f = fixture();
     let dir = f.v.dir.clone();
     let all = records(&dir);
-    // meta: registry, users, log head; patients; manifests; notes; the log's 7 entries (the
-    // recovery key made by init, 2 patient add, 3 note add, 1 note amend)
-    assert_eq!(all.len(), 3 + 2 + 2 + 4 + 7, "the fixture's records");
+    // meta: registry, users, log head, the fence of key operations; patients; manifests;
+    // notes; the log's 8 entries (the fence made and the recovery key by init, 2 patient add,
+    // 3 note add, 1 note amend)
+    assert_eq!(all.len(), 4 + 2 + 2 + 4 + 8, "the fixture's records");
     // Each case starts from a copy of the intact vault: the checks append to the access log,
     // so putting one record back afterwards would roll the log back.
     let pristine = f.v.tmp.path().join("pristine");

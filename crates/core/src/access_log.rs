@@ -85,13 +85,16 @@ pub enum Action {
     /// Upgrading the vault's format (and, with outcome `baseline`, the entries that record
     /// every patient's state at the upgrade).
     KeyUpgrade,
+    /// Making the fence of key operations (ADR 0019), in the same batch: once per vault, at
+    /// its first key operation. From then on the fence must be there.
+    KeyFence,
     /// An action this version of Carnet does not know (written by a newer one), by its stored
     /// name.
     Other(String),
 }
 
 /// Every action but [`Action::Other`].
-const KNOWN: [Action; 25] = [
+const KNOWN: [Action; 26] = [
     Action::PatientList,
     Action::PatientShow,
     Action::PatientAdd,
@@ -117,6 +120,7 @@ const KNOWN: [Action; 25] = [
     Action::KeyRotateRecovery,
     Action::KeyChangePassphrase,
     Action::KeyUpgrade,
+    Action::KeyFence,
 ];
 
 impl Action {
@@ -149,6 +153,7 @@ impl Action {
             Action::KeyRotateRecovery => "key rotate-recovery",
             Action::KeyChangePassphrase => "key change-passphrase",
             Action::KeyUpgrade => "key upgrade",
+            Action::KeyFence => "key fence",
             Action::Other(name) => name,
         }
     }

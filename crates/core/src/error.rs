@@ -140,6 +140,24 @@ pub enum Error {
     /// A stored record failed authentication, is missing, or is out of place.
     #[error("integrity check failed: {0}")]
     Integrity(IntegrityError),
+
+    /// Another process changed the vault's keys (a rotation, a revocation, a new or removed
+    /// user, an erasure, an upgrade) since this `Vault` read them: nothing of this call was
+    /// written. Call [`crate::Vault::reload`], then try again.
+    #[error("another process changed the vault's keys while this ran; nothing of it was written")]
+    KeysChanged,
+
+    /// A key operation of another process (a rotation, a revocation, a user added or removed,
+    /// an erasure, an upgrade) is under way: it runs alone. Try again when it is done, then
+    /// [`crate::Vault::reload`].
+    #[error("another administrator's {operation} is under way (it runs alone)")]
+    Busy {
+        /// What is under way, in words.
+        operation: &'static str,
+        /// How long, at most, it holds the vault before its lease runs out (it renews it while
+        /// it works).
+        for_at_most: std::time::Duration,
+    },
     /// The storage backend failed (including "in use by another process").
     #[error(transparent)]
     Storage(#[from] StoreError),

@@ -46,6 +46,9 @@ pub(crate) enum SlotSecret<'a> {
     Passphrase(&'a Passphrase, KdfParams),
     /// The recovery key.
     Recovery(&'a RecoveryKey),
+    /// A slot opened before by this process (its key-encryption key): to read the keyring
+    /// again after another process changed it, without asking for the passphrase again.
+    Access(&'a SlotAccess),
 }
 const SEAL_LEN: usize = 4 + 32 + 32 + NONCE_LEN + 32 + TAG_LEN;
 const MAX_SLOTS: usize = 1024;
@@ -332,6 +335,7 @@ impl Slot {
     fn kek_root(&self, secret: &SlotSecret<'_>) -> Result<SecretKey, Error> {
         match (secret, &self.kdf) {
             (SlotSecret::Passphrase(p, _), Some(kdf)) => kdf.derive(p, &self.salt),
+            (SlotSecret::Access(_), _) => Err(Error::WrongPassphrase),
             (SlotSecret::Recovery(r), None) => Ok(crypto::hkdf(
                 Some(&self.salt),
                 r.expose(),
@@ -358,6 +362,11 @@ impl Slot {
         let kdf = match &secret {
             SlotSecret::Passphrase(_, kdf) => Some(*kdf),
             SlotSecret::Recovery(_) => None,
+            SlotSecret::Access(_) => {
+                return Err(Error::InvalidArgument(
+                    "a new key slot needs a passphrase or a recovery key".into(),
+                ))
+            }
         };
         let mut slot = Slot {
             name_tag: name_tag(vault_id, user),
@@ -453,11 +462,22 @@ impl Slot {
         vault_id: &[u8; 16],
         secret: &SlotSecret<'_>,
     ) -> Result<(SlotAccess, Option<KeyringKey>), Error> {
-        let kek_root = self.kek_root(secret)?;
-        let (kek, commit) = SlotKey::derive(&kek_root, vault_id);
-        if !bool::from(commit.ct_eq(&self.commit)) {
-            return Err(Error::WrongPassphrase);
-        }
+        let kek = match secret {
+            // The key opened this slot before; if the slot was re-protected since (a new
+            // passphrase), the AEAD below refuses it.
+            SlotSecret::Access(a) if a.tag == self.name_tag => {
+                SlotKey::from_secret(SecretKey::from_bytes(*a.kek.aead().expose()))
+            }
+            SlotSecret::Access(_) => return Err(Error::WrongPassphrase),
+            _ => {
+                let kek_root = self.kek_root(secret)?;
+                let (kek, commit) = SlotKey::derive(&kek_root, vault_id);
+                if !bool::from(commit.ct_eq(&self.commit)) {
+                    return Err(Error::WrongPassphrase);
+                }
+                kek
+            }
+        };
         let plain = crypto::open(
             kek.aead(),
             &self.sk_nonce,
@@ -668,14 +688,15 @@ impl Keyring {
     /// legacy slot (and a version-1 keyring) can only check the MAC under the master it is
     /// given, as format 1 did.
     pub(crate) fn unlock(&self, user: &str, secret: &SlotSecret<'_>) -> Result<Opened, Error> {
-        let slot_name = match secret {
-            SlotSecret::Passphrase(..) => user,
-            SlotSecret::Recovery(_) => RECOVERY_SLOT,
+        let slot = match secret {
+            SlotSecret::Passphrase(..) => self.slot(user).ok_or(Error::UnknownUser)?,
+            SlotSecret::Recovery(_) => self.slot(RECOVERY_SLOT).ok_or(Error::WrongPassphrase)?,
+            SlotSecret::Access(a) => self
+                .slots
+                .iter()
+                .find(|s| s.name_tag == a.tag)
+                .ok_or(Error::UnknownUser)?,
         };
-        let slot = self.slot(slot_name).ok_or(match secret {
-            SlotSecret::Passphrase(..) => Error::UnknownUser,
-            SlotSecret::Recovery(_) => Error::WrongPassphrase,
-        })?;
         let (access, key) = slot.open_secret(&self.vault_id, secret)?;
         let body = self.encode_body();
         if let Some(k) = &key {

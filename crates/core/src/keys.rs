@@ -385,6 +385,11 @@ impl SlotKey {
         (SlotKey(kek), *commit.expose())
     }
 
+    /// A slot key from its bytes (kept by an opened slot).
+    pub(crate) fn from_secret(key: SecretKey) -> SlotKey {
+        SlotKey(key)
+    }
+
     /// The AEAD key, for the keyring's slot sealing only.
     pub(crate) fn aead(&self) -> &SecretKey {
         &self.0

@@ -43,15 +43,18 @@ pub(crate) enum JobSlot {
     Revoke,
     /// `"upgrade-job"`: an upgrade to format 2 under way ([`JOB_UPGRADE`]).
     Upgrade,
+    /// `"fence"`: the key operations' fence ([`JOB_FENCE`], ADR 0019).
+    Fence,
 }
 
 impl JobSlot {
     /// Every job slot, for `verify`.
-    pub(crate) const ALL: [JobSlot; 4] = [
+    pub(crate) const ALL: [JobSlot; 5] = [
         JobSlot::RotateAllPatients,
         JobSlot::Import,
         JobSlot::Revoke,
         JobSlot::Upgrade,
+        JobSlot::Fence,
     ];
 
     /// The storage key in the `meta` space, which is also the record's binding.
@@ -61,6 +64,7 @@ impl JobSlot {
             JobSlot::Import => b"import-job",
             JobSlot::Revoke => b"revoke-job",
             JobSlot::Upgrade => b"upgrade-job",
+            JobSlot::Fence => b"fence",
         }
     }
 }
@@ -74,6 +78,10 @@ pub(crate) const JOB_REVOKE: u8 = 3;
 /// Job kind: an upgrade to format 2 under way (`done`: the patients whose state the baseline
 /// entries already record).
 pub(crate) const JOB_UPGRADE: u8 = 4;
+/// Job kind: the fence of key operations (`target`: the operation under way, 0 for none;
+/// `source`: a random value new at each change; `done`: while one is under way, the end of its
+/// lease in Unix milliseconds, else 0).
+pub(crate) const JOB_FENCE: u8 = 5;
 
 /// A revocation job's `done` when the user revoked was an administrator (format 2: the recovery
 /// key is replaced at its end).

@@ -73,9 +73,10 @@ fn records(s: &MemStore) -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
     out
 }
 
-/// Whether a record is the access log's (its head or an entry): every operation adds to it.
+/// Whether a record is the access log's (its head or an entry), which every operation adds
+/// to, or the fence of key operations, which every key operation moves (ADR 0019).
 fn is_log(k: &(String, Vec<u8>)) -> bool {
-    k.0 == "log" || (k.0 == "meta" && k.1 == b"log-head")
+    k.0 == "log" || (k.0 == "meta" && (k.1 == b"log-head" || k.1 == b"fence"))
 }
 
 fn changed(

@@ -87,4 +87,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.tick()?;
         self.inner.append_doc(name, bytes)
     }
+    fn lock_key_operations(&self) -> Result<Option<crate::KeyOpLock>, StoreError> {
+        self.inner.lock_key_operations()
+    }
+    fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
+        self.inner.key_operations_locked()
+    }
 }

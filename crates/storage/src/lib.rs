@@ -23,6 +23,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+use std::sync::Arc;
+
 mod any;
 mod batch;
 pub mod conformance;
@@ -96,10 +98,72 @@ pub trait Store: Send + Sync {
         records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
     ) -> Result<(), StoreError>;
 
+    /// Takes the lock that marks a key operation under way among the processes sharing this
+    /// store, released when the returned guard is dropped **or its process ends** (a killed
+    /// process holds nothing): how the others tell a running key operation from a dead one.
+    /// `Ok(None)`: this backend has no such lock (callers then rely on a lease).
+    fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+        Ok(None)
+    }
+
+    /// Whether [`Store::lock_key_operations`]'s lock is held now (by anyone): `Ok(None)` when
+    /// this backend cannot tell.
+    fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
+        Ok(None)
+    }
+
     /// Appends `bytes` to the document `name` (creating it if absent) and makes them durable.
     /// A crash during the append may leave a prefix of `bytes` at the end: callers frame their
     /// appends so that a torn tail is recognizable.
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError>;
+}
+
+/// A held [`Store::lock_key_operations`] lock: released when dropped.
+pub struct KeyOpLock(#[allow(dead_code)] Box<dyn Send>);
+
+impl KeyOpLock {
+    /// A guard that releases the lock when dropped (whatever `held` does on drop).
+    pub fn new(held: Box<dyn Send>) -> Self {
+        KeyOpLock(held)
+    }
+}
+
+impl std::fmt::Debug for KeyOpLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyOpLock")
+    }
+}
+
+/// The in-process form of the key-operation lock, for backends that only one process opens at
+/// a time (sled) or that live in one process (memory): a flag shared by every user of the
+/// store.
+#[derive(Default, Debug)]
+pub(crate) struct LocalKeyOpLock(Arc<std::sync::atomic::AtomicBool>);
+
+struct LocalHeld(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for LocalHeld {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl LocalKeyOpLock {
+    /// Takes it (it is held by one key operation at a time: a second is `Conflict`).
+    pub(crate) fn lock(&self) -> Result<Option<KeyOpLock>, StoreError> {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .map_err(|_| StoreError::Conflict)?;
+        Ok(Some(KeyOpLock::new(Box::new(LocalHeld(Arc::clone(
+            &self.0,
+        ))))))
+    }
+
+    /// Whether it is held.
+    pub(crate) fn held(&self) -> Result<Option<bool>, StoreError> {
+        Ok(Some(self.0.load(std::sync::atomic::Ordering::SeqCst)))
+    }
 }
 
 /// Reading a store's documents without opening (or locking) its records: what a caller needs to
@@ -147,9 +211,14 @@ macro_rules! forward_store {
             ) -> Result<(), StoreError> {
                 (**self).replace_all(records)
             }
+            fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+                (**self).lock_key_operations()
+            }
+            fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
+                (**self).key_operations_locked()
+            }
         }
     };
 }
-use std::sync::Arc;
 forward_store!(Box);
 forward_store!(Arc);

@@ -15,6 +15,7 @@ struct Inner {
 #[derive(Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
+    key_ops: crate::LocalKeyOpLock,
 }
 
 impl MemStore {
@@ -37,6 +38,12 @@ impl std::fmt::Debug for MemStore {
 }
 
 impl Store for MemStore {
+    fn lock_key_operations(&self) -> Result<Option<crate::KeyOpLock>, StoreError> {
+        self.key_ops.lock()
+    }
+    fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
+        self.key_ops.held()
+    }
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock().records.get(&(space, key.to_vec())).cloned())
     }

@@ -69,6 +69,9 @@ pub fn is_postgres_uri(text: &str) -> bool {
     text.starts_with("postgres://") || text.starts_with("postgresql://")
 }
 
+/// libpq's default socket directory on Debian.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
 fn bad(why: &str) -> StoreError {
     StoreError::Unavailable(format!("invalid PostgreSQL URI: {why}"))
 }
@@ -94,6 +97,10 @@ impl PgAddress {
         let mut root_cert = None;
         let mut rest = Vec::new();
         for param in query.split('&').filter(|p| !p.is_empty()) {
+            // The driver %-decodes names: one Carnet did not read as it would is refused.
+            if param.split('=').next().is_some_and(|k| k.contains('%')) {
+                return Err(bad("a parameter name with a %-escape"));
+            }
             match param.split_once('=') {
                 Some(("vault", v)) => vault = Some(v.to_string()),
                 Some(("password", _)) => return Err(no_password_here()),
@@ -101,6 +108,13 @@ impl PgAddress {
                     bad("sslmode must be disable, allow, prefer, require, verify-ca or verify-full")
                 })?,
                 Some(("sslrootcert", v)) => root_cert = Some(PathBuf::from(percent_decode(v)?)),
+                // One server per vault: a password looked up for one host is never sent to
+                // another (libpq looks it up per host; Carnet names one).
+                Some(("host" | "hostaddr" | "load_balance_hosts", _)) => {
+                    return Err(bad(
+                        "name the server in the URI's authority (one host), not with host= or hostaddr=",
+                    ))
+                }
                 Some((
                     "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "passfile",
                     _,
@@ -145,23 +159,40 @@ impl PgAddress {
         if config.get_password().is_some() {
             return Err(no_password_here());
         }
+        match config.get_hosts().len() {
+            0 => {
+                // libpq's default: the system's socket directory.
+                config.host_path(DEFAULT_SOCKET_DIR);
+            }
+            1 => {}
+            _ => return Err(bad("it names several hosts: Carnet connects to one")),
+        }
+        if !config.get_hostaddrs().is_empty() {
+            return Err(bad(
+                "hostaddr is not supported: name the server as the host",
+            ));
+        }
         if config.get_user().is_none() {
             // libpq's default, and the one the password file is searched for.
             config.user(&whoami::username().unwrap_or_else(|_| "postgres".into()));
         }
-        // TLS is chosen by the connector Carnet builds from `tls`; the driver only asks for it.
-        config.ssl_mode(match tls {
-            TlsMode::Disable => SslMode::Disable,
-            TlsMode::Prefer => SslMode::Prefer,
-            _ => SslMode::Require,
-        });
-        Ok(PgAddress {
+        let mut address = PgAddress {
             config,
             vault,
             tls,
             root_cert,
             has_password: false,
-        })
+        };
+        // TLS is chosen by the connector Carnet builds from `tls`; the driver only asks for it,
+        // and never on a Unix socket (as libpq).
+        let mode = match tls {
+            _ if address.local_only() => SslMode::Disable,
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        };
+        address.config.ssl_mode(mode);
+        Ok(address)
     }
 
     /// The vault's name in its database.
@@ -254,8 +285,19 @@ impl PgAddress {
             .to_string();
         let hosts: Vec<String> = match self.config.get_hosts().first() {
             Some(Host::Tcp(h)) => vec![h.clone()],
-            // libpq matches a socket connection by its directory, or as `localhost`.
-            Some(Host::Unix(p)) => vec![p.to_string_lossy().into_owned(), "localhost".into()],
+            // libpq matches a socket by its directory, and as `localhost` only in the default
+            // directory (a socket elsewhere, in /tmp say, is not the local server's).
+            Some(Host::Unix(p)) => {
+                let dir = p.to_string_lossy().into_owned();
+                let default = [DEFAULT_SOCKET_DIR, "/run/postgresql"]
+                    .iter()
+                    .any(|d| Path::new(d) == p.as_path());
+                let mut names = vec![dir];
+                if default {
+                    names.push("localhost".into());
+                }
+                names
+            }
             None => vec!["localhost".into()],
         };
         let user = self.config.get_user().unwrap_or("").to_string();
@@ -265,13 +307,15 @@ impl PgAddress {
                 return None;
             }
             let fields = pgpass_fields(line)?;
-            let matches = |field: &str, value: &str| field == "*" || field == value;
-            let host_ok = fields[0].as_str() == "*" || hosts.iter().any(|h| *h == *fields[0]);
+            let matches = |(text, wild): &(Zeroizing<String>, bool), value: &str| {
+                *wild || text.as_str() == value
+            };
+            let host_ok = fields[0].1 || hosts.iter().any(|h| *h == *fields[0].0);
             (host_ok
                 && matches(&fields[1], &port)
                 && matches(&fields[2], &database)
                 && matches(&fields[3], &user))
-            .then(|| Zeroizing::new(fields[4].to_string()))
+            .then(|| Zeroizing::new(fields[4].0.to_string()))
         });
         if let Some(password) = found {
             self.set_password(password.as_bytes());
@@ -286,23 +330,31 @@ impl PgAddress {
     }
 }
 
-/// The five fields of a password-file line, `\:` and `\\` unescaped (`None`: not a line of
-/// five fields).
-fn pgpass_fields(line: &str) -> Option<[Zeroizing<String>; 5]> {
-    let mut fields: Vec<Zeroizing<String>> = vec![Zeroizing::new(String::new())];
+/// The five fields of a password-file line, `\:` and `\\` unescaped, and whether each is a
+/// wildcard (an unescaped `*`); as libpq, an unescaped `:` ends the password too (`None`: not
+/// a line of five fields).
+fn pgpass_fields(line: &str) -> Option<[(Zeroizing<String>, bool); 5]> {
+    let mut fields: Vec<(Zeroizing<String>, bool)> = vec![(Zeroizing::new(String::new()), false)];
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
                 if let Some(n) = chars.next() {
-                    fields.last_mut()?.push(n);
+                    fields.last_mut()?.0.push(n);
+                    fields.last_mut()?.1 = true;
                 }
             }
-            ':' if fields.len() < 5 => fields.push(Zeroizing::new(String::new())),
-            c => fields.last_mut()?.push(c),
+            ':' if fields.len() < 5 => fields.push((Zeroizing::new(String::new()), false)),
+            ':' => break,
+            c => fields.last_mut()?.0.push(c),
         }
     }
-    fields.try_into().ok()
+    let fields: [(Zeroizing<String>, bool); 5] = fields.try_into().ok()?;
+    // `escaped` becomes "is a wildcard": exactly `*`, unescaped.
+    Some(fields.map(|(text, escaped)| {
+        let wild = !escaped && text.as_str() == "*";
+        (text, wild)
+    }))
 }
 
 /// The content of a file that must be private to its owner (mode without group or other bits).
@@ -379,6 +431,10 @@ mod tests {
             "postgresql://db/carnet?vault=a%20b",
             "postgresql://db/carnet?vault=a&sslmode=sometimes",
             "postgresql://db/carnet?vault=a&sslcert=/x",
+            "postgresql://a,b/carnet?vault=a",
+            "postgresql://db/carnet?vault=a&host=evil",
+            "postgresql://db/carnet?vault=a&hostaddr=10.0.0.1",
+            "postgresql://db/carnet?vault=a&ssl%6Dode=disable",
             "/srv/carnet",
         ] {
             let e = PgAddress::parse(uri).expect_err(uri);
@@ -393,9 +449,16 @@ mod tests {
 
     #[test]
     fn password_file_lines_unescape_and_need_five_fields() {
-        let f = pgpass_fields(r"db\:1:5432:*:clinic:pa\\ss:word").expect("five");
-        assert_eq!(f[0].as_str(), "db:1");
-        assert_eq!(f[4].as_str(), r"pa\ss:word");
+        let f = pgpass_fields(r"db\:1:5432:*:clinic:pa\\ss\:wo:rd").expect("five");
+        assert_eq!(f[0].0.as_str(), "db:1");
+        assert!(f[2].1, "* is a wildcard");
+        assert_eq!(
+            f[4].0.as_str(),
+            r"pa\ss:wo",
+            "an unescaped : ends the password"
+        );
+        let f = pgpass_fields(r"\*:5432:db:u:p").expect("five");
+        assert!(!f[0].1, "an escaped * is a star");
         assert!(pgpass_fields("db:5432:*:clinic").is_none());
     }
 
@@ -424,12 +487,27 @@ mod tests {
             "another port"
         );
         let mut c =
-            PgAddress::parse("postgresql://clinic@%2Frun%2Fpg/carnet?vault=v").expect("parses");
+            PgAddress::parse("postgresql://clinic@%2Fvar%2Frun%2Fpostgresql/carnet?vault=v")
+                .expect("parses");
         c.password_from_pgpass("localhost:5432:carnet:clinic:local\n");
         assert_eq!(
             c.config.get_password(),
             Some(&b"local"[..]),
-            "a socket is localhost"
+            "the default socket is localhost"
+        );
+        let mut d = PgAddress::parse("postgresql://clinic@%2Ftmp/carnet?vault=v").expect("parses");
+        d.password_from_pgpass("localhost:5432:carnet:clinic:local\n");
+        assert_eq!(
+            d.config.get_password(),
+            None,
+            "a socket in /tmp is not localhost"
+        );
+        let mut e = PgAddress::parse("postgresql://clinic@/carnet?vault=v").expect("no host");
+        e.password_from_pgpass("localhost:5432:carnet:clinic:local\n");
+        assert_eq!(
+            e.config.get_password(),
+            Some(&b"local"[..]),
+            "no host: the default socket"
         );
         std::fs::write(dir.path().join("pw"), "first line\nsecond\n").expect("write");
         std::fs::set_permissions(

@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::pg_address::PgAddress;
 use crate::pg_tls::{connector, Tls};
 use crate::{
-    Batch, DocName, Entry, EntryIter, Op, Precondition, Space, SpacedEntry, Store, StoreError,
+    Batch, DocName, Entry, EntryIter, KeyOpLock, Op, Precondition, Space, SpacedEntry, Store,
+    StoreError,
 };
 
 /// The version of the tables this code writes. A database whose tables a newer Carnet wrote is
@@ -58,6 +59,9 @@ pub struct PgStore {
     tls: Tls,
     vault: i64,
     conn: Conn,
+    /// A session's transaction committed ([`PgStore::finish`]): from then on each batch is a
+    /// transaction of its own again, on the session's connection.
+    committed: std::sync::atomic::AtomicBool,
 }
 
 /// How a store reaches the server.
@@ -103,6 +107,19 @@ fn is_race(e: &postgres::Error) -> bool {
             || *c == SqlState::T_R_SERIALIZATION_FAILURE
             || *c == SqlState::T_R_DEADLOCK_DETECTED
     )
+}
+
+/// Column `i` of `row`, as Carnet's tables define it: a column another program changed (its
+/// type, a NULL) is [`StoreError::Unsupported`], never a panic.
+fn col<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a postgres::Row,
+    i: usize,
+) -> Result<T, StoreError> {
+    row.try_get(i).map_err(|_| {
+        StoreError::Unsupported(
+            "a column of Carnet's tables is not what Carnet made (its type was changed)".into(),
+        )
+    })
 }
 
 fn digest(value: &[u8]) -> Vec<u8> {
@@ -164,7 +181,7 @@ impl PgStore {
                 "the vault {name} in this database"
             )));
         };
-        Ok(Self::with(address.clone(), tls, row.get(0), client))
+        Ok(Self::with(address.clone(), tls, col(&row, 0)?, client))
     }
 
     /// [`PgStore::open`] at a parsed address.
@@ -182,7 +199,7 @@ impl PgStore {
         let Some(row) = row else {
             return Err(StoreError::NotFound(address.location()));
         };
-        Ok(Self::with(address.clone(), tls, row.get(0), client))
+        Ok(Self::with(address.clone(), tls, col(&row, 0)?, client))
     }
 
     /// [`PgStore::exists`] at a parsed address.
@@ -209,6 +226,7 @@ impl PgStore {
             tls,
             vault,
             conn: Conn::Pool(Mutex::new(vec![client])),
+            committed: Default::default(),
         }
     }
 
@@ -238,8 +256,9 @@ impl PgStore {
         Ok(PgStore {
             address: address.clone(),
             tls,
-            vault: row.get(0),
+            vault: col(&row, 0)?,
             conn: Conn::Session(Mutex::new(client)),
+            committed: Default::default(),
         })
     }
 
@@ -248,11 +267,30 @@ impl PgStore {
     pub fn finish(&self) -> Result<(), StoreError> {
         match &self.conn {
             Conn::Pool(_) => Ok(()),
-            Conn::Session(c) => c
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .batch_execute("COMMIT")
-                .map_err(|e| pg_error("cannot commit the vault", &e)),
+            Conn::Session(c) => {
+                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                // A transaction that failed would answer COMMIT with a ROLLBACK, not an error:
+                // a statement first says whether it still stands.
+                c.batch_execute("SELECT 1")
+                    .map_err(|e| pg_error("the vault's transaction failed", &e))?;
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FROM carnet_vaults WHERE id = $1",
+                        &[&self.vault],
+                    )
+                    .map_err(|e| pg_error("cannot read the vaults", &e))?;
+                let found: i64 = col(&row, 0)?;
+                if found != 1 {
+                    return Err(StoreError::Unavailable(
+                        "the new vault is not in its transaction".into(),
+                    ));
+                }
+                c.batch_execute("COMMIT")
+                    .map_err(|e| pg_error("cannot commit the vault", &e))?;
+                self.committed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
         }
     }
 
@@ -268,11 +306,20 @@ impl PgStore {
             tls: self.tls.clone(),
             vault: self.vault,
             conn: Conn::Session(Mutex::new(client)),
+            committed: Default::default(),
         })
     }
 
+    /// The advisory lock of this vault's key operations: Carnet's class (`CRNT`) and the
+    /// vault's number.
+    fn key_op_lock_id(&self) -> (i32, i32) {
+        (0x4352_4e54, (self.vault & 0x7fff_ffff) as i32)
+    }
+
+    /// Whether operations join the session's open transaction (before [`PgStore::finish`]).
     fn in_session(&self) -> bool {
         matches!(self.conn, Conn::Session(_))
+            && !self.committed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Where the vault is, naming no secret (`postgresql://user@host:port/db?vault=NAME`).
@@ -340,7 +387,7 @@ impl PgStore {
                     ],
                 )
                 .map_err(|e| pg_error("cannot scan the records", &e))?;
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
         })
     }
 }
@@ -441,7 +488,7 @@ fn check_schema(c: &mut impl GenericClient) -> Result<bool, StoreError> {
             )
             .map_err(|e| pg_error("cannot read the tables", &e))?;
         if let Some(row) = taken {
-            let table: String = row.get(0);
+            let table: String = col(&row, 0)?;
             return Err(StoreError::Unsupported(format!(
                 "the database holds a table {table} that Carnet did not make (no carnet_schema): use another database or schema"
             )));
@@ -451,7 +498,9 @@ fn check_schema(c: &mut impl GenericClient) -> Result<bool, StoreError> {
     let version: Option<i32> = c
         .query_opt("SELECT max(version) FROM carnet_schema", &[])
         .map_err(|e| pg_error("cannot read Carnet's schema version", &e))?
-        .and_then(|r| r.get(0));
+        .map(|r| col::<Option<i32>>(&r, 0))
+        .transpose()?
+        .flatten();
     match version {
         Some(SCHEMA_VERSION) => Ok(true),
         Some(v) if v > SCHEMA_VERSION => Err(StoreError::Unsupported(format!(
@@ -478,7 +527,7 @@ fn apply_batch(
                     &[&vault, &p.space.name(), &p.key],
                 )
                 .map_err(|e| pg_error("cannot check a precondition", &e))?;
-        let current: Option<Vec<u8>> = row.map(|r| r.get(0));
+        let current: Option<Vec<u8>> = row.map(|r| col(&r, 0)).transpose()?;
         if current != p.expected.as_deref().map(digest) {
             return Err(StoreError::Conflict);
         }
@@ -571,7 +620,7 @@ impl Store for PgStore {
                     &[&self.vault, &space.name(), &key],
                 )
                 .map_err(|e| pg_error("cannot read a record", &e))?;
-            Ok(row.map(|r| r.get(0)))
+            row.map(|r| col(&r, 0)).transpose()
         })
     }
 
@@ -611,6 +660,43 @@ impl Store for PgStore {
         })
     }
 
+    fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+        // A session-level advisory lock on a connection of its own, held by the guard: the
+        // server releases it when the guard drops the connection, or when the process dies.
+        let mut client = connect(&self.address, &self.tls)?;
+        let (class, object) = self.key_op_lock_id();
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object])
+            .map_err(|e| pg_error("cannot take the key-operation lock", &e))?;
+        let taken: bool = col(&row, 0)?;
+        if !taken {
+            return Err(StoreError::Conflict);
+        }
+        Ok(Some(KeyOpLock::new(Box::new(client))))
+    }
+
+    fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
+        let (class, object) = self.key_op_lock_id();
+        self.with_client(|c| {
+            // Free if a shared hold can be had at once (then given back).
+            let row = c
+                .query_one(
+                    "SELECT pg_try_advisory_lock_shared($1, $2)",
+                    &[&class, &object],
+                )
+                .map_err(|e| pg_error("cannot test the key-operation lock", &e))?;
+            let free: bool = col(&row, 0)?;
+            if free {
+                c.execute(
+                    "SELECT pg_advisory_unlock_shared($1, $2)",
+                    &[&class, &object],
+                )
+                .map_err(|e| pg_error("cannot test the key-operation lock", &e))?;
+            }
+            Ok(Some(!free))
+        })
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         // Every commit returned only once PostgreSQL made it durable (synchronous_commit).
         Ok(())
@@ -624,7 +710,7 @@ impl Store for PgStore {
                     &[&self.vault, &name.name()],
                 )
                 .map_err(|e| pg_error("cannot read a document", &e))?;
-            Ok(row.map(|r| r.get(0)))
+            row.map(|r| col(&r, 0)).transpose()
         })
     }
 

@@ -181,6 +181,8 @@ pub struct SledStore {
     synced_names: Mutex<HashSet<std::ffi::OsString>>,
     /// Held for the store's lifetime: the OS releases it when the process ends, even on `kill -9`.
     _lock: File,
+    /// One process opens the store: the key-operation lock lives in it.
+    key_ops: crate::LocalKeyOpLock,
 }
 
 /// The documents of a [`SledStore`]'s directory, read-only, without the store: see
@@ -354,6 +356,7 @@ impl SledStore {
             synced_blobs: Mutex::new(HashSet::new()),
             synced_names: Mutex::new(HashSet::new()),
             _lock: lock,
+            key_ops: crate::LocalKeyOpLock::default(),
         })
     }
 
@@ -539,6 +542,12 @@ fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
 }
 
 impl Store for SledStore {
+    fn lock_key_operations(&self) -> Result<Option<crate::KeyOpLock>, StoreError> {
+        self.key_ops.lock()
+    }
+    fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
+        self.key_ops.held()
+    }
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .db()

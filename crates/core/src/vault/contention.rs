@@ -53,7 +53,14 @@ impl<S: Store> Vault<S> {
                 op()
             };
             match result {
-                Err(e) if is_conflict(&e) && attempt + 1 < ATTEMPTS => {
+                Err(e) if is_conflict(&e) => {
+                    // A key operation since this `Vault` read its keys: no retry can succeed.
+                    if let Some(instead) = self.fence_moved()? {
+                        return Err(instead);
+                    }
+                    if attempt + 1 >= ATTEMPTS {
+                        return Err(e);
+                    }
                     backoff(attempt);
                     attempt += 1;
                 }
@@ -81,14 +88,18 @@ impl<S: Store> Vault<S> {
                 Err(Error::Integrity(e)) => {
                     let now = self.store.get(space::MANIFESTS, &current.blind.0)?;
                     if now == current.manifest_stored {
-                        return Err(Error::Integrity(e));
+                        // Read with keys another process's key operation replaced since: not
+                        // the store's doing.
+                        return Err(self.unless_fence_moved(Error::Integrity(e)));
                     }
                     // Read again only for a write that landed: a manifest that opens and lists
                     // more note versions (writes only add them). Bytes that do not open, or an
                     // older or equal manifest, are the store's doing: the problem is reported.
-                    let fresh = self.reload_patient(&current.blind)?;
+                    let fresh = self
+                        .reload_patient(&current.blind)
+                        .map_err(|e| self.unless_fence_moved(e))?;
                     if fresh.manifest.next_seq <= current.manifest.next_seq {
-                        return Err(Error::Integrity(e));
+                        return Err(self.unless_fence_moved(Error::Integrity(e)));
                     }
                     if fresh.info.id != current.info.id {
                         return Err(crate::error::integrity(

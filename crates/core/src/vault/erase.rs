@@ -3,6 +3,7 @@
 
 use carnet_storage::{SpacedEntry, Store, StoreError};
 
+use super::fence::KeyOp;
 use super::logging::Event;
 use super::Vault;
 use crate::access::Duty;
@@ -23,7 +24,9 @@ impl<S: Store> Vault<S> {
     /// erasure, not for daily use. If an earlier erasure of this patient was interrupted, this
     /// finishes it.
     pub fn erase_patient(&mut self, id: &PatientId) -> Result<(), Error> {
-        let result = self.erase_patient_unlogged(id);
+        let result = self
+            .require(Duty::Administration)
+            .and_then(|()| self.alone(KeyOp::Erase, |v| v.erase_patient_unlogged(id)));
         // The entry carries the registry the rewrite left (format 2), from which verify holds
         // the registry again.
         let mut event = Event::new(Action::PatientErase, Some(id.as_str()), outcome(&result));

@@ -320,6 +320,13 @@ impl Keychain {
         Ok(chain)
     }
 
+    /// The vault's keys read again with the slot `old` opened (another process changed them),
+    /// refusing a keyring or slot older than `old` held.
+    pub(super) fn reload<S: Store>(store: &S, old: &Keychain) -> Result<Keychain, Error> {
+        let expected = Expected::new(old.format(), old.held_keyring_key_version());
+        Keychain::unlock(store, "", &SlotSecret::Access(&old.access), &expected)
+    }
+
     /// Format 2: a slot that holds an older keyring key than the vault's newest (a revocation
     /// happened since its user last unlocked), or none (a slot carried over from format 1), is
     /// re-protected with the newest now that its user's secret opened it. Writes the keyring.

@@ -188,6 +188,8 @@ impl<S: Store> Vault<S> {
 
     /// Appends one entry in its own atomic batch, flushed as `policy` says.
     fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
+        // Not under a log key another process's key operation is retiring.
+        self.require_fence_free()?;
         let _writing = self.writing();
         // Writers of this `Vault` take turns under the lock; another process sharing the store
         // may still have moved the head since it was read: stage the entry again on the new one.
@@ -195,8 +197,16 @@ impl<S: Store> Vault<S> {
         loop {
             let mut b = Batch::new();
             self.stage_log(&mut b, event)?;
+            // Under the log key this `Vault` read: a key operation since refuses the entry.
+            self.require_fence(&mut b);
             match self.store.commit(b) {
-                Err(StoreError::Conflict) if attempt + 1 < ATTEMPTS => {
+                Err(StoreError::Conflict) => {
+                    if let Some(e) = self.fence_moved()? {
+                        return Err(e);
+                    }
+                    if attempt + 1 >= ATTEMPTS {
+                        return Err(StoreError::Conflict.into());
+                    }
                     backoff(attempt);
                     attempt += 1;
                 }

@@ -28,6 +28,7 @@ use carnet_storage::{DocReader, Store};
 mod attacks;
 mod contention;
 mod erase;
+mod fence;
 mod import;
 mod jobs;
 mod keychain;
@@ -104,6 +105,10 @@ pub struct Vault<S: Store> {
     /// Held while a transaction or a log entry writes (key store, then records), so that
     /// writers of this `Vault` cannot interleave between the two.
     write_lock: Mutex<()>,
+    /// The fence of key operations as read with the keys (`fence.rs`).
+    fence: fence::FenceSeen,
+    /// How long to wait for another process's key operation.
+    patience: fence::Patience,
     /// Held by a single write (`add_patient`, `add_note`, `amend_note`) from reading the state
     /// it changes to its commit: this `Vault`'s writers take turns instead of losing
     /// compare-and-swap races to each other (`contention.rs`).
@@ -118,6 +123,8 @@ impl<S: Store> Vault<S> {
             keys,
             chains: ChainCache::default(),
             log: LogState::default(),
+            fence: fence::FenceSeen::default(),
+            patience: fence::Patience::default(),
             write_lock: Mutex::default(),
             txn_lock: Mutex::default(),
         }

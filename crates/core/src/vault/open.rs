@@ -11,7 +11,7 @@ use crate::error::{integrity, ProblemKind};
 use crate::keyring::{KdfParams, SlotSecret};
 use crate::keystore::ROOT_DOC;
 use crate::records::{
-    space, LogHeadV1, RegistryV1, UserV1, UsersV1, UsersV2, META_LOG_HEAD, META_REGISTRY,
+    space, JobSlot, LogHeadV1, RegistryV1, UserV1, UsersV1, UsersV2, META_LOG_HEAD, META_REGISTRY,
     META_USERS,
 };
 use crate::recovery::RecoveryKey;
@@ -157,14 +157,54 @@ impl<S: Store> Vault<S> {
         secret: &SlotSecret<'_>,
         expected: &Expected,
     ) -> Result<Self, Error> {
-        let keys = Keychain::unlock(&store, user, secret, expected)?;
+        // The fence before the keys, and again after (fence.rs): keys read while a key
+        // operation moved the fence are read again.
+        let mut attempt = 0;
+        let (keys, fence_before) = loop {
+            let fence_before = store.get(space::META, JobSlot::Fence.meta_key())?;
+            match Keychain::unlock(&store, user, secret, expected) {
+                Ok(keys) => break (keys, fence_before),
+                // The keyring and the key store are two documents: read between two steps
+                // of another process's key operation, they disagree. Not the store's doing
+                // if the fence moved meanwhile, or an operation holds the store's lock.
+                Err(Error::Integrity(e)) => {
+                    let moved = store.get(space::META, JobSlot::Fence.meta_key())? != fence_before;
+                    if !moved && store.key_operations_locked()? != Some(true) {
+                        return Err(Error::Integrity(e));
+                    }
+                    if attempt >= 50 {
+                        return Err(Error::Busy {
+                            operation: "key operation",
+                            for_at_most: super::fence::LEASE,
+                        });
+                    }
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let via_recovery = matches!(secret, SlotSecret::Recovery(_));
         // The role is read below; until then the session may only read the users record.
         let mut vault =
             Vault::assemble(store, Session::new(user, Role::Auditor, via_recovery), keys);
-        // A slot whose user is no longer listed (a revocation interrupted between its steps)
-        // opens nothing.
-        let (users, _) = vault.load_users()?;
+        vault.fence = match vault.read_fence() {
+            Ok(f) if f.stored == fence_before => f,
+            // Moved meanwhile, or sealed under a registry key newer than the keys read (a
+            // revocation between the two reads): the keys are read again.
+            Ok(_) | Err(Error::Integrity(_)) => vault.read_keys_and_fence()?,
+            Err(e) => return Err(e),
+        };
+        vault.reread_role()?;
+        Ok(vault)
+    }
+
+    /// The unlocking user's role, from the users record. A slot whose user is no longer listed
+    /// (a revocation interrupted between its steps, or a user removed by another process)
+    /// opens nothing.
+    pub(super) fn reread_role(&mut self) -> Result<(), Error> {
+        let (users, _) = self.load_users()?;
+        let user = self.session.user().to_string();
         let listed = users
             .users
             .iter()
@@ -172,7 +212,7 @@ impl<S: Store> Vault<S> {
             .ok_or(Error::UnknownUser)?;
         let role = Role::from_code(listed.role)
             .ok_or_else(|| integrity("users", ProblemKind::Malformed, "unknown role"))?;
-        vault.session = Session::new(user, role, via_recovery);
-        Ok(vault)
+        self.session = Session::new(&user, role, self.session.via_recovery());
+        Ok(())
     }
 }

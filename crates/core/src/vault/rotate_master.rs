@@ -4,6 +4,7 @@
 
 use carnet_storage::Store;
 
+use super::fence::KeyOp;
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::Action;
@@ -49,7 +50,9 @@ impl<S: Store> Vault<S> {
         &mut self,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<MasterRotation, Error> {
-        let result = self.rotate_master_unlogged(progress);
+        let result = self
+            .require(Duty::Administration)
+            .and_then(|()| self.alone(KeyOp::RotateMaster, |v| v.rotate_master_unlogged(progress)));
         self.logged_result(Action::KeyRotateMaster, None, result)
     }
 

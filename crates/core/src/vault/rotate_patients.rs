@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use carnet_storage::{Batch, Store};
 
+use super::fence::KeyOp;
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::Action;
@@ -149,6 +150,7 @@ impl<S: Store> Vault<S> {
                 self.move_patient(*blind, *current, target, false)?;
                 renewed += 1;
             }
+            self.fence_renew()?;
             progress(i as u64 + 1, total);
         }
         Ok(renewed)
@@ -203,7 +205,11 @@ impl<S: Store> Vault<S> {
         which: Patients<'_>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PatientRotation, Error> {
-        let result = self.rotate_patients_unlogged(which, progress);
+        let result = self.require(Duty::Administration).and_then(|()| {
+            self.alone(KeyOp::RotatePatients, |v| {
+                v.rotate_patients_unlogged(which, progress)
+            })
+        });
         self.logged_result(
             Action::KeyRotatePatient,
             match which {
@@ -273,6 +279,7 @@ impl<S: Store> Vault<S> {
                         summary.patients += 1;
                     }
                     destroy.extend(old_versions(*blind, versions, job.target));
+                    self.fence_renew()?;
                     progress(i as u64 + 1, total);
                 }
             }

@@ -4,6 +4,7 @@
 
 use carnet_storage::{Batch, Store};
 
+use super::fence::KeyOp;
 use super::logging::Event;
 use super::Vault;
 use crate::access::Duty;
@@ -45,7 +46,9 @@ impl<S: Store> Vault<S> {
     ///    registry's, so that `verify` holds patients written in format 1 to them too;
     /// 5. the job record deleted.
     pub fn upgrade(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Upgrade, Error> {
-        let result = self.upgrade_unlogged(progress);
+        let result = self
+            .require(Duty::Administration)
+            .and_then(|()| self.alone(KeyOp::Upgrade, |v| v.upgrade_unlogged(progress)));
         self.logged_result(Action::KeyUpgrade, None, result)
     }
 
@@ -131,7 +134,7 @@ impl<S: Store> Vault<S> {
     /// Writes the baseline entries from where the job record says they stopped: each in one
     /// atomic batch with the job record's progress. The last also records the registry.
     fn write_baseline(
-        &self,
+        &mut self,
         mut job: JobV1,
         mut stored: Vec<u8>,
         progress: &mut dyn FnMut(u64, u64),
@@ -172,6 +175,8 @@ impl<S: Store> Vault<S> {
             self.store.commit(b)?;
             self.store.flush()?;
             stored = sealed;
+            drop(_writing);
+            self.fence_renew()?;
             progress(job.done, total);
         }
         Ok(total)

@@ -3,6 +3,7 @@
 
 use carnet_storage::{Batch, Store};
 
+use super::fence::KeyOp;
 use super::rotate_master::MasterRotation;
 use super::Vault;
 use crate::access::{check_user_name, Duty, Role, User};
@@ -151,7 +152,11 @@ impl<S: Store> Vault<S> {
         role: Role,
         passphrase: &Passphrase,
     ) -> Result<(), Error> {
-        let result = self.add_user_unlogged(name, role, passphrase);
+        let result = self.require(Duty::Administration).and_then(|()| {
+            self.alone(KeyOp::AddUser, |v| {
+                v.add_user_unlogged(name, role, passphrase)
+            })
+        });
         self.logged_about(Action::UserAdd, name, result)
     }
 
@@ -213,7 +218,9 @@ impl<S: Store> Vault<S> {
         kdf: Option<KdfParams>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Revocation, Error> {
-        let result = self.change_passphrase_unlogged(new, kdf, progress);
+        let result = self.alone(KeyOp::ChangePassphrase, |v| {
+            v.change_passphrase_unlogged(new, kdf, progress)
+        });
         self.logged_result(Action::KeyChangePassphrase, None, result)
     }
 
@@ -247,7 +254,9 @@ impl<S: Store> Vault<S> {
     /// an old copy of the key files, opened with the old recovery key, opens nothing written
     /// afterwards. No copy of the key is kept in the vault in any form that opens without it.
     pub fn rotate_recovery_key(&mut self) -> Result<RecoveryKey, Error> {
-        let result = self.rotate_recovery_key_unlogged();
+        let result = self
+            .require(Duty::Administration)
+            .and_then(|()| self.alone(KeyOp::RotateRecovery, |v| v.rotate_recovery_key_unlogged()));
         self.logged_result(Action::KeyRotateRecovery, None, result)
     }
 
@@ -287,7 +296,11 @@ impl<S: Store> Vault<S> {
         name: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Revocation, Error> {
-        let result = self.remove_user_unlogged(name, progress);
+        let result = self.require(Duty::Administration).and_then(|()| {
+            self.alone(KeyOp::RemoveUser, |v| {
+                v.remove_user_unlogged(name, progress)
+            })
+        });
         self.logged_about(Action::UserRemove, name, result)
     }
 
@@ -405,8 +418,9 @@ impl<S: Store> Vault<S> {
 
     /// Re-seals under the newest registry key every record sealed under an older one: the
     /// registry, the users record and the job records, in one atomic batch. O(1).
-    fn reseal_registry_records(&self) -> Result<(), Error> {
+    fn reseal_registry_records(&mut self) -> Result<(), Error> {
         let newest = self.keys.registry()?.version();
+        let mut fence = None;
         let mut b = Batch::new();
         let mut keys: Vec<&[u8]> = vec![META_REGISTRY, META_USERS];
         keys.extend(JobSlot::ALL.iter().map(|s| s.meta_key()));
@@ -456,12 +470,19 @@ impl<S: Store> Vault<S> {
                     )?
                 }
             };
+            if key == JobSlot::Fence.meta_key() {
+                fence = Some(resealed.clone());
+            }
             b.require(space::META, key, Some(stored.clone()));
             b.put(space::META, key, resealed);
         }
         if !b.is_empty() {
             self.store.commit(b)?;
             self.store.flush()?;
+        }
+        if let Some(f) = fence {
+            // The fence this operation holds, sealed again: still its own.
+            self.fence.stored = Some(f);
         }
         Ok(())
     }

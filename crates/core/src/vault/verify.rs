@@ -112,6 +112,19 @@ impl<S: Store> Vault<S> {
         let logged = logged_state(&read, |id| self.keys.blind(id));
         let log: Vec<LogEntry> = read.into_iter().map(|r| r.entry).collect();
         let expected = self.expected_from_log(&log);
+        // The fence of key operations, once the log says it was made, must be there.
+        if log.iter().any(|e| e.action == Action::KeyFence)
+            && self
+                .store
+                .get(space::META, JobSlot::Fence.meta_key())?
+                .is_none()
+        {
+            report.problems.push(IntegrityError::new(
+                "fence",
+                ProblemKind::Missing,
+                "missing, though the log says it was made",
+            ));
+        }
         // Job records (an unfinished rotation or import) must open too.
         for slot in JobSlot::ALL {
             match self.load_job(slot) {

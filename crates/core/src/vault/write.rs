@@ -27,6 +27,7 @@ impl<S: Store> Vault<S> {
     /// that would retire the keys the write uses ([`Error::Unfinished`]).
     pub(super) fn require_writable(&self) -> Result<(), Error> {
         self.require(Duty::Clinical)?;
+        self.require_fence_free()?;
         self.require_no_retiring_keys()
     }
 
@@ -464,6 +465,8 @@ impl<S: Store> Vault<S> {
             event.registry = registry;
             self.stage_log(&mut batch, &event)?;
         }
+        // Only under the keys this `Vault` read: a key operation since refuses the batch.
+        self.require_fence(&mut batch);
         self.store.commit(batch)?;
         self.store.flush()?;
         // The flush made any grouped access-log entries durable too.
