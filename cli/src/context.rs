@@ -211,6 +211,9 @@ impl Unlocked {
                         warn_no_memory(&why);
                     }
                 }
+                // The database went away: the command's own error says so, and nothing it
+                // could not write needs remembering.
+                Err(carnet_core::Error::Storage(StoreError::Unavailable(_))) => {}
                 Err(e) => warn_no_memory(&format!("cannot read the vault's log head: {e}")),
             }
         }

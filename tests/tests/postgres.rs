@@ -433,3 +433,126 @@ fn a_rotation_at_one_desk_runs_alone_while_other_desks_keep_writing() {
     });
     assert!(waiting, "a desk waits for the rotation, saying so");
 }
+
+#[test]
+fn a_server_restart_in_the_middle_of_an_import_loses_nothing_and_the_import_resumes() {
+    let Some(pg) = TestCluster::start_or_skip("a_server_restart_mid_import") else {
+        return;
+    };
+    if pg.dir().is_none() {
+        return; // an external server is not restarted by a test
+    }
+    let v = at(&pg.uri("restarted"));
+    v.run(&INIT).expect(0);
+    const NOTES: usize = 3000;
+    let lines: String = (0..NOTES)
+        .map(|i| {
+            format!(
+                "{{\"patient_id\": \"P{:03}\", \"body\": \"note {i} {}\"}}\n",
+                i % 200,
+                "x".repeat(200)
+            )
+        })
+        .collect();
+    let file = v.tmp.path().join("import.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let first = std::thread::scope(|s| {
+        let import = s.spawn(|| v.run(&["import", file.to_str().unwrap()]));
+        // Once the first batches are in, the server crashes and comes back.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let n = pg
+                .query_i64(
+                    "postgres",
+                    "SELECT count(*) FROM carnet_records WHERE space = 'notes'",
+                )
+                .unwrap();
+            if n > 200 || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        pg.restart().unwrap();
+        import.join().unwrap()
+    });
+    eprintln!("the interrupted import: {} {}", first.code, first.stderr);
+    if first.code == 0 {
+        // It finished before the restart reached it: nothing to resume (rare on this machine).
+        return;
+    }
+    assert_eq!(first.code, 1, "{}", first.stderr);
+    assert_eq!(
+        first.stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("PostgreSQL") || first.stderr.contains("server"),
+        "{}",
+        first.stderr
+    );
+    // Run again: it resumes, and every note is there exactly once.
+    let again = v
+        .run(&["--json", "import", file.to_str().unwrap()])
+        .expect(0);
+    eprintln!("resumed: {}", again.stdout_str());
+    v.run(&["verify"]).expect(0);
+    let listed = v.run(&["--json", "patient", "list"]).expect(0).json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 200);
+    let total: u64 = listed.iter().map(|p| p["notes"].as_u64().unwrap()).sum();
+    assert_eq!(total, NOTES as u64, "every note once");
+}
+
+#[test]
+fn an_import_killed_in_the_middle_of_a_batch_leaves_nothing_half_written() {
+    let Some(pg) = TestCluster::start_or_skip("an_import_killed_mid_batch") else {
+        return;
+    };
+    let v = at(&pg.uri("killed"));
+    v.run(&INIT).expect(0);
+    const NOTES: usize = 3000;
+    let lines: String = (0..NOTES)
+        .map(|i| {
+            format!(
+                "{{\"patient_id\": \"P{:02}\", \"body\": \"note {i}\"}}\n",
+                i % 50
+            )
+        })
+        .collect();
+    let file = v.tmp.path().join("import.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let mut child = v
+        .cmd(&["import", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while pg
+        .query_i64(
+            "postgres",
+            "SELECT count(*) FROM carnet_records WHERE space = 'notes'",
+        )
+        .unwrap()
+        < 100
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // What the killed client committed is whole: the vault verifies, and the import resumes.
+    v.run(&["verify"]).expect(0);
+    v.run(&["import", file.to_str().unwrap()]).expect(0);
+    v.run(&["verify"]).expect(0);
+    let listed = v.run(&["--json", "patient", "list"]).expect(0).json();
+    let total: u64 = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["notes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, NOTES as u64, "every note once");
+}

@@ -172,6 +172,9 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
         let e = CliError::from(e);
         CliError {
             message: format!("{} ({committed} notes were imported before it)", e.message),
+            hint: e
+                .hint
+                .or_else(|| Some("run the same import again: it resumes where it stopped".into())),
             ..e
         }
     })?;

@@ -323,6 +323,17 @@ impl TestCluster {
             })
     }
 
+    /// The one number `sql` returns (a `count(*)`, say), run as the superuser in `database`.
+    pub fn query_i64(&self, database: &str, sql: &str) -> Result<i64, String> {
+        let uri = self.uri_as("carnet", database, "x");
+        let uri = uri.rsplit_once("vault=x").map_or(uri.as_str(), |(u, _)| u);
+        let uri = uri.trim_end_matches(['?', '&']);
+        let mut client = postgres::Client::connect(uri, postgres::NoTls)
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let row = client.query_one(sql, &[]).map_err(|e| e.to_string())?;
+        row.try_get(0).map_err(|e| e.to_string())
+    }
+
     /// Restarts the server at once, as a crash would (`pg_ctl -m immediate restart`): every
     /// connection is cut, and what was committed survives.
     pub fn restart(&self) -> Result<(), String> {

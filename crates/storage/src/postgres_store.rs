@@ -95,6 +95,14 @@ fn pg_error(context: &str, e: &postgres::Error) -> StoreError {
             db.message(),
             db.code().code()
         )),
+        // The server went away (a restart, a crash, a network cut): what was acknowledged is
+        // committed; the statement in flight was not acknowledged.
+        None if e.is_closed() || std::error::Error::source(e).is_some() => {
+            StoreError::Unavailable(format!(
+                "{context}: the connection to PostgreSQL was lost ({})",
+                std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
+            ))
+        }
         None => StoreError::Unavailable(format!("{context}: {e}")),
     }
 }
