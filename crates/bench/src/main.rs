@@ -28,6 +28,7 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod concurrency;
 mod peers;
 
 use std::time::{Duration, Instant};
@@ -271,6 +272,18 @@ fn peers() -> Vec<(&'static str, MakePeer, OpenPeer)> {
             |d, s| Box::new(PlainSled::open(d, s)),
         ),
     ];
+    if with_postgres() {
+        v.push((
+            "Carnet on PostgreSQL",
+            |d| Box::new(Carnet::create_pg(d)),
+            |d, s| Box::new(Carnet::open_pg(d, s)),
+        ));
+        v.push((
+            "plaintext PostgreSQL",
+            |d| Box::new(peers::Plain::create_pg(d)),
+            |d, s| Box::new(peers::Plain::open_pg(d, s)),
+        ));
+    }
     #[cfg(feature = "sqlcipher")]
     {
         v.push((
@@ -285,6 +298,35 @@ fn peers() -> Vec<(&'static str, MakePeer, OpenPeer)> {
         ));
     }
     v
+}
+
+/// Whether the PostgreSQL peers run: `--postgres` (the parent), or the server's URI passed
+/// down (a child).
+fn with_postgres() -> bool {
+    std::env::args().any(|a| a == "--postgres") || std::env::var_os("CARNET_BENCH_PG").is_some()
+}
+
+/// The benchmark's PostgreSQL server: `CARNET_BENCH_PG`, else the throwaway one `main` starts.
+static PG_BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn pg_base() -> &'static str {
+    PG_BASE
+        .get()
+        .map(String::as_str)
+        .expect("the PostgreSQL server was started")
+}
+
+/// Starts the benchmark's PostgreSQL server when the run needs one and none is named: held by
+/// the caller, stopped and removed when dropped.
+fn start_postgres() -> Option<carnet_storage::pg_cluster::TestCluster> {
+    if let Ok(base) = std::env::var("CARNET_BENCH_PG") {
+        let _ = PG_BASE.set(base);
+        return None;
+    }
+    let cluster = carnet_storage::pg_cluster::TestCluster::start()
+        .unwrap_or_else(|e| panic!("no PostgreSQL server: {e:?}"));
+    let _ = PG_BASE.set(cluster.uri("x").replace("?vault=x", ""));
+    Some(cluster)
 }
 
 /// Sizes of the run.
@@ -478,7 +520,11 @@ fn child(peer: usize, scenario: &str, sizes: &Sizes) {
 
 /// Runs `scenario` for `peer` in a child process and records what it reports.
 fn spawn(table: &mut Table, peer: usize, scenario: &str, args: &[String]) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    if with_postgres() {
+        cmd.env("CARNET_BENCH_PG", pg_base());
+    }
+    let out = cmd
         .args(args.iter().filter(|a| *a == "--quick" || *a == "--full"))
         .args(["--child", &peer.to_string(), scenario])
         .stderr(std::process::Stdio::inherit())
@@ -538,6 +584,17 @@ fn main() {
         }
         return;
     }
+    let _cluster = if with_postgres() || args.iter().any(|a| a == "--concurrency") {
+        start_postgres()
+    } else {
+        None
+    };
+    // `--concurrency`: clients at once on PostgreSQL (concurrency.rs), then nothing else.
+    if args.iter().any(|a| a == "--concurrency") {
+        let secs = if sizes.quick { 3 } else { 8 };
+        concurrency::run(pg_base(), 3, Duration::from_secs(secs));
+        return;
+    }
     let peer_names: Vec<&'static str> = peers().iter().map(|p| p.0).collect();
     let mut table = Table {
         peer_names: peer_names.clone(),
@@ -555,6 +612,7 @@ fn main() {
         sizes.runs,
         peer_names.join(", ")
     );
+    let not_pg = |p: &usize| !peer_names[*p].contains("PostgreSQL");
     // `--full-only`: just the 1,000,000-note scenario.
     let only_full = args.iter().any(|a| a == "--full-only");
     for run in 0..if only_full { 0 } else { sizes.runs } {
@@ -564,6 +622,9 @@ fn main() {
             for step in ["import", "reads", "verify"] {
                 spawn(&mut table, peer, &format!("{step}:{d}"), &args);
             }
+            if !not_pg(&peer) {
+                continue; // the main workloads only
+            }
             let other = tempfile::tempdir().unwrap();
             let d = other.path().to_str().unwrap();
             spawn(&mut table, peer, &format!("import-grouped:{d}"), &args);
@@ -571,16 +632,16 @@ fn main() {
         eprintln!("main workloads: run {} of {} done", run + 1, sizes.runs);
     }
     for (patients, per) in sizes.scales.iter().filter(|_| !only_full) {
-        for peer in 0..peer_names.len() {
+        for peer in (0..peer_names.len()).filter(not_pg) {
             spawn(&mut table, peer, &format!("rotate:{patients}:{per}"), &args);
         }
         eprintln!("rotate-master at {patients} × {per} done");
     }
-    for peer in (0..peer_names.len()).filter(|_| !only_full) {
+    for peer in (0..peer_names.len()).filter(|_| !only_full).filter(not_pg) {
         spawn(&mut table, peer, "rotate-patient", &args);
     }
     if sizes.full || only_full {
-        for (peer, name) in peer_names.iter().enumerate() {
+        for (peer, name) in peer_names.iter().enumerate().filter(|(p, _)| not_pg(p)) {
             spawn(&mut table, peer, "full", &args);
             eprintln!("--full: {name} done");
         }

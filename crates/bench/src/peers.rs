@@ -6,7 +6,7 @@ use std::path::Path;
 use carnet_core::{
     KdfParams, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, Patients, Vault,
 };
-use carnet_storage::{Batch, SledStore, Space, Store};
+use carnet_storage::{Batch, PgStore, SledStore, Space, Store};
 
 use crate::{contains_word, patient_id, Spec};
 
@@ -40,36 +40,60 @@ fn small_kdf() -> KdfParams {
     KdfParams::new(KdfParams::MIN_MEMORY_MIB, 1, 1).unwrap()
 }
 
-pub struct Carnet {
-    vault: Vault<SledStore>,
+pub struct Carnet<S: Store = SledStore> {
+    vault: Vault<S>,
     /// A sample of (patient, note) for the random reads (see `open`).
     sample: Vec<(PatientId, NoteId)>,
 }
 
-impl Carnet {
+/// The PostgreSQL vault standing for the directory `dir` on the benchmark's server (whose URI,
+/// without `vault=`, the parent passes in `CARNET_BENCH_PG`).
+pub fn pg_uri(dir: &Path) -> String {
+    let base = std::env::var("CARNET_BENCH_PG").expect("CARNET_BENCH_PG names the server");
+    let name: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = &name[name.len().saturating_sub(60)..];
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}vault=b{name}")
+}
+
+impl Carnet<SledStore> {
     pub fn create(dir: &Path) -> Self {
-        let vault = Vault::create(
-            SledStore::create(&dir.join("v")).unwrap(),
-            "admin",
-            &Passphrase::new(PASS.into()),
-            small_kdf(),
-        )
-        .unwrap();
+        Self::create_in(SledStore::create(&dir.join("v")).unwrap())
+    }
+
+    /// Opens the vault `create` made in `dir` (the same small KDF), and picks the sample of
+    /// 1,000 notes spread over the patients for the random reads (listing notes: not timed).
+    pub fn open(dir: &Path, spec: &Spec) -> Self {
+        Self::open_in(SledStore::open(&dir.join("v")).unwrap(), spec)
+    }
+}
+
+impl Carnet<PgStore> {
+    pub fn create_pg(dir: &Path) -> Self {
+        Self::create_in(PgStore::create(&pg_uri(dir)).unwrap())
+    }
+
+    pub fn open_pg(dir: &Path, spec: &Spec) -> Self {
+        Self::open_in(PgStore::open(&pg_uri(dir)).unwrap(), spec)
+    }
+}
+
+impl<S: Store> Carnet<S> {
+    pub fn create_in(store: S) -> Self {
+        let vault =
+            Vault::create(store, "admin", &Passphrase::new(PASS.into()), small_kdf()).unwrap();
         Carnet {
             vault,
             sample: Vec::new(),
         }
     }
 
-    /// Opens the vault `create` made in `dir` (the same small KDF), and picks the sample of
-    /// 1,000 notes spread over the patients for the random reads (listing notes: not timed).
-    pub fn open(dir: &Path, spec: &Spec) -> Self {
-        let vault = Vault::unlock(
-            SledStore::open(&dir.join("v")).unwrap(),
-            "admin",
-            &Passphrase::new(PASS.into()),
-        )
-        .unwrap();
+    pub fn open_in(store: S, spec: &Spec) -> Self {
+        let vault = Vault::unlock(store, "admin", &Passphrase::new(PASS.into())).unwrap();
         let mut sample = Vec::new();
         let per = 1000usize.div_ceil(spec.patients);
         for p in 0..spec.patients.min(1000) {
@@ -83,6 +107,13 @@ impl Carnet {
         Carnet { vault, sample }
     }
 
+    /// The vault (for the concurrency benchmark).
+    pub fn vault(&self) -> &Vault<S> {
+        &self.vault
+    }
+}
+
+impl Carnet<SledStore> {
     pub fn unlock_default_kdf() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v");
@@ -100,7 +131,7 @@ impl Carnet {
     }
 }
 
-impl Peer for Carnet {
+impl<S: Store> Peer for Carnet<S> {
     fn import(&mut self, spec: &Spec) {
         let mut imp = self.vault.import();
         imp.add_all(
@@ -160,10 +191,12 @@ impl Peer for Carnet {
 }
 
 /// The plaintext baseline: Carnet's spaces, key layout and batching, no cryptography.
-pub struct PlainSled {
-    store: SledStore,
+pub struct Plain<S: Store = SledStore> {
+    store: S,
     sample: Vec<Vec<u8>>,
 }
+
+pub type PlainSled = Plain<SledStore>;
 
 const P_PATIENTS: Space = Space::new("patients");
 const P_MANIFESTS: Space = Space::new("manifests");
@@ -171,9 +204,9 @@ const P_NOTES: Space = Space::new("notes");
 /// The size of one wrapped patient key in Carnet's key store (what a master rotation rewrites).
 const WRAPPED_KEY_BYTES: usize = 81;
 
-impl PlainSled {
+impl Plain<SledStore> {
     pub fn create(dir: &Path) -> Self {
-        PlainSled {
+        Plain {
             store: SledStore::create(&dir.join("v")).unwrap(),
             sample: Vec::new(),
         }
@@ -181,9 +214,40 @@ impl PlainSled {
 
     /// Opens the store `create` made in `dir`, recomputing the import's sample.
     pub fn open(dir: &Path, spec: &Spec) -> Self {
+        Self::open_in(SledStore::open(&dir.join("v")).unwrap(), spec)
+    }
+}
+
+impl Plain<PgStore> {
+    /// The same rows and batching in the same tables as Carnet on PostgreSQL, in clear.
+    pub fn create_pg(dir: &Path) -> Self {
+        Plain {
+            store: PgStore::create(&pg_uri(dir)).unwrap(),
+            sample: Vec::new(),
+        }
+    }
+
+    pub fn open_pg(dir: &Path, spec: &Spec) -> Self {
+        Self::open_in(PgStore::open(&pg_uri(dir)).unwrap(), spec)
+    }
+}
+
+impl<S: Store> Plain<S> {
+    pub fn from_store(store: S) -> Self {
+        Plain {
+            store,
+            sample: Vec::new(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn open_in(store: S, spec: &Spec) -> Self {
         let every = (spec.notes / 1000).max(1);
-        PlainSled {
-            store: SledStore::open(&dir.join("v")).unwrap(),
+        Plain {
+            store,
             sample: (0..spec.notes)
                 .step_by(every)
                 .map(|i| Self::note_key(patient_id(i % spec.patients).as_bytes(), i))
@@ -191,7 +255,7 @@ impl PlainSled {
         }
     }
 
-    fn note_key(pid: &[u8], i: usize) -> Vec<u8> {
+    pub fn note_key(pid: &[u8], i: usize) -> Vec<u8> {
         let mut key = pid.to_vec();
         key.extend_from_slice(&(i as u128).to_be_bytes());
         key.extend_from_slice(&1u32.to_be_bytes());
@@ -199,7 +263,7 @@ impl PlainSled {
     }
 }
 
-impl Peer for PlainSled {
+impl<S: Store> Peer for Plain<S> {
     fn import(&mut self, spec: &Spec) {
         let every = (spec.notes / 1000).max(1);
         let mut batch = Batch::new();

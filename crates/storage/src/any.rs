@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    is_postgres_uri, Batch, DocName, EntryIter, KeyOpLock, PgAddress, PgStore, SledStore, Space,
-    SpacedEntry, Store, StoreError,
+    is_postgres_uri, Batch, DocName, EntryIter, PgAddress, PgStore, SledStore, Space, SpacedEntry,
+    Store, StoreError, StoreLock,
 };
 
 /// Where a vault is.
@@ -83,10 +83,13 @@ impl Store for AnyStore {
     ) -> Result<(), StoreError> {
         each!(self, s => s.replace_all(records))
     }
-    fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+    fn lock_key_operations(&self) -> Result<Option<StoreLock>, StoreError> {
         each!(self, s => s.lock_key_operations())
     }
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
         each!(self, s => s.key_operations_locked())
+    }
+    fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
+        each!(self, s => s.writer_turn())
     }
 }

@@ -87,10 +87,13 @@ impl<S: Store> Store for FaultyStore<S> {
         self.tick()?;
         self.inner.append_doc(name, bytes)
     }
-    fn lock_key_operations(&self) -> Result<Option<crate::KeyOpLock>, StoreError> {
+    fn lock_key_operations(&self) -> Result<Option<crate::StoreLock>, StoreError> {
         self.inner.lock_key_operations()
     }
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
         self.inner.key_operations_locked()
+    }
+    fn writer_turn(&self) -> Result<Option<crate::StoreLock>, StoreError> {
+        self.inner.writer_turn()
     }
 }

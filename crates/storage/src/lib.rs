@@ -102,7 +102,16 @@ pub trait Store: Send + Sync {
     /// store, released when the returned guard is dropped **or its process ends** (a killed
     /// process holds nothing): how the others tell a running key operation from a dead one.
     /// `Ok(None)`: this backend has no such lock (callers then rely on a lease).
-    fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+    fn lock_key_operations(&self) -> Result<Option<StoreLock>, StoreError> {
+        Ok(None)
+    }
+
+    /// Takes this store's turn for one write among the processes sharing it, released when
+    /// the guard is dropped: writers of several processes queue for it instead of losing
+    /// compare-and-swap races to each other. `Ok(None)`: the backend needs none (one process
+    /// opens it; within a process, a `Vault`'s writers take turns already). A write must not
+    /// ask for it twice at once.
+    fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
         Ok(None)
     }
 
@@ -118,19 +127,20 @@ pub trait Store: Send + Sync {
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError>;
 }
 
-/// A held [`Store::lock_key_operations`] lock: released when dropped.
-pub struct KeyOpLock(#[allow(dead_code)] Box<dyn Send>);
+/// A held lock of a store ([`Store::lock_key_operations`], [`Store::writer_turn`]): released
+/// when dropped.
+pub struct StoreLock(#[allow(dead_code)] Box<dyn Send>);
 
-impl KeyOpLock {
+impl StoreLock {
     /// A guard that releases the lock when dropped (whatever `held` does on drop).
     pub fn new(held: Box<dyn Send>) -> Self {
-        KeyOpLock(held)
+        StoreLock(held)
     }
 }
 
-impl std::fmt::Debug for KeyOpLock {
+impl std::fmt::Debug for StoreLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyOpLock")
+        f.write_str("StoreLock")
     }
 }
 
@@ -150,12 +160,12 @@ impl Drop for LocalHeld {
 
 impl LocalKeyOpLock {
     /// Takes it (it is held by one key operation at a time: a second is `Conflict`).
-    pub(crate) fn lock(&self) -> Result<Option<KeyOpLock>, StoreError> {
+    pub(crate) fn lock(&self) -> Result<Option<StoreLock>, StoreError> {
         use std::sync::atomic::Ordering;
         self.0
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .map_err(|_| StoreError::Conflict)?;
-        Ok(Some(KeyOpLock::new(Box::new(LocalHeld(Arc::clone(
+        Ok(Some(StoreLock::new(Box::new(LocalHeld(Arc::clone(
             &self.0,
         ))))))
     }
@@ -211,11 +221,14 @@ macro_rules! forward_store {
             ) -> Result<(), StoreError> {
                 (**self).replace_all(records)
             }
-            fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+            fn lock_key_operations(&self) -> Result<Option<StoreLock>, StoreError> {
                 (**self).lock_key_operations()
             }
             fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
                 (**self).key_operations_locked()
+            }
+            fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
+                (**self).writer_turn()
             }
         }
     };

@@ -38,7 +38,7 @@ impl std::fmt::Debug for MemStore {
 }
 
 impl Store for MemStore {
-    fn lock_key_operations(&self) -> Result<Option<crate::KeyOpLock>, StoreError> {
+    fn lock_key_operations(&self) -> Result<Option<crate::StoreLock>, StoreError> {
         self.key_ops.lock()
     }
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::pg_address::PgAddress;
 use crate::pg_tls::{connector, Tls};
 use crate::{
-    Batch, DocName, Entry, EntryIter, KeyOpLock, Op, Precondition, Space, SpacedEntry, Store,
-    StoreError,
+    Batch, DocName, Entry, EntryIter, Op, Precondition, Space, SpacedEntry, Store, StoreError,
+    StoreLock,
 };
 
 /// The version of the tables this code writes. A database whose tables a newer Carnet wrote is
@@ -59,9 +59,37 @@ pub struct PgStore {
     tls: Tls,
     vault: i64,
     conn: Conn,
+    /// Connections that held the writers' turn, kept for the next.
+    turns: std::sync::Arc<Mutex<Vec<Client>>>,
     /// A session's transaction committed ([`PgStore::finish`]): from then on each batch is a
     /// transaction of its own again, on the session's connection.
     committed: std::sync::atomic::AtomicBool,
+}
+
+/// A held writers' turn: given back (and its connection kept for the next) when dropped; a
+/// connection that breaks takes the lock with it.
+struct Turn {
+    client: Option<Client>,
+    idle: std::sync::Arc<Mutex<Vec<Client>>>,
+    id: (i32, i32),
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.client.take() {
+            if c.execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&self.id.0, &self.id.1],
+            )
+            .is_ok()
+            {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < IDLE_CONNECTIONS {
+                    idle.push(c);
+                }
+            }
+        }
+    }
 }
 
 /// How a store reaches the server.
@@ -235,6 +263,7 @@ impl PgStore {
             vault,
             conn: Conn::Pool(Mutex::new(vec![client])),
             committed: Default::default(),
+            turns: Default::default(),
         }
     }
 
@@ -267,6 +296,7 @@ impl PgStore {
             vault: col(&row, 0)?,
             conn: Conn::Session(Mutex::new(client)),
             committed: Default::default(),
+            turns: Default::default(),
         })
     }
 
@@ -315,6 +345,7 @@ impl PgStore {
             vault: self.vault,
             conn: Conn::Session(Mutex::new(client)),
             committed: Default::default(),
+            turns: Default::default(),
         })
     }
 
@@ -529,12 +560,16 @@ fn apply_batch(
     last: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 ) -> Result<(), StoreError> {
     for p in pre {
+        // A record the batch writes is locked for update; one it only requires (the fence,
+        // which every writer requires) for share, so that such writers do not queue on it.
+        let sql = if last.contains_key(&(p.space.name(), p.key.clone())) {
+            "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR UPDATE"
+        } else {
+            "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR SHARE"
+        };
         let row = tx
-                .query_opt(
-                    "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR UPDATE",
-                    &[&vault, &p.space.name(), &p.key],
-                )
-                .map_err(|e| pg_error("cannot check a precondition", &e))?;
+            .query_opt(sql, &[&vault, &p.space.name(), &p.key])
+            .map_err(|e| pg_error("cannot check a precondition", &e))?;
         let current: Option<Vec<u8>> = row.map(|r| col(&r, 0)).transpose()?;
         if current != p.expected.as_deref().map(digest) {
             return Err(StoreError::Conflict);
@@ -668,10 +703,17 @@ impl Store for PgStore {
         })
     }
 
-    fn lock_key_operations(&self) -> Result<Option<KeyOpLock>, StoreError> {
+    fn lock_key_operations(&self) -> Result<Option<StoreLock>, StoreError> {
         // A session-level advisory lock on a connection of its own, held by the guard: the
         // server releases it when the guard drops the connection, or when the process dies.
         let mut client = connect(&self.address, &self.tls)?;
+        // The connection idles for the whole operation: no server timeout may end it (and
+        // with it the lock) while the operation still works.
+        client
+            .batch_execute(
+                "SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = 0",
+            )
+            .map_err(|e| pg_error("cannot configure the session", &e))?;
         let (class, object) = self.key_op_lock_id();
         let row = client
             .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object])
@@ -680,7 +722,33 @@ impl Store for PgStore {
         if !taken {
             return Err(StoreError::Conflict);
         }
-        Ok(Some(KeyOpLock::new(Box::new(client))))
+        Ok(Some(StoreLock::new(Box::new(client))))
+    }
+
+    fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
+        if self.in_session() {
+            return Ok(None); // one connection, one transaction: nobody to queue with
+        }
+        let idle = self.turns.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut client = match idle {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let mut c = connect(&self.address, &self.tls)?;
+                // A holder that hangs (a stopped process) is waited for this long at most.
+                c.batch_execute("SET lock_timeout = '30s'")
+                    .map_err(|e| pg_error("cannot configure the session", &e))?;
+                c
+            }
+        };
+        let (class, object) = (0x4352_4e57, (self.vault & 0x7fff_ffff) as i32);
+        client
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&class, &object])
+            .map_err(|e| pg_error("cannot take the writers' turn", &e))?;
+        Ok(Some(StoreLock::new(Box::new(Turn {
+            client: Some(client),
+            idle: std::sync::Arc::clone(&self.turns),
+            id: (class, object),
+        }))))
     }
 
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {

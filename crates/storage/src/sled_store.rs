@@ -542,7 +542,7 @@ fn full_key(space: Space, key: &[u8]) -> Vec<u8> {
 }
 
 impl Store for SledStore {
-    fn lock_key_operations(&self) -> Result<Option<crate::KeyOpLock>, StoreError> {
+    fn lock_key_operations(&self) -> Result<Option<crate::StoreLock>, StoreError> {
         self.key_ops.lock()
     }
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {

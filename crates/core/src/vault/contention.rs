@@ -20,7 +20,7 @@ use crate::Error;
 
 /// How many times an operation is tried before it gives up with [`StoreError::Conflict`]
 /// ("a concurrent write changed the vault; try again": exit 6 at the command line).
-pub(super) const ATTEMPTS: u32 = 40;
+pub(super) const ATTEMPTS: u32 = 200;
 
 /// Whether `e` is a lost compare-and-swap race (nothing was written).
 pub(super) fn is_conflict(e: &Error) -> bool {
@@ -40,6 +40,37 @@ pub(super) fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_micros(jitter + 50));
 }
 
+thread_local! {
+    /// Whether this thread holds a store's writers' turn (a write that logs, or a log entry
+    /// inside a write, does not ask for it twice).
+    static HOLDING_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A writers' turn held by this thread ([`Vault::store_turn`]).
+pub(super) struct TurnGuard(Option<carnet_storage::StoreLock>, bool);
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        if self.1 {
+            HOLDING_TURN.with(|h| h.set(false));
+        }
+        self.0.take();
+    }
+}
+
+impl<S: Store> Vault<S> {
+    /// The store's turn among the processes sharing it (PostgreSQL), once per thread. Taken
+    /// before the `Vault`'s own write lock, never after it (the order every writer follows).
+    pub(super) fn store_turn(&self) -> Result<TurnGuard, Error> {
+        if HOLDING_TURN.with(|h| h.get()) {
+            return Ok(TurnGuard(None, false));
+        }
+        let held = self.store.writer_turn()?;
+        HOLDING_TURN.with(|h| h.set(true));
+        Ok(TurnGuard(held, true))
+    }
+}
+
 impl<S: Store> Vault<S> {
     /// Runs the write `op` (which reads what it needs and commits one transaction) until it
     /// does not lose a race: a lost compare-and-swap wrote nothing, so doing it again on the
@@ -50,6 +81,9 @@ impl<S: Store> Vault<S> {
         loop {
             let result = {
                 let _turn = self.txn_turn();
+                // And the turn among the processes sharing the store (PostgreSQL): writers
+                // queue there instead of losing races to each other.
+                let _store_turn = self.store_turn()?;
                 op()
             };
             match result {

@@ -33,8 +33,8 @@ impl<S: Store> Vault<S> {
         if let Ok(reg) = &result {
             event.registry = reg.clone();
         }
-        self.log_event(&event)?;
-        result.map(|_| ())
+        let logged = self.log_event(&event).and(result.map(|_| ()));
+        self.end_key_operation(logged)
     }
 
     /// Erases the patient; returns the registry left, if the record store was rewritten.

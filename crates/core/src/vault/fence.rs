@@ -78,7 +78,7 @@ pub(super) struct FenceSeen {
     source: [u8; 32],
     /// The store's key-operation lock, while this `Vault` runs one: others tell a running
     /// operation from a killed one by it.
-    held: std::sync::Mutex<Option<carnet_storage::KeyOpLock>>,
+    held: std::sync::Mutex<Option<carnet_storage::StoreLock>>,
 }
 
 fn now_ms() -> u64 {
@@ -187,9 +187,18 @@ impl<S: Store> Vault<S> {
     /// with [`Error::WrongPassphrase`] if this user's passphrase was changed meanwhile (or the
     /// user removed: [`Error::UnknownUser`]).
     pub fn reload(&mut self) -> Result<(), Error> {
-        self.fence = self.read_keys_and_fence()?;
-        self.chains = ChainCache::default();
-        self.reread_role()?;
+        let result = self.read_keys_and_fence().and_then(|fence| {
+            self.fence = fence;
+            self.chains = ChainCache::default();
+            self.reread_role()
+        });
+        if result.is_err() {
+            // Half read: this `Vault` refuses every write and key operation (no stored fence
+            // has these bytes) until a reload succeeds.
+            self.fence.stored = Some(Vec::new());
+            self.fence.busy_until = 0;
+        }
+        result?;
         self.require_fence_free()
     }
 
@@ -284,6 +293,18 @@ impl<S: Store> Vault<S> {
         self.fence.renewed = Some(std::time::Instant::now());
         self.fence.source = source;
         *self.fence.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        // What others changed without moving the fence (patients added, their keys appended
+        // to the key store; a slot re-protected at an unlock) is read again, now that nobody
+        // else changes keys: the operation rewrites the key store from what it holds.
+        let reread = Keychain::reload(&self.store, &self.keys).and_then(|keys| {
+            self.keys = keys;
+            self.chains = ChainCache::default();
+            self.reread_role()
+        });
+        if let Err(e) = reread {
+            let _ = self.fence_end();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -360,17 +381,24 @@ impl<S: Store> Vault<S> {
         Ok(())
     }
 
-    /// Runs the key operation `op` alone: the fence taken first, given back at the end
-    /// whatever the outcome (an error in giving it back is reported only if `run` succeeded).
+    /// Runs the key operation `op` alone: the fence taken first, and kept until
+    /// [`Vault::end_key_operation`] (after the outcome is logged, inside the fence, so that
+    /// no other operation comes between the two).
     pub(super) fn alone<T>(
         &mut self,
         op: KeyOp,
         run: impl FnOnce(&mut Self) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.fence_begin(op)?;
-        let result = run(self);
+        run(self)
+    }
+
+    /// Gives the fence back after a key operation and its log entry, whatever the outcome (an
+    /// error in giving it back is reported only if the operation succeeded). Nothing to do if
+    /// the operation never took it.
+    pub(super) fn end_key_operation<T>(&mut self, logged: Result<T, Error>) -> Result<T, Error> {
         let ended = self.fence_end();
-        let value = result?;
+        let value = logged?;
         ended?;
         Ok(value)
     }

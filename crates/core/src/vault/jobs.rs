@@ -66,6 +66,7 @@ impl<S: Store> Vault<S> {
             let mut b = Batch::new();
             b.require(space::META, slot.meta_key(), Some(stored));
             b.delete(space::META, slot.meta_key());
+            self.require_fence(&mut b);
             self.store.commit(b)?;
             self.store.flush()?;
         }

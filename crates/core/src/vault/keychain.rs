@@ -338,6 +338,11 @@ impl Keychain {
         if self.keyring.version() < 2 {
             return Ok(());
         }
+        // Not while another process's key operation runs: it may be replacing the keyring
+        // (a revocation's end), which this write would undo. The next unlock does it.
+        if store.key_operations_locked()? == Some(true) {
+            return Ok(());
+        }
         let Some(newest) = self.keyring_keys.values().next_back() else {
             return Ok(());
         };
@@ -703,8 +708,19 @@ impl Keychain {
     }
 
     /// The wrapped key the key store holds for `at`, if any.
+    /// A key wrapped under another epoch than the key store's is a leftover (an append of a
+    /// process whose write was then refused, ADR 0019): not reused.
     pub(super) fn stored_patient_key(&self, at: &PatientKeyAt) -> Option<WrappedKey> {
-        self.index().patient.get(at).cloned()
+        let epoch = self.wrap_patient.epoch();
+        let index = self.index();
+        let current =
+            |w: &&WrappedKey| Sealed::parse(w.as_bytes()).is_ok_and(|s| s.key_version == epoch);
+        index
+            .patient
+            .get(at)
+            .filter(current)
+            .or_else(|| index.earlier.get(at).and_then(|ws| ws.iter().find(current)))
+            .cloned()
     }
 
     /// Whether the key store holds `at`.

@@ -190,6 +190,8 @@ impl<S: Store> Vault<S> {
     fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
         // Not under a log key another process's key operation is retiring.
         self.require_fence_free()?;
+        // The store's turn before this `Vault`'s write lock, as every writer takes them.
+        let _store_turn = self.store_turn()?;
         let _writing = self.writing();
         // Writers of this `Vault` take turns under the lock; another process sharing the store
         // may still have moved the head since it was read: stage the entry again on the new one.

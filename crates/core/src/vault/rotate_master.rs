@@ -53,7 +53,8 @@ impl<S: Store> Vault<S> {
         let result = self
             .require(Duty::Administration)
             .and_then(|()| self.alone(KeyOp::RotateMaster, |v| v.rotate_master_unlogged(progress)));
-        self.logged_result(Action::KeyRotateMaster, None, result)
+        let logged = self.logged_result(Action::KeyRotateMaster, None, result);
+        self.end_key_operation(logged)
     }
 
     fn rotate_master_unlogged(

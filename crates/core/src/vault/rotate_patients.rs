@@ -210,14 +210,15 @@ impl<S: Store> Vault<S> {
                 v.rotate_patients_unlogged(which, progress)
             })
         });
-        self.logged_result(
+        let logged = self.logged_result(
             Action::KeyRotatePatient,
             match which {
                 Patients::One(id) => Some(id),
                 Patients::All => None,
             },
             result,
-        )
+        );
+        self.end_key_operation(logged)
     }
 
     fn rotate_patients_unlogged(
@@ -300,6 +301,7 @@ impl<S: Store> Vault<S> {
             JOB_ROTATE_ALL_PATIENTS,
             target,
         )?;
+        self.require_fence(&mut b);
         self.store.commit(b)?;
         self.store.flush()?;
         Ok(job)
@@ -369,11 +371,13 @@ impl<S: Store> Vault<S> {
             batch.put(space::NOTES, k, resealed);
             rewritten += 1;
             if batch.len() >= ROTATE_BATCH {
+                self.require_fence(&mut batch);
                 self.store.commit(std::mem::take(&mut batch))?;
                 self.store.flush()?;
             }
         }
         if !batch.is_empty() {
+            self.require_fence(&mut batch);
             self.store.commit(batch)?;
             self.store.flush()?;
         }
@@ -409,6 +413,7 @@ impl<S: Store> Vault<S> {
             b.require(space::MANIFESTS, blind.0.to_vec(), Some(mstored));
             b.put(space::MANIFESTS, blind.0.to_vec(), manifest);
             self.chains.forget(&blind);
+            self.require_fence(&mut b);
             self.store.commit(b)?;
             self.store.flush()?;
             rewritten += 2;

@@ -49,7 +49,8 @@ impl<S: Store> Vault<S> {
         let result = self
             .require(Duty::Administration)
             .and_then(|()| self.alone(KeyOp::Upgrade, |v| v.upgrade_unlogged(progress)));
-        self.logged_result(Action::KeyUpgrade, None, result)
+        let logged = self.logged_result(Action::KeyUpgrade, None, result);
+        self.end_key_operation(logged)
     }
 
     fn upgrade_unlogged(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Upgrade, Error> {
@@ -80,6 +81,7 @@ impl<S: Store> Vault<S> {
                     self.seal_job(JobSlot::Upgrade, &job)?,
                 );
             }
+            self.require_fence(&mut b);
             self.store.commit(b)?;
             self.store.flush()?;
             // 3. The keyring says the baseline is still to write (so that deleting the job
@@ -112,6 +114,7 @@ impl<S: Store> Vault<S> {
                     let mut b = Batch::new();
                     b.require(space::META, JobSlot::Upgrade.meta_key(), None);
                     b.put(space::META, JobSlot::Upgrade.meta_key(), sealed.clone());
+                    self.require_fence(&mut b);
                     self.store.commit(b)?;
                     self.store.flush()?;
                     (job, sealed)
@@ -172,6 +175,7 @@ impl<S: Store> Vault<S> {
             b.require(space::META, JobSlot::Upgrade.meta_key(), Some(stored));
             b.put(space::META, JobSlot::Upgrade.meta_key(), sealed.clone());
             self.stage_log(&mut b, &event)?;
+            self.require_fence(&mut b);
             self.store.commit(b)?;
             self.store.flush()?;
             stored = sealed;

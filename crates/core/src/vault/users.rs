@@ -157,7 +157,8 @@ impl<S: Store> Vault<S> {
                 v.add_user_unlogged(name, role, passphrase)
             })
         });
-        self.logged_about(Action::UserAdd, name, result)
+        let logged = self.logged_about(Action::UserAdd, name, result);
+        self.end_key_operation(logged)
     }
 
     fn add_user_unlogged(
@@ -184,6 +185,7 @@ impl<S: Store> Vault<S> {
         });
         let mut b = Batch::new();
         let serial = self.stage_users(&mut b, &users, serial, stored)?;
+        self.require_fence(&mut b);
         self.store.commit(b)?;
         self.store.flush()?;
         // Written with the slot's keyring below.
@@ -221,7 +223,8 @@ impl<S: Store> Vault<S> {
         let result = self.alone(KeyOp::ChangePassphrase, |v| {
             v.change_passphrase_unlogged(new, kdf, progress)
         });
-        self.logged_result(Action::KeyChangePassphrase, None, result)
+        let logged = self.logged_result(Action::KeyChangePassphrase, None, result);
+        self.end_key_operation(logged)
     }
 
     fn change_passphrase_unlogged(
@@ -257,7 +260,8 @@ impl<S: Store> Vault<S> {
         let result = self
             .require(Duty::Administration)
             .and_then(|()| self.alone(KeyOp::RotateRecovery, |v| v.rotate_recovery_key_unlogged()));
-        self.logged_result(Action::KeyRotateRecovery, None, result)
+        let logged = self.logged_result(Action::KeyRotateRecovery, None, result);
+        self.end_key_operation(logged)
     }
 
     fn rotate_recovery_key_unlogged(&mut self) -> Result<RecoveryKey, Error> {
@@ -301,7 +305,8 @@ impl<S: Store> Vault<S> {
                 v.remove_user_unlogged(name, progress)
             })
         });
-        self.logged_about(Action::UserRemove, name, result)
+        let logged = self.logged_about(Action::UserRemove, name, result);
+        self.end_key_operation(logged)
     }
 
     fn remove_user_unlogged(
@@ -342,6 +347,7 @@ impl<S: Store> Vault<S> {
             if !pending {
                 self.stage_revocation_job_of(&mut b, admin)?;
             }
+            self.require_fence(&mut b);
             self.store.commit(b)?;
             self.store.flush()?;
             // Written with the keyring in step 2.
@@ -373,6 +379,7 @@ impl<S: Store> Vault<S> {
         }
         let mut b = Batch::new();
         self.stage_revocation_job_of(&mut b, admin)?;
+        self.require_fence(&mut b);
         self.store.commit(b)?;
         self.store.flush()?;
         self.revocation_target()?
@@ -477,6 +484,7 @@ impl<S: Store> Vault<S> {
             b.put(space::META, key, resealed);
         }
         if !b.is_empty() {
+            self.require_fence(&mut b);
             self.store.commit(b)?;
             self.store.flush()?;
         }

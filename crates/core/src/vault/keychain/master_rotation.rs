@@ -88,8 +88,23 @@ impl Keychain {
             )?);
             rewrapped += 1;
             // Results keep their order.
-            let entries: Vec<(&PatientKeyAt, &WrappedKey)> = index.patient.iter().collect();
             let old_wrap_patient = &self.wrap_patient;
+            // A key wrapped under another epoch than the store's is a leftover (a process's
+            // append whose write was refused, ADR 0019): not re-wrapped; a candidate of its
+            // place that opens takes its place. One of this epoch that does not open is
+            // reported, as always.
+            let epoch = old_wrap_patient.epoch();
+            let stale = |w: &WrappedKey| {
+                crate::envelope::Sealed::parse(w.as_bytes()).is_ok_and(|s| s.key_version != epoch)
+            };
+            let entries: Vec<(&PatientKeyAt, &WrappedKey)> =
+                index.patient.iter().filter(|(_, w)| !stale(w)).collect();
+            let leftovers: Vec<PatientKeyAt> = index
+                .patient
+                .iter()
+                .filter(|(_, w)| stale(w))
+                .map(|(at, _)| *at)
+                .collect();
             let chunks = crate::par::map_parallel(entries.chunks(REWRAP_CHUNK).map(Ok), |chunk| {
                 chunk
                     .iter()
@@ -128,6 +143,15 @@ impl Keychain {
                     ) {
                         rewritten.add_earlier(*at, w);
                     }
+                }
+            }
+            for at in leftovers {
+                let promoted = rewritten
+                    .earlier
+                    .get(&at)
+                    .and_then(|ws| ws.first().cloned());
+                if let Some(w) = promoted {
+                    rewritten.choose(at, w);
                 }
             }
             drop(entries);
