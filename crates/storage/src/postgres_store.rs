@@ -559,20 +559,37 @@ fn apply_batch(
     pre: &[Precondition],
     last: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 ) -> Result<(), StoreError> {
-    for p in pre {
-        // A record the batch writes is locked for update; one it only requires (the fence,
-        // which every writer requires) for share, so that such writers do not queue on it.
-        let sql = if last.contains_key(&(p.space.name(), p.key.clone())) {
-            "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR UPDATE"
-        } else {
-            "SELECT digest FROM carnet_records WHERE vault = $1 AND space = $2 AND key = $3 FOR SHARE"
-        };
-        let row = tx
-            .query_opt(sql, &[&vault, &p.space.name(), &p.key])
+    // One round trip per kind of lock, whatever the number of preconditions: a record the
+    // batch writes is locked for update; one it only requires (the fence, which every writer
+    // requires) for share, so that such writers do not queue on it. Rows are locked in key
+    // order (the sort runs below the lock), the same order for every writer.
+    let (written, read): (Vec<&Precondition>, Vec<&Precondition>) = pre
+        .iter()
+        .partition(|p| last.contains_key(&(p.space.name(), p.key.clone())));
+    for (group, lock) in [(written, "UPDATE"), (read, "SHARE")] {
+        if group.is_empty() {
+            continue;
+        }
+        let spaces: Vec<&str> = group.iter().map(|p| p.space.name()).collect();
+        let keys: Vec<&[u8]> = group.iter().map(|p| p.key.as_slice()).collect();
+        let sql = format!(
+            "SELECT r.space, r.key, r.digest FROM carnet_records r
+             JOIN unnest($2::text[], $3::bytea[]) AS w(space, key)
+               ON r.space = w.space AND r.key = w.key
+             WHERE r.vault = $1 ORDER BY r.space, r.key FOR {lock} OF r"
+        );
+        let rows = tx
+            .query(&sql, &[&vault, &spaces, &keys])
             .map_err(|e| pg_error("cannot check a precondition", &e))?;
-        let current: Option<Vec<u8>> = row.map(|r| col(&r, 0)).transpose()?;
-        if current != p.expected.as_deref().map(digest) {
-            return Err(StoreError::Conflict);
+        let mut found: BTreeMap<(String, Vec<u8>), Vec<u8>> = BTreeMap::new();
+        for r in &rows {
+            found.insert((col(r, 0)?, col(r, 1)?), col(r, 2)?);
+        }
+        for p in group {
+            let current = found.get(&(p.space.name().to_string(), p.key.clone()));
+            if current.map(Vec::as_slice) != p.expected.as_deref().map(digest).as_deref() {
+                return Err(StoreError::Conflict);
+            }
         }
     }
     let (mut ps, mut pk, mut pv, mut pd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
