@@ -89,7 +89,7 @@ impl<S: Store> Vault<S> {
             match result {
                 Err(e) if is_conflict(&e) => {
                     // A key operation since this `Vault` read its keys: no retry can succeed.
-                    if let Some(instead) = self.fence_moved()? {
+                    if let Some(instead) = self.fence_moved_waiting()? {
                         return Err(instead);
                     }
                     if attempt + 1 >= ATTEMPTS {

@@ -173,9 +173,21 @@ impl<S: Store> Vault<S> {
         })
     }
 
-    /// `e`, or what the fence says instead when it moved (see [`Vault::fence_moved`]).
+    /// [`Vault::fence_moved`], having waited (up to this `Vault`'s patience) for an operation
+    /// under way to end: then the keys changed under this call.
+    pub(super) fn fence_moved_waiting(&self) -> Result<Option<Error>, Error> {
+        Ok(match self.fence_moved()? {
+            Some(Error::Busy { .. }) => Some(match self.require_fence_free() {
+                Ok(()) => Error::KeysChanged,
+                Err(e) => e,
+            }),
+            other => other,
+        })
+    }
+
+    /// `e`, or what the fence says instead when it moved (see [`Vault::fence_moved_waiting`]).
     pub(super) fn unless_fence_moved(&self, e: Error) -> Error {
-        match self.fence_moved() {
+        match self.fence_moved_waiting() {
             Ok(Some(instead)) => instead,
             _ => e,
         }

@@ -203,7 +203,7 @@ impl<S: Store> Vault<S> {
             self.require_fence(&mut b);
             match self.store.commit(b) {
                 Err(StoreError::Conflict) => {
-                    if let Some(e) = self.fence_moved()? {
+                    if let Some(e) = self.fence_moved_waiting()? {
                         return Err(e);
                     }
                     if attempt + 1 >= ATTEMPTS {
