@@ -17,6 +17,14 @@ use crate::{contains_word, patient_id, Lcg, Spec};
 const PATIENTS: usize = 64;
 const NOTES_EACH: usize = 10;
 
+/// What every vault holds before the clients start (notes of 512 B).
+const SPEC: Spec = Spec {
+    patients: PATIENTS,
+    notes: PATIENTS * NOTES_EACH,
+    mean: 512,
+    grouped: false,
+};
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op {
     Add,
@@ -127,20 +135,14 @@ fn ms(d: Duration) -> f64 {
 
 /// The vaults of one configuration: made and filled before the clock starts.
 fn setup(base: &str, carnet: bool, vaults: usize, tag: &str) -> Vec<String> {
-    let spec = Spec {
-        patients: PATIENTS,
-        notes: PATIENTS * NOTES_EACH,
-        mean: 512,
-        grouped: false,
-    };
     (0..vaults)
         .map(|i| {
             let uri = format!("{base}?vault={tag}-{i}");
             let store = PgStore::create(&uri).unwrap();
             if carnet {
-                Carnet::create_in(store).import(&spec);
+                Carnet::create_in(store).import(&SPEC);
             } else {
-                Plain::from_store(store).import(&spec);
+                Plain::from_store(store).import(&SPEC);
             }
             uri
         })
@@ -151,15 +153,7 @@ fn setup(base: &str, carnet: bool, vaults: usize, tag: &str) -> Vec<String> {
 fn count(uri: &str, carnet: bool) -> usize {
     let store = PgStore::open(uri).unwrap();
     if carnet {
-        let c = Carnet::open_in(
-            store,
-            &Spec {
-                patients: PATIENTS,
-                notes: PATIENTS * NOTES_EACH,
-                mean: 512,
-                grouped: false,
-            },
-        );
+        let c = Carnet::open_in(store, &SPEC);
         (0..PATIENTS)
             .map(|p| {
                 c.vault()
@@ -195,15 +189,7 @@ fn run_once(
             let uri = &uris[c % vaults];
             let store = PgStore::open(uri).unwrap();
             if carnet {
-                Box::new(CarnetClient(Carnet::open_in(
-                    store,
-                    &Spec {
-                        patients: PATIENTS,
-                        notes: PATIENTS * NOTES_EACH,
-                        mean: 512,
-                        grouped: false,
-                    },
-                ))) as Box<dyn Client>
+                Box::new(CarnetClient(Carnet::open_in(store, &SPEC))) as Box<dyn Client>
             } else {
                 Box::new(PlainClient(Plain::from_store(store), c as u64 * 1_000_000))
             }

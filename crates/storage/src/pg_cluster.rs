@@ -308,13 +308,17 @@ impl TestCluster {
         format!("{server}/{database}{query}{sep}vault={vault}")
     }
 
-    /// Runs `sql` (statements separated by `;`) as the server's superuser, in `database`.
-    pub fn execute(&self, database: &str, sql: &str) -> Result<(), String> {
+    /// A connection to `database` as the server's superuser.
+    fn superuser(&self, database: &str) -> Result<postgres::Client, String> {
         let uri = self.uri_as("carnet", database, "x");
         let uri = uri.rsplit_once("vault=x").map_or(uri.as_str(), |(u, _)| u);
-        let uri = uri.trim_end_matches(['?', '&']);
-        let mut client = postgres::Client::connect(uri, postgres::NoTls)
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        postgres::Client::connect(uri.trim_end_matches(['?', '&']), postgres::NoTls)
+            .map_err(|e| format!("cannot connect: {e}"))
+    }
+
+    /// Runs `sql` (statements separated by `;`) as the server's superuser, in `database`.
+    pub fn execute(&self, database: &str, sql: &str) -> Result<(), String> {
+        let mut client = self.superuser(database)?;
         client
             .batch_execute(sql)
             .map_err(|e| match e.as_db_error() {
@@ -325,11 +329,7 @@ impl TestCluster {
 
     /// The one number `sql` returns (a `count(*)`, say), run as the superuser in `database`.
     pub fn query_i64(&self, database: &str, sql: &str) -> Result<i64, String> {
-        let uri = self.uri_as("carnet", database, "x");
-        let uri = uri.rsplit_once("vault=x").map_or(uri.as_str(), |(u, _)| u);
-        let uri = uri.trim_end_matches(['?', '&']);
-        let mut client = postgres::Client::connect(uri, postgres::NoTls)
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut client = self.superuser(database)?;
         let row = client.query_one(sql, &[]).map_err(|e| e.to_string())?;
         row.try_get(0).map_err(|e| e.to_string())
     }

@@ -205,19 +205,8 @@ impl PgStore {
         let tls = connector(address)?;
         let mut client = connect(address, &tls)?;
         migrate(&mut client)?;
-        let name = address.vault_name();
-        let inserted = client
-            .query_opt(
-                "INSERT INTO carnet_vaults (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
-                &[&name],
-            )
-            .map_err(|e| pg_error("cannot create the vault", &e))?;
-        let Some(row) = inserted else {
-            return Err(StoreError::NotEmpty(format!(
-                "the vault {name} in this database"
-            )));
-        };
-        Ok(Self::with(address.clone(), tls, col(&row, 0)?, client))
+        let vault = insert_vault(&mut client, address.vault_name())?;
+        Ok(Self::with(address.clone(), tls, vault, client))
     }
 
     /// [`PgStore::open`] at a parsed address.
@@ -278,22 +267,11 @@ impl PgStore {
         client
             .batch_execute("BEGIN")
             .map_err(|e| pg_error("cannot begin", &e))?;
-        let name = address.vault_name();
-        let inserted = client
-            .query_opt(
-                "INSERT INTO carnet_vaults (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
-                &[&name],
-            )
-            .map_err(|e| pg_error("cannot create the vault", &e))?;
-        let Some(row) = inserted else {
-            return Err(StoreError::NotEmpty(format!(
-                "the vault {name} in this database"
-            )));
-        };
+        let vault = insert_vault(&mut client, address.vault_name())?;
         Ok(PgStore {
             address: address.clone(),
             tls,
-            vault: col(&row, 0)?,
+            vault,
             conn: Conn::Session(Mutex::new(client)),
             committed: Default::default(),
             turns: Default::default(),
@@ -471,6 +449,23 @@ fn connect_error(address: &PgAddress, e: &postgres::Error) -> StoreError {
         ));
     }
     StoreError::Unavailable(format!("cannot connect to PostgreSQL at {at}: {why}"))
+}
+
+/// Adds the vault `name` to the database, returning its number; [`StoreError::NotEmpty`] if
+/// it exists.
+fn insert_vault(client: &mut Client, name: &str) -> Result<i64, StoreError> {
+    let inserted = client
+        .query_opt(
+            "INSERT INTO carnet_vaults (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
+            &[&name],
+        )
+        .map_err(|e| pg_error("cannot create the vault", &e))?;
+    match inserted {
+        Some(row) => col(&row, 0),
+        None => Err(StoreError::NotEmpty(format!(
+            "the vault {name} in this database"
+        ))),
+    }
 }
 
 /// Whether the database holds Carnet's tables.

@@ -109,6 +109,23 @@ impl<S: Store> Vault<S> {
     /// While an operation runs, waits for it up to this `Vault`'s patience
     /// ([`Vault::set_patience`]), saying so once.
     pub(super) fn require_fence_free(&self) -> Result<(), Error> {
+        self.wait_fence_free()
+    }
+
+    /// [`Vault::require_fence_free`] for an access-log entry, which decrypts nothing before
+    /// its commit: when the fence was idle at this `Vault`'s read, the entry's own condition
+    /// on it finds any key operation since (explained by `fence_moved_waiting`), so there is
+    /// nothing to read first.
+    pub(super) fn require_fence_free_to_log(&self) -> Result<(), Error> {
+        if self.fence.renewed.is_none() && self.fence.busy_until <= now_ms() {
+            return Ok(());
+        }
+        self.wait_fence_free()
+    }
+
+    /// [`Vault::require_fence_free`] without its shortcut: reads the fence, and waits (up to
+    /// the patience) while an operation holds it.
+    fn wait_fence_free(&self) -> Result<(), Error> {
         let start = std::time::Instant::now();
         let mut said = false;
         loop {
@@ -177,7 +194,7 @@ impl<S: Store> Vault<S> {
     /// under way to end: then the keys changed under this call.
     pub(super) fn fence_moved_waiting(&self) -> Result<Option<Error>, Error> {
         Ok(match self.fence_moved()? {
-            Some(Error::Busy { .. }) => Some(match self.require_fence_free() {
+            Some(Error::Busy { .. }) => Some(match self.wait_fence_free() {
                 Ok(()) => Error::KeysChanged,
                 Err(e) => e,
             }),

@@ -189,7 +189,7 @@ impl<S: Store> Vault<S> {
     /// Appends one entry in its own atomic batch, flushed as `policy` says.
     fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
         // Not under a log key another process's key operation is retiring.
-        self.require_fence_free()?;
+        self.require_fence_free_to_log()?;
         // The store's turn before this `Vault`'s write lock, as every writer takes them.
         let _store_turn = self.store_turn()?;
         let _writing = self.writing();
