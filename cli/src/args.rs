@@ -223,6 +223,11 @@ pub struct InitArgs {
     /// Write the recovery key to FILE instead of printing it
     #[arg(long, value_name = "FILE")]
     pub recovery_key_out: Option<PathBuf>,
+    /// PostgreSQL only: create Carnet's tables in the database (or check them), and no vault
+    /// (the vault=NAME of --vault is not created). For the role that is to own the tables,
+    /// before clinics' roles are granted their rows (docs/postgresql-hosting.md)
+    #[arg(long)]
+    pub tables_only: bool,
 }
 
 #[derive(Subcommand)]

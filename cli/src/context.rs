@@ -193,6 +193,25 @@ impl std::ops::DerefMut for Unlocked {
 }
 
 impl Unlocked {
+    /// Runs `f`, and again (keys read anew) while it fails because another administrator's
+    /// key operation changed the keys meanwhile ([`carnet_core::Error::KeysChanged`]: nothing
+    /// of `f` was written). Waiting for an operation still under way is the patience's part.
+    pub fn again<T>(
+        &mut self,
+        mut f: impl FnMut(&Vault<AnyStore>) -> Result<T, carnet_core::Error>,
+    ) -> Result<T, CliError> {
+        let mut attempts = 0;
+        loop {
+            match f(&self.vault) {
+                Err(carnet_core::Error::KeysChanged) if attempts < 5 => {
+                    attempts += 1;
+                    self.vault.reload()?;
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
     /// What this machine remembered of the vault before this command, if anything.
     pub fn seen(&self) -> Option<Checkpoint> {
         self.memory.as_ref().and_then(|m| m.seen().ok().flatten())
@@ -361,7 +380,8 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
         (None, Location::Dir(dir)) => AnyStore::Sled(open_sled_waiting(dir, global)?),
         (None, Location::Postgres(address)) => AnyStore::Postgres(open_postgres(address)?),
     };
-    let expected = expected(&store, &location, global);
+    let expected =
+        expected(&store, &location, global).waiting(std::time::Duration::from_secs(global.wait));
     let downgrade_hint = |e: carnet_core::Error| {
         let rolled_back = matches!(&e, carnet_core::Error::Integrity(i)
             if i.kind() == carnet_core::ProblemKind::RolledBack && i.location() == "keyring");

@@ -71,7 +71,7 @@ impl From<StoreError> for CliError {
             StoreError::NotFound(dir) => CliError::failure(format!("no vault at {dir}"))
                 .hint("run `carnet init` first, or pass --vault DIR|URI"),
             StoreError::Denied(why) => CliError::new(Exit::Auth, why).hint(
-                "check the user in the URI, and the password in ~/.pgpass, PGPASSFILE or --db-password-file",
+                "check the user in the URI, its rights in the database (docs/postgresql-hosting.md), and the password in ~/.pgpass, PGPASSFILE or --db-password-file",
             ),
             StoreError::NotEmpty(dir) => CliError::failure(format!("{dir} is not empty"))
                 .hint("choose an empty or new directory for a new vault"),

@@ -11,6 +11,22 @@ use crate::render;
 pub fn run(g: &Global, a: InitArgs) -> Result<(), CliError> {
     let kdf = KdfParams::new(a.kdf_memory_mib, a.kdf_iterations, a.kdf_parallelism)?;
     let location = context::vault_location(g)?;
+    if a.tables_only {
+        let Location::Postgres(address) = &location else {
+            return Err(CliError::usage(
+                "--tables-only is for a vault on PostgreSQL (--vault postgresql://…)",
+            ));
+        };
+        PgStore::prepare_tables(address)?;
+        if g.json {
+            return render::print_json(&serde_json::json!({"tables": "ready"}));
+        }
+        return if g.quiet {
+            Ok(())
+        } else {
+            render::print("Carnet's tables are ready in this database (no vault was created).\n")
+        };
+    }
     let already = || {
         CliError::failure(format!("{} already holds a vault", location.describe()))
             .hint("nothing was changed; use another --vault DIR|URI for a new vault")

@@ -1,6 +1,6 @@
 //! `carnet note add|list|show|amend|history`
 
-use carnet_core::{NewNote, Note, NoteId};
+use carnet_core::{NewNote, Note, NoteBody, NoteId};
 use serde_json::Value;
 
 use super::{patient_id, read_body};
@@ -13,6 +13,11 @@ fn note_id(s: &str) -> Result<NoteId, CliError> {
     Ok(s.parse::<NoteId>()?)
 }
 
+/// Another copy of a body (zeroized on drop too), for a write tried again.
+fn copy(body: &NoteBody) -> Result<NoteBody, carnet_core::Error> {
+    NoteBody::new(body.as_bytes().to_vec())
+}
+
 pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
     match c {
         NoteCommand::Add {
@@ -23,11 +28,13 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
         } => {
             let id = patient_id(&id)?;
             let body = read_body(file.as_deref())?;
-            let vault = context::unlock(g)?;
-            let mut note = NewNote::new(body);
-            note.author = author;
-            note.kind = kind;
-            let nid = vault.add_note(&id, note)?;
+            let mut vault = context::unlock(g)?;
+            let nid = vault.again(|v| {
+                let mut note = NewNote::new(copy(&body)?);
+                note.author = author.clone();
+                note.kind = kind.clone();
+                v.add_note(&id, note)
+            })?;
             // Printed only now: add_note returns once the note is durably stored.
             if g.json {
                 render::print_json(&serde_json::json!({"id": nid.to_string()}))
@@ -37,8 +44,7 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
         }
         NoteCommand::List { id } => {
             let id = patient_id(&id)?;
-            let vault = context::unlock(g)?;
-            let notes = vault.notes(&id)?;
+            let notes = context::unlock(g)?.again(|v| v.notes(&id))?;
             if g.json {
                 return render::print_json(&Value::Array(
                     notes.iter().map(render::note_json).collect(),
@@ -61,8 +67,7 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
         NoteCommand::Show { id, note_id: nid } => {
             let id = patient_id(&id)?;
             let nid = note_id(&nid)?;
-            let vault = context::unlock(g)?;
-            let n = vault.note(&id, &nid)?;
+            let n = context::unlock(g)?.again(|v| v.note(&id, &nid))?;
             if g.json {
                 return render::print_json(&render::note_json(&n));
             }
@@ -77,8 +82,8 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
             let id = patient_id(&id)?;
             let nid = note_id(&nid)?;
             let body = read_body(file.as_deref())?;
-            let vault = context::unlock(g)?;
-            let version = vault.amend_note(&id, &nid, body, author)?;
+            let version = context::unlock(g)?
+                .again(|v| v.amend_note(&id, &nid, copy(&body)?, author.clone()))?;
             if g.json {
                 render::print_json(&serde_json::json!({"id": nid.to_string(), "version": version}))
             } else {
@@ -88,8 +93,7 @@ pub fn run(g: &Global, c: NoteCommand) -> Result<(), CliError> {
         NoteCommand::History { id, note_id: nid } => {
             let id = patient_id(&id)?;
             let nid = note_id(&nid)?;
-            let vault = context::unlock(g)?;
-            let versions = vault.note_history(&id, &nid)?;
+            let versions = context::unlock(g)?.again(|v| v.note_history(&id, &nid))?;
             if g.json {
                 return render::print_json(&Value::Array(
                     versions.iter().map(render::note_json).collect(),

@@ -19,8 +19,7 @@ pub fn run(g: &Global, c: PatientCommand) -> Result<(), CliError> {
             let mut p = NewPatient::new(patient_id(&id)?);
             p.name = name;
             p.birth_date = birth_date.as_deref().map(BirthDate::parse).transpose()?;
-            let vault = context::unlock(g)?;
-            vault.add_patient(p)?;
+            context::unlock(g)?.again(|v| v.add_patient(p.clone()))?;
             if g.json {
                 render::print_json(&serde_json::json!({"ok": true}))
             } else if g.quiet {
@@ -30,8 +29,7 @@ pub fn run(g: &Global, c: PatientCommand) -> Result<(), CliError> {
             }
         }
         PatientCommand::List => {
-            let vault = context::unlock(g)?;
-            let patients = vault.patients()?;
+            let patients = context::unlock(g)?.again(|v| v.patients())?;
             if g.json {
                 return render::print_json(&Value::Array(
                     patients.iter().map(render::patient_json).collect(),
@@ -66,8 +64,7 @@ pub fn run(g: &Global, c: PatientCommand) -> Result<(), CliError> {
         }
         PatientCommand::Show { id } => {
             let id = patient_id(&id)?;
-            let vault = context::unlock(g)?;
-            let p = vault.patient(&id)?;
+            let p = context::unlock(g)?.again(|v| v.patient(&id))?;
             if g.json {
                 return render::print_json(&render::patient_json(&p));
             }

@@ -13,8 +13,7 @@ pub fn run(g: &Global, a: SearchArgs) -> Result<(), CliError> {
         return Err(CliError::usage("the search text is empty"));
     }
     let patient = a.patient.as_deref().map(patient_id).transpose()?;
-    let vault = context::unlock(g)?;
-    let hits = vault.search(&a.text, patient.as_ref())?;
+    let hits = context::unlock(g)?.again(|v| v.search(&a.text, patient.as_ref()))?;
     if g.json {
         return render::print_json(&Value::Array(
             hits.iter()

@@ -310,7 +310,12 @@ impl TestCluster {
 
     /// A connection to `database` as the server's superuser.
     fn superuser(&self, database: &str) -> Result<postgres::Client, String> {
-        let uri = self.uri_as("carnet", database, "x");
+        self.connect_as("carnet", database)
+    }
+
+    /// A connection to `database` as `user` (trusted on the socket).
+    fn connect_as(&self, user: &str, database: &str) -> Result<postgres::Client, String> {
+        let uri = self.uri_as(user, database, "x");
         let uri = uri.rsplit_once("vault=x").map_or(uri.as_str(), |(u, _)| u);
         postgres::Client::connect(uri.trim_end_matches(['?', '&']), postgres::NoTls)
             .map_err(|e| format!("cannot connect: {e}"))
@@ -318,7 +323,12 @@ impl TestCluster {
 
     /// Runs `sql` (statements separated by `;`) as the server's superuser, in `database`.
     pub fn execute(&self, database: &str, sql: &str) -> Result<(), String> {
-        let mut client = self.superuser(database)?;
+        self.execute_as("carnet", database, sql)
+    }
+
+    /// Runs `sql` as `user` (trusted on the socket), in `database`.
+    pub fn execute_as(&self, user: &str, database: &str, sql: &str) -> Result<(), String> {
+        let mut client = self.connect_as(user, database)?;
         client
             .batch_execute(sql)
             .map_err(|e| match e.as_db_error() {
@@ -331,6 +341,18 @@ impl TestCluster {
     pub fn query_i64(&self, database: &str, sql: &str) -> Result<i64, String> {
         let mut client = self.superuser(database)?;
         let row = client.query_one(sql, &[]).map_err(|e| e.to_string())?;
+        row.try_get(0).map_err(|e| e.to_string())
+    }
+
+    /// The one number `sql` returns, run as `user` in `database` (what that role may see).
+    pub fn query_i64_as(&self, user: &str, database: &str, sql: &str) -> Result<i64, String> {
+        let mut client = self.connect_as(user, database)?;
+        let row = client
+            .query_one(sql, &[])
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => e.to_string(),
+            })?;
         row.try_get(0).map_err(|e| e.to_string())
     }
 

@@ -92,6 +92,24 @@ impl Drop for Turn {
     }
 }
 
+/// The key-operation lock, held by a connection of its own: given back explicitly when
+/// dropped (a closed connection's server process releases its locks only as it exits, a
+/// moment later, and the next operation would find the lock still taken).
+struct KeyOpLock {
+    client: Client,
+    id: (i32, i32),
+}
+
+impl Drop for KeyOpLock {
+    fn drop(&mut self) {
+        // If this fails, the connection's end releases the lock anyway.
+        let _ = self.client.execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&self.id.0, &self.id.1],
+        );
+    }
+}
+
 /// How a store reaches the server.
 #[allow(clippy::large_enum_variant)] // one value per store
 enum Conn {
@@ -118,6 +136,13 @@ fn pg_error(context: &str, e: &postgres::Error) -> StoreError {
         return StoreError::Conflict;
     }
     match e.as_db_error() {
+        // The role lacks a grant, or row-level security refuses the row (a clinic's role
+        // reaching beyond its vault, docs/postgresql-hosting.md): nothing was written.
+        Some(db) if *db.code() == SqlState::INSUFFICIENT_PRIVILEGE => StoreError::Denied(format!(
+            "{context}: {} (SQLSTATE {}; the role may not do this in this database)",
+            db.message(),
+            db.code().code()
+        )),
         Some(db) => StoreError::Unavailable(format!(
             "{context}: {} (SQLSTATE {})",
             db.message(),
@@ -192,6 +217,15 @@ impl PgStore {
     /// Whether the database `uri` names holds the vault it names (tables absent: no).
     pub fn exists(uri: &str) -> Result<bool, StoreError> {
         Self::exists_at(&Self::address(uri)?)
+    }
+
+    /// Creates Carnet's tables in the database at `address` (or checks that they are a version
+    /// this code reads), without creating a vault: for the role that is to own them, before
+    /// other roles are granted their use (docs/postgresql-hosting.md).
+    pub fn prepare_tables(address: &PgAddress) -> Result<(), StoreError> {
+        let tls = connector(address)?;
+        let mut client = connect(address, &tls)?;
+        migrate(&mut client)
     }
 
     fn address(uri: &str) -> Result<PgAddress, StoreError> {
@@ -734,7 +768,10 @@ impl Store for PgStore {
         if !taken {
             return Err(StoreError::Conflict);
         }
-        Ok(Some(StoreLock::new(Box::new(client))))
+        Ok(Some(StoreLock::new(Box::new(KeyOpLock {
+            client,
+            id: (class, object),
+        }))))
     }
 
     fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
@@ -766,22 +803,19 @@ impl Store for PgStore {
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
         let (class, object) = self.key_op_lock_id();
         self.with_client(|c| {
-            // Free if a shared hold can be had at once (then given back).
+            // Read from the server's lock table, without taking anything: a test that took
+            // the lock, even for an instant, would make a key operation starting then fail
+            // to take it. (Two int4 keys: classid, objid, objsubid 2.)
             let row = c
                 .query_one(
-                    "SELECT pg_try_advisory_lock_shared($1, $2)",
-                    &[&class, &object],
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND classid::text = $1 AND objid::text = $2 AND objsubid = 2)",
+                    &[&class.to_string(), &object.to_string()],
                 )
                 .map_err(|e| pg_error("cannot test the key-operation lock", &e))?;
-            let free: bool = col(&row, 0)?;
-            if free {
-                c.execute(
-                    "SELECT pg_advisory_unlock_shared($1, $2)",
-                    &[&class, &object],
-                )
-                .map_err(|e| pg_error("cannot test the key-operation lock", &e))?;
-            }
-            Ok(Some(!free))
+            Ok(Some(col(&row, 0)?))
         })
     }
 

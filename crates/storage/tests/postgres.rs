@@ -71,3 +71,39 @@ fn a_scan_crosses_pages_in_order_and_stops_at_its_prefix() {
     assert_eq!(s.scan_prefix(A, &[]).count(), 1502);
     assert_eq!(s.scan_prefix(A, &[0xff]).count(), 0);
 }
+
+#[test]
+fn the_key_operation_lock_is_seen_from_other_connections_and_testing_it_takes_nothing() {
+    let Some(pg) = TestCluster::start_or_skip("the_key_operation_lock") else {
+        return;
+    };
+    let one = PgStore::create(&pg.uri("locked")).unwrap();
+    let other = PgStore::open(&pg.uri("locked")).unwrap();
+    let elsewhere = PgStore::create(&pg.uri("another-vault")).unwrap();
+    assert_eq!(other.key_operations_locked().unwrap(), Some(false));
+    let held = one.lock_key_operations().unwrap();
+    assert!(held.is_some());
+    assert_eq!(other.key_operations_locked().unwrap(), Some(true));
+    assert_eq!(elsewhere.key_operations_locked().unwrap(), Some(false));
+    assert!(matches!(
+        other.lock_key_operations(),
+        Err(StoreError::Conflict)
+    ));
+    drop(held);
+    // Testing the lock, however often, never makes a taker fail (CI once saw a rotation
+    // refused because a desk's test held the lock for an instant).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                other.key_operations_locked().unwrap();
+            }
+        });
+        let refused = (0..200)
+            .filter(|_| one.lock_key_operations().is_err())
+            .count();
+        stop.store(true, Ordering::SeqCst);
+        assert_eq!(refused, 0, "takers refused while the lock was only tested");
+    });
+    assert_eq!(other.key_operations_locked().unwrap(), Some(false));
+}

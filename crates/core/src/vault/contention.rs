@@ -46,6 +46,12 @@ thread_local! {
     static HOLDING_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Whether this thread holds a store's writers' turn: then it must not wait for a key
+/// operation, which needs the turn for its own writes (it would wait for the waiter).
+pub(super) fn holding_turn() -> bool {
+    HOLDING_TURN.with(|h| h.get())
+}
+
 /// A writers' turn held by this thread ([`Vault::store_turn`]).
 pub(super) struct TurnGuard(Option<carnet_storage::StoreLock>, bool);
 
@@ -87,6 +93,17 @@ impl<S: Store> Vault<S> {
                 op()
             };
             match result {
+                // Refused without waiting, under the turn: waited for here, the turn given
+                // back (unless an outer call of this thread holds it: then there).
+                Err(Error::Busy { .. }) if !holding_turn() => {
+                    if let Some(instead) = self.fence_moved_waiting()? {
+                        return Err(instead);
+                    }
+                    if attempt + 1 >= ATTEMPTS {
+                        return Err(StoreError::Conflict.into());
+                    }
+                    attempt += 1;
+                }
                 Err(e) if is_conflict(&e) => {
                     // A key operation since this `Vault` read its keys: no retry can succeed.
                     if let Some(instead) = self.fence_moved_waiting()? {

@@ -124,14 +124,18 @@ impl<S: Store> Vault<S> {
     }
 
     /// [`Vault::require_fence_free`] without its shortcut: reads the fence, and waits (up to
-    /// the patience) while an operation holds it.
+    /// the patience) while an operation holds it, unless this thread holds the writers' turn
+    /// (the operation needs it: the caller waits once it gave the turn back).
     fn wait_fence_free(&self) -> Result<(), Error> {
         let start = std::time::Instant::now();
         let mut said = false;
         loop {
             match self.fence_moved()? {
                 None => return Ok(()),
-                Some(Error::Busy { operation, .. }) if start.elapsed() < self.patience.wait => {
+                Some(Error::Busy { operation, .. })
+                    if start.elapsed() < self.patience.wait
+                        && !super::contention::holding_turn() =>
+                {
                     if !said {
                         if let Some(say) = &self.patience.waiting {
                             say(operation);
@@ -298,18 +302,7 @@ impl<S: Store> Vault<S> {
     /// way", or fails with [`Error::Busy`] (another runs) or [`Error::KeysChanged`] (another
     /// ran since this `Vault` read its keys: reload, then try again).
     pub(super) fn fence_begin(&mut self, op: KeyOp) -> Result<(), Error> {
-        // Another's operation whose lease ran out, or whose process ended, is taken over.
-        self.require_fence_free()?;
-        let held = match self.store.lock_key_operations() {
-            Ok(held) => held,
-            Err(carnet_storage::StoreError::Conflict) => {
-                return Err(Error::Busy {
-                    operation: "key operation",
-                    for_at_most: LEASE,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let held = self.take_key_operations_lock()?;
         let mut source = [0u8; 32];
         crate::crypto::fill_random(&mut source)?;
         let job = JobV1 {
@@ -335,6 +328,54 @@ impl<S: Store> Vault<S> {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The store's key-operation lock, once the fence is free (another's operation whose
+    /// lease ran out, or whose process ended, is taken over). Another administrator's
+    /// operation, found running or starting, is waited for up to this `Vault`'s patience;
+    /// the keys it changed are then read again (this operation has done nothing yet). Keys
+    /// that were stale already are [`Error::KeysChanged`], as for any write.
+    fn take_key_operations_lock(&mut self) -> Result<Option<carnet_storage::StoreLock>, Error> {
+        if let Some(Error::KeysChanged) = self.fence_moved()? {
+            return Err(Error::KeysChanged);
+        }
+        let start = std::time::Instant::now();
+        let (mut said, mut reloads) = (false, 0);
+        loop {
+            match self.require_fence_free() {
+                Ok(()) => {}
+                // The operation waited for ended (a few times at most: a fence that keeps
+                // moving is not waited for forever).
+                Err(Error::KeysChanged) if reloads < 10 => {
+                    reloads += 1;
+                    self.reload()?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match self.store.lock_key_operations() {
+                Ok(held) => return Ok(held),
+                // Another's operation took the lock and has not moved the fence yet.
+                Err(carnet_storage::StoreError::Conflict)
+                    if start.elapsed() < self.patience.wait =>
+                {
+                    if !said {
+                        if let Some(say) = &self.patience.waiting {
+                            say(KeyOp::from_code(0));
+                        }
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(carnet_storage::StoreError::Conflict) => {
+                    return Err(Error::Busy {
+                        operation: KeyOp::from_code(0),
+                        for_at_most: LEASE,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Renews the lease of the key operation this `Vault` runs, if a minute passed since.

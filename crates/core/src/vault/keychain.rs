@@ -45,6 +45,9 @@ pub struct Expected {
     /// The keyring-key version the unlocking slot was seen holding: a slot holding an older
     /// one (or a legacy slot) is refused.
     pub keyring_key_version: u32,
+    /// How long the unlock waits for another process's key operation that holds the keys
+    /// half rewritten (at least 10 s; see [`Expected::waiting`]).
+    pub wait: std::time::Duration,
 }
 
 impl Expected {
@@ -53,7 +56,14 @@ impl Expected {
         Expected {
             format,
             keyring_key_version,
+            wait: std::time::Duration::ZERO,
         }
+    }
+
+    /// This expectation, waiting up to `wait` (at least 10 s) at unlock for another process's
+    /// key operation that holds the keyring and the key store half rewritten.
+    pub fn waiting(self, wait: std::time::Duration) -> Self {
+        Expected { wait, ..self }
     }
 }
 

@@ -190,19 +190,24 @@ impl<S: Store> Vault<S> {
     fn append_log(&self, event: &Event<'_>, policy: ReadLog) -> Result<(), Error> {
         // Not under a log key another process's key operation is retiring.
         self.require_fence_free_to_log()?;
-        // The store's turn before this `Vault`'s write lock, as every writer takes them.
-        let _store_turn = self.store_turn()?;
-        let _writing = self.writing();
-        // Writers of this `Vault` take turns under the lock; another process sharing the store
-        // may still have moved the head since it was read: stage the entry again on the new one.
         let mut attempt = 0;
         loop {
-            let mut b = Batch::new();
-            self.stage_log(&mut b, event)?;
-            // Under the log key this `Vault` read: a key operation since refuses the entry.
-            self.require_fence(&mut b);
-            match self.store.commit(b) {
+            let committed = {
+                // The store's turn before this `Vault`'s write lock, as every writer takes
+                // them. Another process sharing the store may have moved the head since it
+                // was read: the entry is staged again on the new one.
+                let _store_turn = self.store_turn()?;
+                let _writing = self.writing();
+                let mut b = Batch::new();
+                self.stage_log(&mut b, event)?;
+                // Under the log key this `Vault` read: a key operation since refuses the entry.
+                self.require_fence(&mut b);
+                self.store.commit(b)
+            };
+            match committed {
                 Err(StoreError::Conflict) => {
+                    // Waited for (if it must be) with the turn given back: the key operation
+                    // needs it.
                     if let Some(e) = self.fence_moved_waiting()? {
                         return Err(e);
                     }
@@ -215,6 +220,7 @@ impl<S: Store> Vault<S> {
                 r => break r?,
             }
         }
+        let _writing = self.writing();
         let mut unsynced = self.log.unsynced();
         let since = *unsynced.get_or_insert_with(Instant::now);
         match policy {

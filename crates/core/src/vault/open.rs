@@ -160,6 +160,7 @@ impl<S: Store> Vault<S> {
         // The fence before the keys, and again after (fence.rs): keys read while a key
         // operation moved the fence are read again.
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         let (keys, fence_before) = loop {
             let fence_before = store.get(space::META, JobSlot::Fence.meta_key())?;
             match Keychain::unlock(&store, user, secret, expected) {
@@ -172,7 +173,7 @@ impl<S: Store> Vault<S> {
                     if !moved && store.key_operations_locked()? != Some(true) {
                         return Err(Error::Integrity(e));
                     }
-                    if attempt >= 50 {
+                    if attempt >= 50 && started.elapsed() >= expected.wait {
                         return Err(Error::Busy {
                             operation: "key operation",
                             for_at_most: super::fence::LEASE,
