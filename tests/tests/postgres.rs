@@ -628,6 +628,15 @@ fn clinics_with_roles_of_their_own_reach_only_their_vault_under_row_level_securi
     assert_eq!(said.len(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("row-level security"), "{}", r.stderr);
 
+    // A clinic holding the lock that makes the tables holds up nobody's commands (only a
+    // missing schema takes it).
+    let mut holder = pg.connect_as("clinic_a", "hosting").unwrap();
+    holder
+        .batch_execute("SELECT pg_advisory_lock(4242424242)")
+        .unwrap();
+    b.run(&["patient", "list"]).expect(0);
+    drop(holder);
+
     // In SQL: a clinic's role sees and changes its own rows only.
     let total = pg
         .query_i64("hosting", "SELECT count(*) FROM carnet_records")
@@ -657,6 +666,24 @@ fn clinics_with_roles_of_their_own_reach_only_their_vault_under_row_level_securi
         .execute_as("clinic_a", "hosting", "DROP TABLE carnet_records")
         .unwrap_err();
     assert!(err.contains("owner"), "{err}");
+    // The clinics' group role, reached by SET ROLE, owns no vault to share between clinics.
+    let err = pg
+        .execute_as(
+            "clinic_a",
+            "hosting",
+            "SET ROLE carnet_clinics; INSERT INTO carnet_vaults (name) VALUES ('carnet_clinics')",
+        )
+        .unwrap_err();
+    assert!(err.contains("row-level security"), "{err}");
+    // Nor may a clinic plant a function where another's statements would find it.
+    let err = pg
+        .execute_as(
+            "clinic_a",
+            "hosting",
+            "CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        )
+        .unwrap_err();
+    assert!(err.contains("permission denied"), "{err}");
     b.run(&["verify"]).expect(0);
     let listed = chart(&b, "CANARY-B");
     assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -667,4 +694,48 @@ fn clinics_with_roles_of_their_own_reach_only_their_vault_under_row_level_securi
         pg.query_i64_as("clinic_b", "hosting", "SELECT count(*) FROM carnet_records")
             .unwrap()
     );
+}
+
+#[test]
+fn two_desks_import_different_files_at_once_and_every_note_lands_once() {
+    let Some(pg) = TestCluster::start_or_skip("two_desks_import_at_once") else {
+        return;
+    };
+    let v = at(&pg.uri("imports"));
+    v.run(&INIT).expect(0);
+    // Two files, the same 20 patients in both, in batches (of 1,000) that race each other.
+    const PER_FILE: usize = 1500;
+    let files: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|which| {
+            let lines: String = (0..PER_FILE)
+                .map(|i| {
+                    format!(
+                        "{{\"patient_id\": \"P{:02}\", \"body\": \"{which} {i}\"}}\n",
+                        i % 20
+                    )
+                })
+                .collect();
+            let file = v.tmp.path().join(format!("{which}.jsonl"));
+            std::fs::write(&file, lines).unwrap();
+            file
+        })
+        .collect();
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|f| s.spawn(|| v.run(&["--json", "import", f.to_str().unwrap()])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.json()["notes_imported"], PER_FILE, "{}", r.stdout_str());
+    }
+    // Each patient holds exactly its notes of both files: none lost, none doubled.
+    for p in 0..20 {
+        let listed = chart(&v, &format!("P{p:02}"));
+        assert_eq!(listed.as_array().unwrap().len(), 2 * PER_FILE / 20);
+    }
+    v.run(&["verify"]).expect(0);
 }

@@ -313,8 +313,8 @@ impl TestCluster {
         self.connect_as("carnet", database)
     }
 
-    /// A connection to `database` as `user` (trusted on the socket).
-    fn connect_as(&self, user: &str, database: &str) -> Result<postgres::Client, String> {
+    /// A connection to `database` as `user` (trusted on the socket), for a test to hold.
+    pub fn connect_as(&self, user: &str, database: &str) -> Result<postgres::Client, String> {
         let uri = self.uri_as(user, database, "x");
         let uri = uri.rsplit_once("vault=x").map_or(uri.as_str(), |(u, _)| u);
         postgres::Client::connect(uri.trim_end_matches(['?', '&']), postgres::NoTls)

@@ -136,6 +136,7 @@ fn pg_error(context: &str, e: &postgres::Error) -> StoreError {
         return StoreError::Conflict;
     }
     match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::LOCK_NOT_AVAILABLE => StoreError::Locked,
         // The role lacks a grant, or row-level security refuses the row (a clinic's role
         // reaching beyond its vault, docs/postgresql-hosting.md): nothing was written.
         Some(db) if *db.code() == SqlState::INSUFFICIENT_PRIVILEGE => StoreError::Denied(format!(
@@ -450,9 +451,11 @@ fn connect(address: &PgAddress, tls: &Tls) -> Result<Client, StoreError> {
         Tls::Rustls(make) => config.connect(make.clone()),
     };
     let mut client = connected.map_err(|e| connect_error(address, &e))?;
-    // An acknowledged write is durable whatever the server's default.
+    // An acknowledged write is durable whatever the server's default. A lock another session
+    // of the database holds (a table locked by hand, a hung process) is waited for this long
+    // at most, then the command says the vault is in use (exit 6), instead of hanging.
     client
-        .batch_execute("SET synchronous_commit = on")
+        .batch_execute("SET synchronous_commit = on; SET lock_timeout = '30s'")
         .map_err(|e| pg_error("cannot configure the session", &e))?;
     Ok(client)
 }
@@ -514,8 +517,13 @@ fn has_tables(client: &mut Client) -> Result<bool, StoreError> {
 }
 
 /// Creates the tables in a database that has none, or checks that they are a version this code
-/// reads; serialized between processes by an advisory lock.
+/// reads; creations serialized between processes by an advisory lock, taken only when the
+/// tables are missing (a lock every open took would let any role of the database hold up
+/// every vault's commands).
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    if check_schema(client)? {
+        return Ok(());
+    }
     let mut tx = client
         .transaction()
         .map_err(|e| pg_error("cannot begin", &e))?;
