@@ -86,13 +86,18 @@ pub fn problem_kind_words(k: ProblemKind) -> &'static str {
 }
 
 pub fn patient_json(p: &Patient) -> Value {
-    json!({
+    let mut v = json!({
         "id": p.id.as_str(),
         "name": p.name,
         "birth_date": p.birth_date.as_ref().map(|d| d.as_str()),
         "notes": p.notes,
         "created_at": rfc3339(p.created_at),
-    })
+    });
+    // Only a patient that has a reference shows one (ADR 0021).
+    if let Some(r) = p.reference {
+        v["ref"] = json!(r.to_string());
+    }
+    v
 }
 
 /// A note as `note list` shows it; with its body when it has one.

@@ -586,3 +586,34 @@ fn a_guessable_new_passphrase_is_accepted_with_a_warning() {
     );
     v.run(&["patient", "list"]).expect(0);
 }
+
+#[test]
+fn a_new_patient_shows_a_random_reference_found_nowhere_in_the_vault_files() {
+    let v = TestVault::init();
+    v.run(&["patient", "add", "FR-REF-1"]).expect(0);
+    v.run(&["patient", "add", "FR-REF-2"]).expect(0);
+    let shown = v
+        .run(&["--json", "patient", "show", "FR-REF-1"])
+        .expect(0)
+        .json();
+    let r = shown["ref"].as_str().unwrap().to_string();
+    assert_eq!(r.len(), 32);
+    assert!(r
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let listed = v.run(&["--json", "patient", "list"]).expect(0).json();
+    assert_eq!(listed[0]["ref"], r.as_str(), "stable");
+    assert_ne!(listed[1]["ref"], r.as_str(), "one per patient");
+    // Only inside the patient's encrypted record: neither its hex nor its bytes are stored.
+    let bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&r[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    for (path, contents) in v.files() {
+        for needle in [r.as_bytes(), &bytes[..]] {
+            assert!(
+                !contents.windows(needle.len()).any(|w| w == needle),
+                "{path:?}"
+            );
+        }
+    }
+}

@@ -15,12 +15,18 @@ use crate::Error;
 
 /// `"CN"`: the first two bytes of every record.
 pub(crate) const MAGIC: [u8; 2] = *b"CN";
-/// The newest record format this code reads and writes: 2. A record's format byte names the
+/// The newest record format this code reads and writes: 3. A record's format byte names the
 /// format of its payload: kinds whose payload format 2 changed (notes, users, log entries) are
-/// written with 2 by a format-2 vault; every other kind keeps format 1's payload and byte.
-pub(crate) const FORMAT_VERSION: u8 = 2;
+/// written with 2 by a format-2 vault; patient records that carry a reference (ADR 0021) with
+/// 3; every other kind keeps format 1's payload and byte. Each kind reads only the formats it
+/// has, so an older program finds a newer payload "unsupported", never damaged.
+pub(crate) const FORMAT_VERSION: u8 = 3;
 /// The first record format.
 pub(crate) const FORMAT_1: u8 = 1;
+/// The record format of format 2's payloads.
+pub(crate) const FORMAT_2: u8 = 2;
+/// The record format of patient records with a reference.
+pub(crate) const FORMAT_3: u8 = 3;
 /// XChaCha20-Poly1305 with a 24-byte random nonce.
 pub(crate) const ALG_XCHACHA20POLY1305: u8 = 1;
 /// magic (2) + format (1) + kind (1) + algorithm (1) + key version (4) + nonce (24).
@@ -317,9 +323,11 @@ mod tests {
         rec[2] = 2;
         assert_eq!(Sealed::parse(&rec).ok().map(|s| s.format), Some(2));
         rec[2] = 3;
+        assert_eq!(Sealed::parse(&rec).ok().map(|s| s.format), Some(3));
+        rec[2] = 4;
         assert_eq!(
             Sealed::parse(&rec).err(),
-            Some(ParseError::FutureVersion(3))
+            Some(ParseError::FutureVersion(4))
         );
         rec[2] = 0;
         assert!(Sealed::parse(&rec).is_err());

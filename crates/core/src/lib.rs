@@ -105,8 +105,8 @@ pub use error::{Error, IntegrityError, ProblemKind};
 pub use frame::MAX_BODY_BYTES;
 pub use keyring::KdfParams;
 pub use model::{
-    BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, SearchHit,
-    Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,
+    BirthDate, NewNote, NewPatient, Note, NoteBody, NoteId, Patient, PatientId, PatientRef,
+    SearchHit, Timestamp, MAX_FIELD_BYTES, MAX_PATIENT_ID_BYTES,
 };
 pub use recovery::RecoveryKey;
 pub use secret::{Passphrase, Strength};

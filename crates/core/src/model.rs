@@ -99,6 +99,53 @@ impl FromStr for NoteId {
     }
 }
 
+/// A patient's reference (ADR 0021): 16 random bytes drawn when the patient is registered,
+/// stored only inside the patient's encrypted record, shown as 32 lowercase hex digits. It
+/// names the patient where an identifier must not appear (URLs of `carnet serve`), reveals
+/// nothing about the patient, and is derived from no key: someone who held the vault's keys
+/// once cannot tell from a reference which patient it names without reading that record.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PatientRef(pub(crate) [u8; 16]);
+
+impl PatientRef {
+    /// A new random reference.
+    pub(crate) fn random() -> Result<Self, Error> {
+        let mut b = [0u8; 16];
+        crate::crypto::fill_random(&mut b)?;
+        Ok(PatientRef(b))
+    }
+
+    /// The reference's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for PatientRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for PatientRef {
+    type Err = Error;
+    /// 32 hex digits; anything else names no patient ([`Error::NoSuchPatient`]).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::NoSuchPatient;
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(PatientRef(out))
+    }
+}
+
 /// A point in time: milliseconds since 1970-01-01T00:00:00Z.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub struct Timestamp(i64);
@@ -247,6 +294,9 @@ pub struct Patient {
     pub created_at: Timestamp,
     /// How many notes (not versions) the patient has.
     pub notes: u64,
+    /// The patient's reference: `None` in a format-1 vault, and for a patient registered
+    /// before references until [`crate::Vault::assign_references`] gives it one.
+    pub reference: Option<PatientRef>,
 }
 
 impl fmt::Debug for Patient {

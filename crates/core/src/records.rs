@@ -160,6 +160,23 @@ pub(crate) struct PatientV1 {
     pub(crate) name: Option<String>,
     pub(crate) birth_date: Option<String>,
     pub(crate) created_at: i64,
+    /// The patient's reference (ADR 0021): not in format 1's payload; a record of format 3
+    /// carries it ([`PatientV3`]).
+    #[serde(skip)]
+    pub(crate) reference: Option<[u8; 16]>,
+}
+
+/// Kind 4, Patient, record format 3 (ADR 0021): format 1's fields and the patient's
+/// reference, 16 random bytes drawn at registration (or when a patient registered before
+/// references is first given one), by which `carnet serve` addresses the patient in URLs.
+#[derive(Serialize, Deserialize, Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct PatientV3 {
+    pub(crate) seq: u64,
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) birth_date: Option<String>,
+    pub(crate) created_at: i64,
+    pub(crate) reference: [u8; 16],
 }
 
 /// Kind 5, Manifest: the head of the patient's note chain.
@@ -406,6 +423,35 @@ mod tests {
         };
         let bytes = bincode::serde::encode_to_vec(&n, bincode::config::standard()).unwrap();
         assert_eq!(bytes, vec![1, 1, 4, 1, 2, 0xc3, 0xa9, 0]);
+    }
+
+    /// Pins the patient payload of record format 3 (docs/format.md, "Payloads of record
+    /// format 3"), and that format 1's payload never carries the reference.
+    #[test]
+    fn patient_payloads_are_as_specified() {
+        let cfg = bincode::config::standard();
+        let v3 = PatientV3 {
+            seq: 2,
+            id: "P".into(),
+            name: None,
+            birth_date: Some("x".into()),
+            created_at: 1,
+            reference: [5; 16],
+        };
+        let bytes = bincode::serde::encode_to_vec(&v3, cfg).unwrap();
+        let mut want = vec![2, 1, b'P', 0, 1, 1, b'x', 2];
+        want.extend_from_slice(&[5; 16]);
+        assert_eq!(bytes, want);
+        let v1 = PatientV1 {
+            seq: 2,
+            id: "P".into(),
+            name: None,
+            birth_date: Some("x".into()),
+            created_at: 1,
+            reference: Some([5; 16]),
+        };
+        let bytes = bincode::serde::encode_to_vec(&v1, cfg).unwrap();
+        assert_eq!(bytes, vec![2, 1, b'P', 0, 1, 1, b'x', 2]);
     }
 
     /// Pins the format-2 payloads of docs/format.md, "Payloads of format 2".

@@ -569,6 +569,7 @@ fn write_vectors() {
         name: Some("Camille Martin-Lefèvre".into()),
         birth_date: Some("1984-02-29".into()),
         created_at: 1_764_000_000_000,
+        reference: None,
     };
     let sealed =
         envelope::seal_frame::<PatientRecord, _>(&pk.record, &VAULT_ID, &blind, &info).unwrap();

@@ -5,6 +5,7 @@ use carnet_storage::{SpacedEntry, Store, StoreError};
 
 use super::fence::KeyOp;
 use super::logging::Event;
+use super::patients::seal_patient;
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::{outcome, Action};
@@ -13,7 +14,7 @@ use crate::model::PatientId;
 use crate::records::{
     registry_link, space, Blind, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
 };
-use crate::sealing::{PatientRecord, RegistryRecord};
+use crate::sealing::RegistryRecord;
 use crate::Error;
 
 impl<S: Store> Vault<S> {
@@ -95,7 +96,7 @@ impl<S: Store> Vault<S> {
                 let mut info = info.clone();
                 info.seq = i as u64;
                 let keys = self.patient_keys(blind, *version)?;
-                seal_frame::<PatientRecord, _>(&keys.record, self.vault_id(), blind, &info)?
+                seal_patient(&keys.record, self.vault_id(), blind, &info)?
             };
             records.push((space::PATIENTS, blind.0.to_vec(), value));
         }

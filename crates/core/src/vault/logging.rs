@@ -16,7 +16,7 @@ use crate::access::Duty;
 use crate::access_log::{outcome, reason, Action, AuditFilter, Checkpoint, LogEntry, ReadLog};
 use crate::envelope::{
     decode_meta, malformed_payload, open_frame, open_record, parse_error, seal_as, seal_frame,
-    Sealed, FORMAT_1,
+    Sealed, FORMAT_1, FORMAT_2,
 };
 use crate::error::{integrity, IntegrityError, ProblemKind};
 use crate::frame;
@@ -478,6 +478,9 @@ impl<S: Store> Vault<S> {
                 outcome: e.outcome,
             };
             return Ok((entry, Vec::new(), None));
+        }
+        if format != FORMAT_2 {
+            return Err(malformed_payload(location));
         }
         let (e, body) =
             frame::decode::<LogEntryV2>(plain).ok_or_else(|| malformed_payload(location))?;

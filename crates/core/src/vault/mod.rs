@@ -12,6 +12,7 @@
 //! | `write.rs` | the write transaction, and the writes built on it |
 //! | `contention.rs` | many threads on one vault: writers that lost a race retry, reads that saw two moments read again |
 //! | `import.rs` | bulk import |
+//! | `references.rs` | patient references: giving them, finding a patient by one |
 //! | `search.rs` | search |
 //! | `verify.rs` | checking the whole vault |
 //! | `logging.rs` | the access log: appending, reading, checkpoints |
@@ -37,6 +38,7 @@ mod notes;
 mod open;
 mod patients;
 mod read;
+mod references;
 #[cfg(test)]
 mod review_attacks;
 #[cfg(test)]
@@ -113,6 +115,8 @@ pub struct Vault<S: Store> {
     /// it changes to its commit: this `Vault`'s writers take turns instead of losing
     /// compare-and-swap races to each other (`contention.rs`).
     txn_lock: Mutex<()>,
+    /// Where patients' references were found (`references.rs`).
+    refs: Mutex<references::RefIndex>,
 }
 
 impl<S: Store> Vault<S> {
@@ -127,6 +131,7 @@ impl<S: Store> Vault<S> {
             patience: fence::Patience::default(),
             write_lock: Mutex::default(),
             txn_lock: Mutex::default(),
+            refs: Mutex::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use carnet_storage::Store;
 
 use super::patients::{manifest_location, PatientState};
 use super::Vault;
-use crate::envelope::{malformed_payload, parse_error, Sealed, FORMAT_1};
+use crate::envelope::{malformed_payload, parse_error, Sealed, FORMAT_1, FORMAT_2};
 use crate::error::{integrity, IntegrityError, ProblemKind};
 use crate::frame;
 use crate::model::{Note, NoteBody, NoteId, Timestamp};
@@ -84,7 +84,7 @@ impl<S: Store> Vault<S> {
             let (meta, body) = frame::decode::<NoteMetaV1>(&plain)
                 .ok_or_else(|| malformed_payload(at.to_string()))?;
             (meta, None, body)
-        } else {
+        } else if sealed.format == FORMAT_2 {
             let (m, body) = frame::decode::<NoteMetaV2>(&plain)
                 .ok_or_else(|| malformed_payload(at.to_string()))?;
             let meta = NoteMetaV1 {
@@ -95,6 +95,9 @@ impl<S: Store> Vault<S> {
                 kind: m.kind.clone(),
             };
             (meta, Some((m.written_by.clone(), m.via_recovery_key)), body)
+        } else {
+            // Only patient records have a third payload format.
+            return Err(malformed_payload(at.to_string()));
         };
         Ok(Decoded {
             note: at.note,

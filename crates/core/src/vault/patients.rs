@@ -4,19 +4,22 @@
 use carnet_storage::Store;
 
 use super::Vault;
-use crate::envelope::{open_frame, parse_error, Sealed};
+use crate::envelope::{
+    decode_meta, malformed_payload, open_frame, open_record, parse_error, seal_frame,
+    seal_frame_as, Sealed, FORMAT_1, FORMAT_3,
+};
 use crate::error::{integrity, ProblemKind};
-use crate::keys::{PatientKeys, RegistryKey};
-use crate::model::{BirthDate, Patient, PatientId, Timestamp};
+use crate::keys::{PatientKeys, PatientRecordKey, RegistryKey};
+use crate::model::{BirthDate, Patient, PatientId, PatientRef, Timestamp};
 use crate::records::{
-    space, Blind, ManifestV1, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
+    space, Blind, ManifestV1, PatientKeyAt, PatientV1, PatientV3, RegistryV1, META_REGISTRY,
 };
 use crate::sealing::{ManifestRecord, PatientRecord, RegistryRecord};
+use crate::secret::SecretBytes;
 use crate::Error;
 
 /// Opens a patient's record with a candidate's keys.
-type OpenRecord<'a> =
-    dyn Fn(&PatientKeys) -> Result<(PatientV1, crate::secret::SecretBytes), Error> + 'a;
+type OpenRecord<'a> = dyn Fn(&PatientKeys) -> Result<(PatientV1, SecretBytes), Error> + 'a;
 
 /// A patient's decrypted record, keys and manifest.
 pub(super) struct PatientState {
@@ -54,8 +57,60 @@ impl PatientState {
             },
             created_at: Timestamp::from_unix_millis(self.info.created_at),
             notes: self.manifest.notes,
+            reference: self.info.reference.map(PatientRef),
         })
     }
+}
+
+/// Seals a patient's record: as format 3 with its reference (ADR 0021), else with format 1's
+/// payload and byte (format-1 vaults, and patients not given a reference yet).
+pub(super) fn seal_patient(
+    key: &PatientRecordKey,
+    vault_id: &[u8; 16],
+    blind: &Blind,
+    info: &PatientV1,
+) -> Result<Vec<u8>, Error> {
+    match info.reference {
+        None => seal_frame::<PatientRecord, _>(key, vault_id, blind, info),
+        Some(reference) => {
+            let v3 = PatientV3 {
+                seq: info.seq,
+                id: info.id.clone(),
+                name: info.name.clone(),
+                birth_date: info.birth_date.clone(),
+                created_at: info.created_at,
+                reference,
+            };
+            seal_frame_as::<PatientRecord, _>(FORMAT_3, key, vault_id, blind, &v3)
+        }
+    }
+}
+
+/// Opens a patient's record of format 1 or 3; returns it with the whole frame.
+pub(super) fn open_patient(
+    location: &str,
+    stored: &[u8],
+    key: &PatientRecordKey,
+    vault_id: &[u8; 16],
+    blind: &Blind,
+) -> Result<(PatientV1, SecretBytes), Error> {
+    let (format, plain) = open_record::<PatientRecord>(location, stored, key, vault_id, blind)?;
+    let info = match format {
+        FORMAT_1 => decode_meta::<PatientV1>(location, &plain)?,
+        FORMAT_3 => {
+            let v3 = decode_meta::<PatientV3>(location, &plain)?;
+            PatientV1 {
+                seq: v3.seq,
+                id: v3.id.clone(),
+                name: v3.name.clone(),
+                birth_date: v3.birth_date.clone(),
+                created_at: v3.created_at,
+                reference: Some(v3.reference),
+            }
+        }
+        _ => return Err(malformed_payload(location)),
+    };
+    Ok((info, plain))
 }
 
 /// `patient BLIND`, as integrity errors name a patient record.
@@ -108,13 +163,7 @@ impl<S: Store> Vault<S> {
         }
         let keys = self.patient_keys(blind, sealed.key_version)?;
         let open = |keys: &PatientKeys| {
-            open_frame::<PatientRecord, PatientV1>(
-                &location,
-                stored,
-                &keys.record,
-                self.vault_id(),
-                blind,
-            )
+            open_patient(&location, stored, &keys.record, self.vault_id(), blind)
         };
         let (keys, info) = match open(&keys) {
             Ok((info, _)) => (keys, info),

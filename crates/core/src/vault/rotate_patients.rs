@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use carnet_storage::{Batch, Store};
 
 use super::fence::KeyOp;
+use super::patients::seal_patient;
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::Action;
@@ -18,7 +19,7 @@ use crate::records::{
     space, Blind, JobSlot, JobV1, NoteAt, PatientKeyAt, JOB_REVOKE, JOB_ROTATE_ALL_PATIENTS,
     REVOKED_AN_ADMIN,
 };
-use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord};
+use crate::sealing::{ManifestRecord, NoteRecord};
 use crate::Error;
 
 /// Note records re-encrypted per atomic batch during a patient-key rotation.
@@ -395,12 +396,7 @@ impl<S: Store> Vault<S> {
                 .manifest_stored
                 .clone()
                 .ok_or(Error::Internal("manifest not loaded"))?;
-            let record = seal_frame::<PatientRecord, _>(
-                &new_keys.record,
-                self.vault_id(),
-                &blind,
-                &st.info,
-            )?;
+            let record = seal_patient(&new_keys.record, self.vault_id(), &blind, &st.info)?;
             let manifest = seal_frame::<ManifestRecord, _>(
                 &new_keys.manifest,
                 self.vault_id(),

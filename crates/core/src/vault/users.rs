@@ -9,7 +9,8 @@ use super::Vault;
 use crate::access::{check_user_name, Duty, Role, User};
 use crate::access_log::Action;
 use crate::envelope::{
-    decode_meta, open_record, parse_error, seal_as, seal_frame, seal_frame_as, Sealed, FORMAT_1,
+    decode_meta, malformed_payload, open_record, parse_error, seal_as, seal_frame, seal_frame_as,
+    Sealed, FORMAT_1, FORMAT_2,
 };
 use crate::error::{integrity, ProblemKind};
 use crate::keyring::KdfParams;
@@ -57,6 +58,8 @@ impl<S: Store> Vault<S> {
         )?;
         let (users, serial) = if format == FORMAT_1 {
             (decode_meta::<UsersV1>("users", &plain)?, None)
+        } else if format != FORMAT_2 {
+            return Err(malformed_payload("users"));
         } else {
             let u = decode_meta::<UsersV2>("users", &plain)?;
             (UsersV1 { users: u.users }, Some(u.serial))

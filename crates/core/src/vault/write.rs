@@ -7,6 +7,7 @@ use carnet_storage::{Batch, Store};
 
 use super::logging::Event;
 use super::notes::Bodies;
+use super::patients::seal_patient;
 use super::patients::PatientState;
 use super::Vault;
 use crate::access::Duty;
@@ -14,12 +15,14 @@ use crate::access_log::Action;
 use crate::envelope::{self, seal_frame};
 use crate::frame;
 use crate::keys::WrappedKey;
-use crate::model::{check_field, NewNote, NewPatient, NoteBody, NoteId, PatientId, Timestamp};
+use crate::model::{
+    check_field, NewNote, NewPatient, NoteBody, NoteId, PatientId, PatientRef, Timestamp,
+};
 use crate::records::{
     note_link, registry_link, space, Blind, ManifestState, ManifestV1, NoteAt, NoteMetaV1,
     NoteMetaV2, PatientKeyAt, PatientV1, RegistryV1, META_REGISTRY,
 };
-use crate::sealing::{ManifestRecord, NoteRecord, PatientRecord, RegistryRecord};
+use crate::sealing::{ManifestRecord, NoteRecord, RegistryRecord};
 use crate::Error;
 
 impl<S: Store> Vault<S> {
@@ -31,8 +34,9 @@ impl<S: Store> Vault<S> {
         self.require_no_retiring_keys()
     }
 
-    /// Registers a patient. Fails with [`Error::PatientExists`] if the identifier is taken.
-    pub fn add_patient(&self, patient: NewPatient) -> Result<(), Error> {
+    /// Registers a patient; returns its new reference (ADR 0021; `None` in a format-1 vault).
+    /// Fails with [`Error::PatientExists`] if the identifier is taken.
+    pub fn add_patient(&self, patient: NewPatient) -> Result<Option<PatientRef>, Error> {
         let id = patient.id.clone();
         let at = Timestamp::now();
         let result = self.require_writable().and_then(|()| {
@@ -44,7 +48,10 @@ impl<S: Store> Vault<S> {
                     note: None,
                 });
                 txn.create_patient(patient.clone(), at)?;
-                txn.commit()
+                let blind = self.keys.blind(&patient.id);
+                let reference = txn.patients.get(&blind).and_then(|st| st.info.reference);
+                txn.commit()?;
+                Ok(reference.map(PatientRef))
             })
         });
         self.log_failure(Action::PatientAdd, Some(&id), result)
@@ -210,8 +217,13 @@ impl<'v, S: Store> Txn<'v, S> {
             name: p.name,
             birth_date: p.birth_date.map(|d| d.as_str().to_string()),
             created_at: at.unix_millis(),
+            // Format 2 vaults give every new patient a random reference (ADR 0021).
+            reference: match v.keys.format() {
+                1 => None,
+                _ => Some(PatientRef::random()?.0),
+            },
         };
-        let record = seal_frame::<PatientRecord, _>(&keys.record, v.vault_id(), &blind, &info)?;
+        let record = seal_patient(&keys.record, v.vault_id(), &blind, &info)?;
         self.batch.require(space::PATIENTS, blind.0.to_vec(), None);
         self.batch.put(space::PATIENTS, blind.0.to_vec(), record);
         self.patients.insert(
