@@ -200,10 +200,56 @@ pub enum Command {
     /// Print the manual page (roff), generated from these definitions
     #[command(after_help = "Example:\n  carnet man > /usr/local/share/man/man1/carnet.1")]
     Man,
+    /// Serve the vault over HTTPS to desks and to other programs (docs/api.md)
+    ///
+    /// Needs no passphrase: each clinician logs in with their own (POST /v1/sessions) and the
+    /// server holds a vault's keys only while someone is logged in. Without --tls-cert, a
+    /// certificate is made on first start and kept (private) in the state directory; its
+    /// SHA-256 fingerprint is printed so that desks can pin it. SIGTERM or Ctrl-C stops it
+    /// gracefully: requests under way finish, every key is dropped, exit 0.
+    #[command(after_help = "Examples:
+  carnet --vault /srv/carnet serve
+  carnet --vault /srv/carnet serve --listen 192.168.1.10:8443 --tls-cert cert.pem --tls-key key.pem
+  carnet --vault /srv/carnet serve --listen 127.0.0.1:8080 --insecure-http   # behind a local TLS proxy")]
+    Serve(ServeArgs),
     /// Build a demo vault with synthetic patients, read it back, verify it, and show that its
     /// files hold no plaintext
     #[command(after_help = "Example:\n  carnet demo --dir /tmp/carnet-demo")]
     Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// The certificate chain to serve (PEM); with --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); with --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Plain HTTP, without TLS: only on a loopback address (behind a TLS proxy on this machine)
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_http: bool,
+    /// Minutes a session may stay unused before it ends
+    #[arg(long, value_name = "MIN", default_value_t = 15)]
+    pub idle_minutes: u64,
+    /// Hours after login a session ends, used or not
+    #[arg(long, value_name = "H", default_value_t = 12)]
+    pub session_hours: u64,
+    /// Seconds a session may stay unused (overrides --idle-minutes; for tests)
+    #[arg(long, value_name = "S", hide = true)]
+    pub idle_seconds: Option<u64>,
+    /// Logins unlocking at once (each takes the vault's Argon2id memory, 64 MiB by default)
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub concurrent_logins: usize,
+    /// The reverse proxy (its address) whose X-Forwarded-For names the client
+    #[arg(long, value_name = "ADDR")]
+    pub trust_proxy: Option<std::net::IpAddr>,
+    /// Append the server's notes (logins, failed logins) to FILE instead of stderr
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

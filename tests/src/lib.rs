@@ -12,6 +12,8 @@ use carnet_core::{NoteId, Passphrase, Vault};
 use carnet_storage::SledStore;
 use serde_json::json;
 
+pub mod serve;
+
 /// `carnet init` with the smallest KDF settings, for fast tests.
 pub const INIT: [&str; 7] = [
     "init",

@@ -9,6 +9,7 @@ mod key;
 mod note;
 mod patient;
 mod search;
+mod serve;
 mod user;
 mod verify;
 
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(a) => verify::run(g, a),
         Command::Audit(a) => audit::run(g, a),
         Command::Demo(a) => demo::run(g, a),
+        Command::Serve(a) => serve::run(g, a),
         Command::Backup { file } => backup::backup(g, &file),
         Command::Restore { file } => backup::restore(g, &file),
         Command::Completions { shell } => {

@@ -142,6 +142,11 @@ impl KdfParams {
             || self.parallelism < d.parallelism
     }
 
+    /// Spends what opening a slot of these parameters costs, and nothing more.
+    fn spend_like_an_unlock(&self, passphrase: &Passphrase) {
+        let _ = self.derive(passphrase, &[0; 16]);
+    }
+
     fn derive(&self, passphrase: &Passphrase, salt: &[u8; 16]) -> Result<SecretKey, Error> {
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
@@ -689,7 +694,17 @@ impl Keyring {
     /// given, as format 1 did.
     pub(crate) fn unlock(&self, user: &str, secret: &SlotSecret<'_>) -> Result<Opened, Error> {
         let slot = match secret {
-            SlotSecret::Passphrase(..) => self.slot(user).ok_or(Error::UnknownUser)?,
+            SlotSecret::Passphrase(passphrase, _) => match self.slot(user) {
+                Some(slot) => slot,
+                None => {
+                    // An unknown name costs what a wrong passphrase does, so that a service
+                    // answering logins does not tell names from passphrases by its delay.
+                    if let Some(kdf) = self.slots.iter().find_map(|s| s.kdf) {
+                        kdf.spend_like_an_unlock(passphrase);
+                    }
+                    return Err(Error::UnknownUser);
+                }
+            },
             SlotSecret::Recovery(_) => self.slot(RECOVERY_SLOT).ok_or(Error::WrongPassphrase)?,
             SlotSecret::Access(a) => self
                 .slots

@@ -1,0 +1,49 @@
+//! `carnet serve`: opens the vault's store (no passphrase) and hands it to carnet-server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carnet_server::{Config, Identity, Transport};
+
+use crate::args::{Global, ServeArgs};
+use crate::error::{CliError, Exit};
+
+pub fn run(g: &Global, a: ServeArgs) -> Result<(), CliError> {
+    if a.insecure_http && !a.listen.ip().is_loopback() {
+        return Err(CliError::usage(format!(
+            "--insecure-http is only allowed on a loopback address (127.0.0.1 or ::1), not {}",
+            a.listen.ip()
+        )));
+    }
+    let transport = if a.insecure_http {
+        Transport::InsecureHttp
+    } else {
+        let identity = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Identity::from_files(cert, key),
+            _ => {
+                let dir = crate::state::state_dir().ok_or_else(|| {
+                    CliError::failure("no state directory to keep the server's certificate in")
+                        .hint("set CARNET_STATE_DIR, or pass --tls-cert and --tls-key")
+                })?;
+                Identity::generated_in(&dir.join("serve"), a.listen.ip())
+            }
+        };
+        Transport::Tls(identity.map_err(|e| CliError::failure(e.to_string()))?)
+    };
+    let location = crate::context::vault_location(g)?;
+    let store = crate::context::open_store(&location, g)?;
+    let mut config = Config::new(a.listen, transport);
+    config.idle_timeout = match a.idle_seconds {
+        Some(s) => Duration::from_secs(s.max(1)),
+        None => Duration::from_secs(a.idle_minutes.max(1) * 60),
+    };
+    config.absolute_timeout = Duration::from_secs(a.session_hours.max(1) * 3600);
+    config.concurrent_unlocks = a.concurrent_logins.max(1);
+    config.trusted_proxy = a.trust_proxy;
+    config.log_file = a.log_file;
+    carnet_server::serve(Arc::new(store), config, |line| eprintln!("{line}")).map_err(|e| match e {
+        carnet_server::ServeError::Usage(m) => CliError::usage(m),
+        carnet_server::ServeError::Listen(..) => CliError::new(Exit::InUse, e.to_string()),
+        other => CliError::failure(other.to_string()),
+    })
+}

@@ -1,0 +1,791 @@
+//! The routes of docs/api.md. Every handler that touches the vault runs it on the blocking
+//! pool, as the session's own [`Vault`]; nothing a request decrypted outlives it.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State as Axum};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use carnet_core::{
+    Error, NewNote, NewPatient, Note, NoteBody, NoteId, Passphrase, Patient, PatientId, PatientRef,
+    ReadLog, Role, Timestamp, Vault,
+};
+use carnet_storage::Store;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use zeroize::Zeroize;
+
+use crate::error::ApiError;
+use crate::limits::Limiter;
+use crate::sessions::{Session, Sessions};
+use crate::ServeError;
+
+/// The OpenAPI 3.1 document of this API, checked in beside the code.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The largest request body: a 16 MiB note as JSON (escaped) or base64, with room to spare.
+const MAX_REQUEST_BYTES: usize = 24 * 1024 * 1024;
+/// The longest and default page of a list.
+const MAX_PAGE: usize = 1000;
+/// Logins waiting for an unlock at most; more are told to come back.
+const MAX_WAITING_LOGINS: usize = 64;
+/// How long an `Idempotency-Key` is remembered, and how many at most.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Everything the routes share.
+pub struct State<S: Store> {
+    store: Arc<S>,
+    sessions: Sessions<S>,
+    limiter: Limiter,
+    unlocks: Semaphore,
+    waiting_logins: Semaphore,
+    trusted_proxy: Option<IpAddr>,
+    log_file: Option<Mutex<std::fs::File>>,
+    /// Answers of creating requests, by SHA-256 of (user, key): the status and body only
+    /// (references and note ids, never clinical data).
+    idempotent: Mutex<HashMap<[u8; 32], (Instant, StatusCode, Value)>>,
+}
+
+impl<S: Store + 'static> State<S> {
+    pub fn new(
+        store: Arc<S>,
+        idle: Duration,
+        absolute: Duration,
+        unlocks: usize,
+        trusted_proxy: Option<IpAddr>,
+        log_file: Option<PathBuf>,
+    ) -> Result<Self, ServeError> {
+        let log_file = match log_file {
+            Some(p) => {
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true).append(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    o.mode(0o600);
+                }
+                Some(Mutex::new(o.open(&p).map_err(|e| {
+                    ServeError::Usage(format!("cannot open the log file {}: {e}", p.display()))
+                })?))
+            }
+            None => None,
+        };
+        Ok(State {
+            store,
+            sessions: Sessions::new(idle, absolute),
+            limiter: Limiter::default(),
+            unlocks: Semaphore::new(unlocks.max(1)),
+            waiting_logins: Semaphore::new(MAX_WAITING_LOGINS),
+            trusted_proxy,
+            log_file,
+            idempotent: Mutex::default(),
+        })
+    }
+
+    /// One line for the administrator: no secret, no user name as typed, no identifier.
+    fn note(&self, line: &str) {
+        let line = format!("carnet serve: {line}\n");
+        match &self.log_file {
+            Some(f) => {
+                let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = f.write_all(line.as_bytes());
+            }
+            None => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+        }
+    }
+
+    /// Ends every session: their keys are dropped (zeroized) here, after their access-log
+    /// entries are flushed.
+    pub async fn stop(&self) {
+        for s in self.sessions.close_all() {
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = s.vault.sync_log();
+                drop(s);
+            })
+            .await;
+        }
+    }
+}
+
+/// Ends expired sessions every second.
+pub async fn sweep_sessions<S: Store + 'static>(state: Arc<State<S>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        state.sessions.sweep();
+    }
+}
+
+/// The client's address, as the connection gave it.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// The hyper service of one connection from `peer`.
+pub fn service(
+    app: Router,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(Peer(peer));
+        app.clone().oneshot(req)
+    })
+}
+
+pub fn router<S: Store + 'static>(state: Arc<State<S>>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/sessions", post(login::<S>))
+        .route("/v1/sessions/current", delete(logout::<S>))
+        .route(
+            "/v1/patients",
+            get(list_patients::<S>).post(add_patient::<S>),
+        )
+        .route("/v1/patients/lookup", post(lookup_patient::<S>))
+        .route("/v1/patients/{pref}", get(show_patient::<S>))
+        .route(
+            "/v1/patients/{pref}/notes",
+            get(list_notes::<S>).post(add_note::<S>),
+        )
+        .route("/v1/patients/{pref}/notes/{note}", get(show_note::<S>))
+        .route(
+            "/v1/patients/{pref}/notes/{note}/versions",
+            get(note_versions::<S>).post(amend_note::<S>),
+        )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                "this method is not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"ok": true}))
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::internal("the request failed"))?
+}
+
+/// A JSON body of type `T`.
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T> {
+    parse_bytes(&read_body(body)?)
+}
+
+/// The request's body, or why it could not be read.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the request body is over {} MiB",
+                MAX_REQUEST_BYTES >> 20
+            ))
+        } else {
+            ApiError::bad_request("cannot read the request body")
+        }
+    })
+}
+
+fn parse_bytes<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde_json's messages may quote the value ("invalid type: string \"…\""): only the
+        // class, the position, and a missing field's name (ours) are passed on.
+        use serde_json::error::Category;
+        let at = format!("line {} column {}", e.line(), e.column());
+        let m = e.to_string();
+        ApiError::bad_request(match e.classify() {
+            Category::Data if m.starts_with("missing field `") => {
+                format!(
+                    "malformed JSON body: {}",
+                    m.split(" at line").next().unwrap_or(&m)
+                )
+            }
+            Category::Data if m.starts_with("unknown field") => {
+                format!("malformed JSON body: an unknown field at {at}")
+            }
+            Category::Data => format!("malformed JSON body: a field of the wrong type at {at}"),
+            Category::Eof => "malformed JSON body: it ends too soon".to_string(),
+            Category::Syntax | Category::Io => format!("malformed JSON body: invalid JSON at {at}"),
+        })
+    })
+}
+
+/// The session the request's bearer token names, with the role it needs.
+fn session<S: Store>(
+    state: &State<S>,
+    headers: &HeaderMap,
+    allowed: &[Role],
+) -> Result<Arc<Session<S>>> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::auth_failed(
+            "log in first (POST /v1/sessions) and send Authorization: Bearer TOKEN",
+        )
+    })?;
+    let s = state.sessions.get(token).ok_or_else(|| {
+        ApiError::auth_failed("this session has ended or never existed: log in again")
+    })?;
+    if !allowed.contains(&s.role) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("not permitted for the {} role", s.role.name()),
+        ));
+    }
+    Ok(s)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+const CLINICAL: &[Role] = &[Role::Clinician, Role::Admin];
+
+// ---- sessions ----
+
+#[derive(Deserialize)]
+struct Login {
+    user: String,
+    passphrase: String,
+}
+
+/// The client's address: the peer, or, when the peer is the trusted proxy, the last address
+/// of `X-Forwarded-For` (the one that proxy added).
+fn client_addr<S: Store>(state: &State<S>, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if state.trusted_proxy == Some(peer.ip()) {
+        if let Some(addr) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse().ok())
+        {
+            return addr;
+        }
+    }
+    peer.ip()
+}
+
+async fn login<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    // The body holds the passphrase: parsed in place, then wiped (when the buffer is ours
+    // alone, as it is for a body read whole).
+    let parsed: Result<Login> = match read_body(body)?.try_into_mut() {
+        Ok(mut owned) => {
+            let parsed = parse_bytes(&owned);
+            owned.as_mut().zeroize();
+            parsed
+        }
+        Err(shared) => parse_bytes(&shared),
+    };
+    let Login { user, passphrase } = parsed?;
+    let passphrase = Passphrase::new(passphrase);
+    let addr = client_addr(&state, peer, &headers);
+    if let Some(wait) = state.limiter.delayed(&user, addr) {
+        return Err(ApiError::rate_limited(wait));
+    }
+    let Ok(_waiting) = state.waiting_logins.try_acquire() else {
+        return Err(ApiError::busy(
+            "too many logins at once: try again in a moment",
+        ));
+    };
+    let Ok(_unlock) = state.unlocks.acquire().await else {
+        return Err(ApiError::busy("the server is stopping"));
+    };
+    let store = Arc::clone(&state.store);
+    let name = user.clone();
+    // An unknown user name costs what a wrong passphrase does (carnet-core spends the KDF).
+    let opened = blocking(move || Ok(Vault::unlock(store, &name, &passphrase))).await?;
+    let mut vault = match opened {
+        Ok(v) => v,
+        Err(e @ (Error::WrongPassphrase | Error::UnknownUser)) => {
+            let n = state.limiter.failed(&user, addr);
+            state.note(&format!(
+                "failed login from {addr} ({n} in a row for that user name)"
+            ));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    state.limiter.succeeded(&user);
+    // Reads' log entries share flushes; a response still waits for its entry's commit.
+    vault.set_read_log(ReadLog::Grouped {
+        max_delay: Duration::from_millis(10),
+    });
+    let role = vault.role();
+    let vault = blocking(move || {
+        // Patients registered before references get theirs (ADR 0021), once per vault.
+        if matches!(role, Role::Clinician | Role::Admin) && vault.format() >= 2 {
+            vault.assign_references()?;
+        }
+        Ok(vault)
+    })
+    .await?;
+    let (token, expires) = state.sessions.open(vault)?;
+    state.note(&format!("{} logged in from {addr}", role.name()));
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token.as_str(),
+            "expires_at": rfc3339(Timestamp::from_unix_millis(
+                expires
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+            )),
+            "user": user,
+            "role": role.name(),
+        })),
+    )
+        .into_response())
+}
+
+async fn logout<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let s = session(
+        &state,
+        &headers,
+        &[Role::Admin, Role::Clinician, Role::Auditor],
+    )?;
+    if let Some(t) = bearer(&headers) {
+        state.sessions.close(t);
+    }
+    // The last holder drops the keys, after its log entries are durable.
+    blocking(move || {
+        let _ = s.vault.sync_log();
+        drop(s);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- patients ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPatientBody {
+    id: String,
+    name: Option<String>,
+    birth_date: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Lookup {
+    id: String,
+}
+
+fn patient_json(p: &Patient) -> Value {
+    json!({
+        "ref": p.reference.map(|r| r.to_string()),
+        "id": p.id.as_str(),
+        "name": p.name,
+        "birth_date": p.birth_date.as_ref().map(|d| d.as_str()),
+        "notes": p.notes,
+        "created_at": rfc3339(p.created_at),
+    })
+}
+
+/// `limit` and `offset` of a list's query.
+fn page(query: &Option<String>) -> Result<(usize, usize)> {
+    let mut limit = MAX_PAGE;
+    let mut offset = 0;
+    for (k, v) in form(query) {
+        let n = || {
+            v.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("{k} must be a whole number")))
+        };
+        match k.as_str() {
+            "limit" => limit = n()?,
+            "offset" => offset = n()?,
+            _ => {}
+        }
+    }
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok((limit, offset))
+}
+
+fn form(query: &Option<String>) -> Vec<(String, String)> {
+    query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (p.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// One page of `items`, with a `Link` to the next when more remain.
+fn paginated(path: &str, items: Vec<Value>, limit: usize, offset: usize, extra: &str) -> Response {
+    let total = items.len();
+    let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
+    let mut r = Json(Value::Array(page)).into_response();
+    if offset.saturating_add(limit) < total {
+        let link = format!(
+            "<{path}?{extra}limit={limit}&offset={}>; rel=\"next\"",
+            offset + limit
+        );
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            r.headers_mut().insert(header::LINK, v);
+        }
+    }
+    r
+}
+
+async fn list_patients<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let (limit, offset) = page(&query)?;
+    let items = blocking(move || {
+        let mut patients = s.vault.patients()?;
+        if patients.iter().any(|p| p.reference.is_none()) && s.vault.format() >= 2 {
+            // Registered since by a program that gives no references.
+            s.vault.assign_references()?;
+            patients = s.vault.patients()?;
+        }
+        Ok(patients.iter().map(patient_json).collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(paginated("/v1/patients", items, limit, offset, ""))
+}
+
+/// The remembered answer of `key` for `user`, or the answer `f` gives (remembered when it
+/// succeeded).
+async fn idempotent<S: Store + 'static>(
+    state: &State<S>,
+    user: &str,
+    headers: &HeaderMap,
+    f: impl std::future::Future<Output = Result<(StatusCode, Value)>>,
+) -> Result<Response> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let v = v.as_bytes();
+            if v.is_empty() || v.len() > 255 {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must have 1 to 255 characters",
+                ));
+            }
+            let mut h = Sha256::new();
+            h.update((user.len() as u64).to_be_bytes());
+            h.update(user.as_bytes());
+            h.update(v);
+            Some(<[u8; 32]>::from(h.finalize()))
+        }
+    };
+    if let Some(k) = &key {
+        let seen = state.idempotent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, status, body)) = seen.get(k) {
+            if at.elapsed() < IDEMPOTENCY_TTL {
+                return Ok((*status, Json(body.clone())).into_response());
+            }
+        }
+    }
+    let (status, body) = f.await?;
+    if let Some(k) = key {
+        let mut seen = state.idempotent.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_IDEMPOTENCY_KEYS {
+            seen.retain(|_, (at, _, _)| at.elapsed() < IDEMPOTENCY_TTL);
+            if seen.len() >= MAX_IDEMPOTENCY_KEYS {
+                seen.clear();
+            }
+        }
+        seen.insert(k, (Instant::now(), status, body.clone()));
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+async fn add_patient<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let b: NewPatientBody = parse(body)?;
+    let user = s.user.clone();
+    idempotent(&state, &user, &headers, async move {
+        blocking(move || {
+            let mut p = NewPatient::new(PatientId::new(b.id)?);
+            p.name = b.name;
+            p.birth_date = b
+                .birth_date
+                .as_deref()
+                .map(carnet_core::BirthDate::parse)
+                .transpose()?;
+            let id = p.id.clone();
+            let r = match s.vault.add_patient(p)? {
+                Some(r) => r,
+                None => s.vault.patient_ref(&id)?,
+            };
+            Ok((StatusCode::CREATED, json!({"ref": r.to_string()})))
+        })
+        .await
+    })
+    .await
+}
+
+async fn lookup_patient<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let b: Lookup = parse(body)?;
+    blocking(move || {
+        let r = s.vault.patient_ref(&PatientId::new(b.id)?)?;
+        Ok(Json(json!({"ref": r.to_string()})).into_response())
+    })
+    .await
+}
+
+/// The patient a reference in a path names.
+fn by_ref<S: Store>(vault: &Vault<Arc<S>>, reference: &str) -> Result<PatientId> {
+    let r: PatientRef = reference.parse()?;
+    Ok(vault.patient_by_ref(&r)?)
+}
+
+async fn show_patient<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path(pref): Path<String>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    blocking(move || {
+        let id = by_ref(&s.vault, &pref)?;
+        Ok(Json(patient_json(&s.vault.patient(&id)?)).into_response())
+    })
+    .await
+}
+
+// ---- notes ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteInput {
+    body: Option<String>,
+    body_base64: Option<String>,
+    author: Option<String>,
+    kind: Option<String>,
+}
+
+impl NoteInput {
+    fn body(&mut self) -> Result<NoteBody> {
+        let bytes = match (self.body.take(), self.body_base64.take()) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| ApiError::bad_request("body_base64 is not valid base64"))?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of body and body_base64",
+                ))
+            }
+        };
+        Ok(NoteBody::new(bytes)?)
+    }
+}
+
+fn note_json(n: &Note) -> Value {
+    let mut v = json!({
+        "id": n.id.to_string(),
+        "created_at": rfc3339(n.created_at),
+        "updated_at": rfc3339(n.updated_at),
+        "author": n.author,
+        "kind": n.kind,
+        "bytes": n.bytes,
+        "version": n.version,
+    });
+    if let (Some(by), Some(obj)) = (&n.written_by, v.as_object_mut()) {
+        obj.insert("written_by".into(), Value::String(by.clone()));
+    }
+    if let (Some(body), Some(obj)) = (&n.body, v.as_object_mut()) {
+        match std::str::from_utf8(body.as_bytes()) {
+            Ok(text) => obj.insert("body".into(), Value::String(text.to_string())),
+            Err(_) => obj.insert(
+                "body_base64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(body.as_bytes())),
+            ),
+        };
+    }
+    v
+}
+
+async fn list_notes<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path(pref): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let (limit, offset) = page(&query)?;
+    let bodies = form(&query)
+        .iter()
+        .any(|(k, v)| k == "bodies" && (v == "true" || v == "1"));
+    let path = format!("/v1/patients/{pref}/notes");
+    let items = blocking(move || {
+        let id = by_ref(&s.vault, &pref)?;
+        let notes = if bodies {
+            s.vault.read_notes(&id)?
+        } else {
+            s.vault.notes(&id)?
+        };
+        Ok(notes.iter().map(note_json).collect::<Vec<_>>())
+    })
+    .await?;
+    let extra = if bodies { "bodies=true&" } else { "" };
+    Ok(paginated(&path, items, limit, offset, extra))
+}
+
+async fn add_note<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path(pref): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let mut input: NoteInput = parse(body)?;
+    let user = s.user.clone();
+    idempotent(&state, &user, &headers, async move {
+        blocking(move || {
+            let id = by_ref(&s.vault, &pref)?;
+            let mut note = NewNote::new(input.body()?);
+            note.author = input.author.take();
+            note.kind = input.kind.take();
+            let note_id = s.vault.add_note(&id, note)?;
+            Ok((StatusCode::CREATED, json!({"id": note_id.to_string()})))
+        })
+        .await
+    })
+    .await
+}
+
+fn note_id(s: &str) -> Result<NoteId> {
+    Ok(s.parse()?)
+}
+
+async fn show_note<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path((pref, note)): Path<(String, String)>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    blocking(move || {
+        let id = by_ref(&s.vault, &pref)?;
+        let n = s.vault.note(&id, &note_id(&note)?)?;
+        Ok(Json(note_json(&n)).into_response())
+    })
+    .await
+}
+
+async fn note_versions<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path((pref, note)): Path<(String, String)>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    blocking(move || {
+        let id = by_ref(&s.vault, &pref)?;
+        let versions = s.vault.note_history(&id, &note_id(&note)?)?;
+        Ok(Json(Value::Array(versions.iter().map(note_json).collect())).into_response())
+    })
+    .await
+}
+
+async fn amend_note<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path((pref, note)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let mut input: NoteInput = parse(body)?;
+    if input.kind.is_some() {
+        return Err(ApiError::bad_request("an amendment keeps the note's kind"));
+    }
+    let user = s.user.clone();
+    idempotent(&state, &user, &headers, async move {
+        blocking(move || {
+            let id = by_ref(&s.vault, &pref)?;
+            let n = note_id(&note)?;
+            let version = s
+                .vault
+                .amend_note(&id, &n, input.body()?, input.author.take())?;
+            Ok((
+                StatusCode::CREATED,
+                json!({"id": n.to_string(), "version": version}),
+            ))
+        })
+        .await
+    })
+    .await
+}
+
+/// RFC 3339 in UTC, as the command line shows times.
+fn rfc3339(t: Timestamp) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.unix_millis()) * 1_000_000)
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("@{}ms", t.unix_millis()))
+}

@@ -1,0 +1,294 @@
+//! `carnet serve` (docs/api.md), started for real on 127.0.0.1 and spoken to over HTTPS by a
+//! client that pins the certificate the server printed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use carnet_tests::serve::Server;
+use carnet_tests::{files_under, write_secret, TestVault, PASS};
+use serde_json::json;
+
+const BOB: &str = "bob's own long passphrase 7";
+const NAME: &str = "Camille CANARYNAME";
+const BODY: &str = "serologie CANARYBODY positive";
+const PID: &str = "CANARYID-0042";
+
+/// A vault with an administrator, a clinician `bob` and an auditor `ann`.
+fn clinic() -> TestVault {
+    let v = TestVault::init();
+    for (user, role, pass) in [
+        ("bob", "clinician", BOB),
+        ("ann", "auditor", "ann's own long passphrase 7"),
+    ] {
+        let f = v.tmp.path().join(format!("{user}.pass"));
+        write_secret(&f, format!("{pass}\n"));
+        v.run(&[
+            "user",
+            "add",
+            user,
+            "--role",
+            role,
+            "--new-passphrase-file",
+            f.to_str().unwrap(),
+        ])
+        .expect(0);
+    }
+    v
+}
+
+fn error_code(a: &carnet_tests::serve::Answer) -> &str {
+    a.body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error body: {}", a.text))
+}
+
+#[test]
+fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_gracefully() {
+    let v = clinic();
+    let mut s = Server::start(&v, &[]);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let fp = s.fingerprint.clone().unwrap();
+    assert_eq!(fp.len(), 64);
+    assert!(fp.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    assert_eq!(s.get("/v1/health", None).body, json!({"ok": true}));
+    // Nothing without a token; the same answer for a wrong passphrase and an unknown user.
+    let a = s.get("/v1/patients", None);
+    assert_eq!((a.status, error_code(&a)), (401, "auth_failed"));
+    let wrong = s.post(
+        "/v1/sessions",
+        None,
+        &json!({"user": "bob", "passphrase": "not bob's passphrase"}),
+    );
+    let unknown = s.post(
+        "/v1/sessions",
+        None,
+        &json!({"user": "zed", "passphrase": "not bob's passphrase"}),
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.text, unknown.text);
+
+    let login = s.post(
+        "/v1/sessions",
+        None,
+        &json!({"user": "bob", "passphrase": BOB}),
+    );
+    assert_eq!(login.status, 201, "{}", login.text);
+    assert_eq!(login.body["user"], "bob");
+    assert_eq!(login.body["role"], "clinician");
+    assert!(login.body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let t = login.body["token"].as_str().unwrap().to_string();
+    let t = Some(t.as_str());
+
+    // Register a patient: a reference comes back, and the identifier never goes in a URL.
+    let made = s.post(
+        "/v1/patients",
+        t,
+        &json!({"id": PID, "name": NAME, "birth_date": "1984-02-29"}),
+    );
+    assert_eq!(made.status, 201, "{}", made.text);
+    let r = made.body["ref"].as_str().unwrap().to_string();
+    assert_eq!(r.len(), 32);
+    let again = s.post("/v1/patients", t, &json!({"id": PID}));
+    assert_eq!((again.status, error_code(&again)), (409, "conflict"));
+    let found = s.post("/v1/patients/lookup", t, &json!({"id": PID}));
+    assert_eq!(found.body, json!({"ref": r}));
+    let shown = s.get(&format!("/v1/patients/{r}"), t);
+    assert_eq!(shown.body["id"], PID);
+    assert_eq!(shown.body["name"], NAME);
+    assert_eq!(shown.body["ref"], r.as_str());
+
+    // A note, sent twice with one Idempotency-Key: one note.
+    let add = |key: &str| {
+        s.call(
+            "POST",
+            &format!("/v1/patients/{r}/notes"),
+            t,
+            Some(&json!({"body": BODY, "author": "Dr Leroy", "kind": "lab"}).to_string()),
+            &[("Idempotency-Key", key)],
+        )
+    };
+    let first = add("k-1");
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(add("k-1").body, first.body);
+    let note = first.body["id"].as_str().unwrap().to_string();
+    let listed = s.get(&format!("/v1/patients/{r}/notes"), t);
+    assert_eq!(listed.body.as_array().unwrap().len(), 1, "{}", listed.text);
+    assert!(listed.body[0].get("body").is_none());
+    let chart = s.get(&format!("/v1/patients/{r}/notes?bodies=true"), t);
+    assert_eq!(chart.body[0]["body"], BODY);
+    let one = s.get(&format!("/v1/patients/{r}/notes/{note}"), t);
+    assert_eq!(
+        (one.body["body"].as_str(), one.body["version"].as_u64()),
+        (Some(BODY), Some(1))
+    );
+    let amended = s.post(
+        &format!("/v1/patients/{r}/notes/{note}/versions"),
+        t,
+        &json!({"body": "amended"}),
+    );
+    assert_eq!(amended.status, 201, "{}", amended.text);
+    assert_eq!(amended.body["version"], 2);
+    let versions = s.get(&format!("/v1/patients/{r}/notes/{note}/versions"), t);
+    assert_eq!(versions.body.as_array().unwrap().len(), 2);
+    assert_eq!(versions.body[0]["body"], BODY);
+    let b64 = s.post(
+        &format!("/v1/patients/{r}/notes"),
+        t,
+        &json!({"body_base64": "/wA="}),
+    );
+    let b64_id = b64.body["id"].as_str().unwrap().to_string();
+    let raw = s.get(&format!("/v1/patients/{r}/notes/{b64_id}"), t);
+    assert_eq!(raw.body["body_base64"], "/wA=");
+
+    // Errors: their status and code, one line, nothing echoed.
+    let a = s.get("/v1/patients/00112233445566778899aabbccddeeff", t);
+    assert_eq!((a.status, error_code(&a)), (404, "not_found"));
+    let a = s.get(&format!("/v1/patients/{r}/notes/{}", "0".repeat(32)), t);
+    assert_eq!((a.status, error_code(&a)), (404, "not_found"));
+    let a = s.call(
+        "POST",
+        "/v1/patients",
+        t,
+        Some("{\"id\": \"CANARYECHO\", \"name\": 7}"),
+        &[],
+    );
+    assert_eq!((a.status, error_code(&a)), (400, "bad_request"));
+    assert!(!a.text.contains("CANARYECHO"), "{}", a.text);
+    let a = s.call("POST", "/v1/patients", t, Some("{not json"), &[]);
+    assert_eq!((a.status, error_code(&a)), (400, "bad_request"));
+    let huge = "x".repeat(16 * 1024 * 1024 + 1);
+    let a = s.post(
+        &format!("/v1/patients/{r}/notes"),
+        t,
+        &json!({"body": huge}),
+    );
+    assert_eq!((a.status, error_code(&a)), (413, "too_large"), "{}", a.text);
+    // A body over the request limit (24 MiB) is refused as soon as its length is known: the
+    // answer is 413 and the connection is closed, so a client still sending may see only that.
+    match s.try_call(
+        "POST",
+        &format!("/v1/patients/{r}/notes"),
+        t,
+        Some(&"x".repeat(30 << 20)),
+        &[],
+    ) {
+        Ok(a) => assert_eq!((a.status, error_code(&a)), (413, "too_large")),
+        Err(e) => assert!(e.contains("Broken pipe") || e.contains("reset"), "{e}"),
+    }
+    assert_eq!(s.get("/v1/health", None).status, 200, "still serving");
+    let a = s.get("/v1/nowhere", t);
+    assert_eq!(a.status, 404);
+
+    // The auditor may not read patients.
+    let ann = s.login("ann", "ann's own long passphrase 7");
+    let a = s.get("/v1/patients", Some(&ann));
+    assert_eq!((a.status, error_code(&a)), (403, "forbidden"));
+
+    // Logging out ends the token.
+    assert_eq!(
+        s.call("DELETE", "/v1/sessions/current", t, None, &[])
+            .status,
+        204
+    );
+    let a = s.get("/v1/patients", t);
+    assert_eq!((a.status, error_code(&a)), (401, "auth_failed"));
+
+    assert_eq!(
+        s.stop(),
+        0,
+        "a graceful stop exits 0; stderr: {}",
+        s.stderr_text()
+    );
+    // The access log names the clinician; the vault holds what was written.
+    let audit = v.run(&["--json", "audit"]).expect(0).json();
+    let entries = audit.as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["user"] == "bob" && e["action"] == "note add"),
+        "{audit}"
+    );
+    let shown = v
+        .run(&["--json", "note", "show", PID, &note])
+        .expect(0)
+        .json();
+    assert_eq!(shown["body"], "amended");
+
+    // No canary in anything the server wrote: its stderr, its state, the vault's files.
+    let mut written: Vec<(String, Vec<u8>)> = vec![("stderr".into(), s.stderr_text().into_bytes())];
+    for dir in [v.dir.clone(), v.state_dir()] {
+        for (p, b) in files_under(&dir) {
+            written.push((p.display().to_string(), b));
+        }
+    }
+    assert!(
+        written.iter().any(|(p, _)| p.ends_with("server-key.pem")),
+        "the state is scanned"
+    );
+    for (what, bytes) in &written {
+        for canary in [
+            "CANARYNAME",
+            "CANARYBODY",
+            "CANARYID",
+            "CANARYECHO",
+            PASS,
+            BOB,
+        ] {
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{canary} in {what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback_and_served_on_it() {
+    let v = TestVault::init();
+    let r = v
+        .run(&["serve", "--insecure-http", "--listen", "0.0.0.0:0"])
+        .expect(2);
+    assert!(r.stderr.contains("loopback"), "{}", r.stderr);
+    let mut s = Server::start(&v, &["--insecure-http"]);
+    assert!(s.url.starts_with("http://127.0.0.1:"), "{}", s.url);
+    assert!(s.fingerprint.is_none());
+    assert_eq!(s.get("/v1/health", None).body, json!({"ok": true}));
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn an_idle_session_ends_and_failed_logins_are_delayed_while_the_server_keeps_serving() {
+    let v = TestVault::init();
+    let s = Server::start(&v, &["--idle-seconds", "2"]);
+    let t = s.login("admin", PASS);
+    assert_eq!(s.get("/v1/patients", Some(&t)).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let a = s.get("/v1/patients", Some(&t));
+    assert_eq!((a.status, error_code(&a)), (401, "auth_failed"));
+
+    // Three failures are free; the fourth is answered, the fifth waits: 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let a = s.post(
+            "/v1/sessions",
+            None,
+            &json!({"user": "admin", "passphrase": "wrong wrong wrong"}),
+        );
+        if a.status == 429 {
+            assert_eq!(error_code(&a), "rate_limited");
+            assert!(a.retry_after.as_deref().unwrap().parse::<u64>().unwrap() >= 1);
+        }
+        statuses.push(a.status);
+    }
+    assert_eq!(&statuses[..4], &[401, 401, 401, 401], "{statuses:?}");
+    assert!(statuses[4..].contains(&429), "{statuses:?}");
+    // Even the right passphrase waits its turn; the server still answers.
+    let a = s.post(
+        "/v1/sessions",
+        None,
+        &json!({"user": "admin", "passphrase": PASS}),
+    );
+    assert_eq!(a.status, 429);
+    assert_eq!(s.get("/v1/health", None).status, 200);
+    assert!(s.stderr_text().contains("failed login from 127.0.0.1"));
+    assert!(!s.stderr_text().contains("wrong wrong"));
+}
