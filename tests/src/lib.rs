@@ -40,6 +40,21 @@ pub fn carnet_bin() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "carnet-cli", "--bin", "carnet"]);
+        // What cargo sets for this test crate is not the build's business: build scripts that
+        // watch it (ring's watches CARGO_MANIFEST_DIR) would rebuild their crate every time
+        // a build from a shell and one from here alternate.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k == "CARGO_MANIFEST_DIR"
+                || k == "CARGO_MANIFEST_PATH"
+                || k.starts_with("CARGO_PKG_")
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

@@ -292,3 +292,215 @@ fn an_idle_session_ends_and_failed_logins_are_delayed_while_the_server_keeps_ser
     assert!(s.stderr_text().contains("failed login from 127.0.0.1"));
     assert!(!s.stderr_text().contains("wrong wrong"));
 }
+
+/// The operation of the OpenAPI document that `method path` is, with its template.
+fn operation<'a>(
+    doc: &'a serde_json::Value,
+    method: &str,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    let path = path.split('?').next().unwrap();
+    let segments: Vec<&str> = path.split('/').collect();
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find_map(|(template, ops)| {
+            let t: Vec<&str> = template.split('/').collect();
+            let same = t.len() == segments.len()
+                && t.iter()
+                    .zip(&segments)
+                    .all(|(a, b)| a.starts_with('{') || a == b);
+            if same {
+                ops.get(method.to_ascii_lowercase())
+            } else {
+                None
+            }
+        })
+}
+
+/// `schema` with its `$ref` followed.
+fn resolve<'a>(doc: &'a serde_json::Value, schema: &'a serde_json::Value) -> &'a serde_json::Value {
+    match schema["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => schema,
+    }
+}
+
+/// Whether `value` has the shape of `schema`: objects have every required property and no
+/// other than those listed; arrays' items too. (Enough to hold the server to its document.)
+fn shape(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if let Some(items) = schema.get("items") {
+        let arr = value.as_array().ok_or(format!("not an array: {value}"))?;
+        return arr.iter().try_for_each(|v| shape(doc, items, v));
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        let obj = value.as_object().ok_or(format!("not an object: {value}"))?;
+        for r in schema["required"].as_array().into_iter().flatten() {
+            if !obj.contains_key(r.as_str().unwrap()) {
+                return Err(format!("missing {r} in {value}"));
+            }
+        }
+        for (k, v) in obj {
+            let p = props.get(k).ok_or(format!("{k} is not in the document"))?;
+            shape(doc, p, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Holds one answer to the document: its status is declared for the operation, and its body
+/// has that status's shape.
+fn conforms(doc: &serde_json::Value, method: &str, path: &str, a: &carnet_tests::serve::Answer) {
+    let op = operation(doc, method, path)
+        .unwrap_or_else(|| panic!("{method} {path} is not in the document"));
+    let declared = &op["responses"][a.status.to_string()];
+    assert!(
+        !declared.is_null(),
+        "{method} {path} answered {} which the document does not declare",
+        a.status
+    );
+    if let Some(schema) = declared["content"]["application/json"].get("schema") {
+        shape(doc, schema, &a.body).unwrap_or_else(|e| panic!("{method} {path} {}: {e}", a.status));
+    }
+}
+
+#[test]
+fn the_server_serves_its_openapi_document_and_holds_to_it() {
+    let v = TestVault::init();
+    let s = Server::start(&v, &[]);
+    let checked_in: serde_json::Value =
+        serde_json::from_str(include_str!("../../crates/server/openapi.json")).unwrap();
+    let served = s.get("/v1/openapi.json", None);
+    assert_eq!(served.status, 200);
+    assert_eq!(served.body, checked_in);
+    assert_eq!(checked_in["openapi"], "3.1.0");
+    let doc = &checked_in;
+
+    // Every operation of the document is served: without a token, each answers as declared
+    // (never the router's "no such route").
+    let r = "00112233445566778899aabbccddeeff";
+    for (template, ops) in doc["paths"].as_object().unwrap() {
+        let path = template.replace("{pref}", r).replace("{note}", r);
+        for method in ops.as_object().unwrap().keys() {
+            let body = (method == "post").then_some("{}");
+            let a = s.call(&method.to_ascii_uppercase(), &path, None, body, &[]);
+            conforms(doc, method, &path, &a);
+            // A route that needs a token refuses without one; a public one answers.
+            let public = ops[method]["security"]
+                .as_array()
+                .is_some_and(|s| s.is_empty());
+            if public {
+                assert!(
+                    [200, 201, 400].contains(&a.status),
+                    "{method} {path}: {}",
+                    a.status
+                );
+            } else {
+                assert_eq!(a.status, 401, "{method} {path}: {}", a.text);
+            }
+        }
+    }
+
+    // A session's answers, success and error, have the document's statuses and shapes.
+    let login = s.post(
+        "/v1/sessions",
+        None,
+        &json!({"user": "admin", "passphrase": PASS}),
+    );
+    conforms(doc, "POST", "/v1/sessions", &login);
+    let t = login.body["token"].as_str().unwrap().to_string();
+    let t = Some(t.as_str());
+    let mut calls: Vec<(&str, String, Option<serde_json::Value>)> = vec![
+        (
+            "POST",
+            "/v1/patients".into(),
+            Some(json!({"id": "P-1", "name": "N", "birth_date": "1990-01-01"})),
+        ),
+        ("POST", "/v1/patients".into(), Some(json!({"id": "P-1"}))),
+        ("POST", "/v1/patients".into(), Some(json!({"nope": 1}))),
+        (
+            "POST",
+            "/v1/patients/lookup".into(),
+            Some(json!({"id": "P-404"})),
+        ),
+    ];
+    for (m, p, b) in calls.drain(..) {
+        let a = s.call(m, &p, t, b.map(|b| b.to_string()).as_deref(), &[]);
+        conforms(doc, m, &p, &a);
+    }
+    let pr = s.post("/v1/patients/lookup", t, &json!({"id": "P-1"})).body["ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = s.post(
+        &format!("/v1/patients/{pr}/notes"),
+        t,
+        &json!({"body": "x", "kind": "k"}),
+    );
+    conforms(doc, "POST", "/v1/patients/x/notes", &n);
+    let nid = n.body["id"].as_str().unwrap().to_string();
+    let calls: Vec<(&str, String, Option<serde_json::Value>)> = vec![
+        ("GET", "/v1/patients".into(), None),
+        ("GET", "/v1/patients?limit=0".into(), None),
+        ("GET", format!("/v1/patients/{pr}"), None),
+        ("GET", format!("/v1/patients/{r}"), None),
+        ("GET", format!("/v1/patients/{pr}/notes"), None),
+        ("GET", format!("/v1/patients/{pr}/notes?bodies=true"), None),
+        ("GET", format!("/v1/patients/{pr}/notes/{nid}"), None),
+        ("GET", format!("/v1/patients/{pr}/notes/{r}"), None),
+        (
+            "POST",
+            format!("/v1/patients/{pr}/notes/{nid}/versions"),
+            Some(json!({"body": "y"})),
+        ),
+        (
+            "POST",
+            format!("/v1/patients/{pr}/notes/{nid}/versions"),
+            Some(json!({"body": "y", "body_base64": "eQ=="})),
+        ),
+        (
+            "GET",
+            format!("/v1/patients/{pr}/notes/{nid}/versions"),
+            None,
+        ),
+        ("DELETE", "/v1/sessions/current".into(), None),
+    ];
+    for (m, p, b) in calls {
+        let a = s.call(m, &p, t, b.map(|b| b.to_string()).as_deref(), &[]);
+        conforms(doc, m, &p, &a);
+    }
+}
+
+#[test]
+fn lists_are_paginated_with_a_link_to_the_next_page() {
+    let v = TestVault::init();
+    for i in 0..5 {
+        v.run(&["patient", "add", &format!("P-{i}")]).expect(0);
+    }
+    let s = Server::start(&v, &[]);
+    let t = s.login("admin", PASS);
+    let mut seen = Vec::new();
+    let mut next = Some("/v1/patients?limit=2".to_string());
+    while let Some(path) = next {
+        let a = s.get(&path, Some(&t));
+        assert_eq!(a.status, 200, "{}", a.text);
+        for p in a.body.as_array().unwrap() {
+            seen.push(p["id"].as_str().unwrap().to_string());
+        }
+        next = a.link.map(|l| {
+            let (url, rel) = l.split_once("; ").unwrap();
+            assert_eq!(rel, "rel=\"next\"");
+            url.trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        });
+        assert!(seen.len() <= 5, "pages end");
+    }
+    assert_eq!(seen, ["P-0", "P-1", "P-2", "P-3", "P-4"]);
+}
