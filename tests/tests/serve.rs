@@ -178,10 +178,21 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
     let a = s.get("/v1/nowhere", t);
     assert_eq!(a.status, 404);
 
-    // The auditor may not read patients.
+    // The auditor may not read patients; a clinician may not verify or see the keys.
     let ann = s.login("ann", "ann's own long passphrase 7");
     let a = s.get("/v1/patients", Some(&ann));
     assert_eq!((a.status, error_code(&a)), (403, "forbidden"));
+    let a = s.call("POST", "/v1/verify", t, None, &[]);
+    assert_eq!((a.status, error_code(&a)), (403, "forbidden"));
+    assert_eq!(s.get("/v1/key-status", t).status, 403);
+    // The export is the CLI's JSON.
+    let exported = s.get(&format!("/v1/patients/{r}/export"), t);
+    assert_eq!(exported.body["format"], "carnet-export-v1");
+    assert_eq!(exported.body["notes"][0]["versions"][0]["body"], BODY);
+    let admin = s.login("admin", PASS);
+    let verified = s.call("POST", "/v1/verify", Some(&admin), None, &[]);
+    assert_eq!(verified.body["ok"], true, "{}", verified.text);
+    assert_eq!(s.get("/v1/key-status", Some(&admin)).body["format"], 2);
 
     // Logging out ends the token.
     assert_eq!(
@@ -212,6 +223,12 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
         .expect(0)
         .json();
     assert_eq!(shown["body"], "amended");
+    let cli_export = v.run(&["export", PID]).expect(0).json();
+    assert_eq!(cli_export["ref"], exported.body["ref"]);
+    assert_eq!(
+        cli_export["notes"][0]["versions"][0],
+        exported.body["notes"][0]["versions"][0]
+    );
 
     // No canary in anything the server wrote: its stderr, its state, the vault's files.
     let mut written: Vec<(String, Vec<u8>)> = vec![("stderr".into(), s.stderr_text().into_bytes())];
@@ -469,6 +486,10 @@ fn the_server_serves_its_openapi_document_and_holds_to_it() {
             format!("/v1/patients/{pr}/notes/{nid}/versions"),
             None,
         ),
+        ("GET", format!("/v1/patients/{pr}/export"), None),
+        ("GET", format!("/v1/patients/{r}/export"), None),
+        ("POST", "/v1/verify".into(), None),
+        ("GET", "/v1/key-status".into(), None),
         ("DELETE", "/v1/sessions/current".into(), None),
     ];
     for (m, p, b) in calls {

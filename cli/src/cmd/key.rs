@@ -38,23 +38,7 @@ pub fn run(g: &Global, c: KeyCommand) -> Result<(), CliError> {
             let vault = context::unlock(g)?;
             let s = vault.key_status()?;
             if g.json {
-                return render::print_json(&json!({
-                    "epoch": s.epoch,
-                    "pending_epoch": s.pending_epoch,
-                    "key_store_epoch": s.key_store_epoch,
-                    "kdf": {"algorithm": "argon2id", "memory_mib": s.kdf.memory_mib(),
-                            "iterations": s.kdf.iterations(), "parallelism": s.kdf.parallelism()},
-                    "slots": s.slots,
-                    "keys_per_epoch": s.keys_per_epoch.iter().map(|(e, n)| json!({"epoch": e, "keys": n})).collect::<Vec<_>>(),
-                    "records_per_patient_key_version": s.records_per_patient_key_version.iter()
-                        .map(|(v, n)| json!({"version": v, "records": n})).collect::<Vec<_>>(),
-                    "patients_unfinished": s.patients_unfinished,
-                    "unused_keys": s.unused_keys,
-                    "format": s.format,
-                    "legacy_slots": s.legacy_slots,
-                    "slots_behind": s.slots_behind,
-                    "unfinished": s.unfinished.iter().map(render::unfinished_words).collect::<Vec<_>>(),
-                }));
+                return render::print_json(&render::key_status_json(&s));
             }
             let mut out = format!(
                 "format:         {}\nmaster epoch:   {}\nkey derivation: Argon2id, {} MiB, {} passes, {} lanes\nkey slots:      {}\n",

@@ -60,25 +60,7 @@ fn export(g: &crate::args::Global, id: &str) -> Result<(), CliError> {
     let id = patient_id(id)?;
     let vault = crate::context::unlock(g)?;
     let (p, notes) = vault.export(&id)?;
-    let mut doc = crate::render::patient_json(&p);
-    if let Some(obj) = doc.as_object_mut() {
-        obj.insert(
-            "notes".into(),
-            serde_json::Value::Array(
-                notes
-                    .iter()
-                    .map(|versions| {
-                        serde_json::json!({
-                            "id": versions.first().map(|n| n.id.to_string()),
-                            "versions": versions.iter().map(crate::render::note_json).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect(),
-            ),
-        );
-        obj.insert("format".into(), "carnet-export-v1".into());
-    }
-    crate::render::print_json(&doc)
+    crate::render::print_json(&crate::render::export_json(&p, &notes))
 }
 
 /// A patient id from the command line (validated before any passphrase is asked).

@@ -1,7 +1,5 @@
 //! `carnet verify`
 
-use serde_json::json;
-
 use carnet_core::Checkpoint;
 
 use crate::args::{Global, VerifyArgs};
@@ -27,16 +25,7 @@ pub fn run(g: &Global, a: VerifyArgs) -> Result<(), CliError> {
     bar.finish();
     let n = report.problems.len();
     if g.json {
-        render::print_json(&json!({
-            "ok": report.is_ok(),
-            "records_checked": report.records_checked,
-            "problems": report.problems.iter().map(|p| json!({
-                "location": p.location(),
-                "kind": render::problem_kind_words(p.kind()),
-                "problem": p.problem(),
-            })).collect::<Vec<_>>(),
-            "unfinished": report.unfinished.iter().map(render::unfinished_words).collect::<Vec<_>>(),
-        }))?;
+        render::print_json(&render::verify_json(&report))?;
     } else {
         let mut out = String::new();
         for p in &report.problems {

@@ -17,9 +17,10 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use carnet_core::{
-    Error, NewNote, NewPatient, Note, NoteBody, NoteId, Passphrase, Patient, PatientId, PatientRef,
-    ReadLog, Role, Timestamp, Vault,
+    Error, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, PatientRef, ReadLog, Role,
+    Timestamp, Vault,
 };
+use carnet_json::{export_json, key_status_json, note_json, patient_json, rfc3339, verify_json};
 use carnet_storage::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -175,6 +176,9 @@ pub fn router<S: Store + 'static>(state: Arc<State<S>>) -> Router {
             "/v1/patients/{pref}/notes/{note}/versions",
             get(note_versions::<S>).post(amend_note::<S>),
         )
+        .route("/v1/patients/{pref}/export", get(export::<S>))
+        .route("/v1/verify", post(verify::<S>))
+        .route("/v1/key-status", get(key_status::<S>))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -361,9 +365,14 @@ async fn login<S: Store + 'static>(
         max_delay: Duration::from_millis(10),
     });
     let role = vault.role();
+    if vault.format() < 2 {
+        return Err(ApiError::internal(
+            "this vault is in format 1, which has no patient references: run `carnet key upgrade` before serving it",
+        ));
+    }
     let vault = blocking(move || {
         // Patients registered before references get theirs (ADR 0021), once per vault.
-        if matches!(role, Role::Clinician | Role::Admin) && vault.format() >= 2 {
+        if matches!(role, Role::Clinician | Role::Admin) {
             vault.assign_references()?;
         }
         Ok(vault)
@@ -424,17 +433,6 @@ struct NewPatientBody {
 #[serde(deny_unknown_fields)]
 struct Lookup {
     id: String,
-}
-
-fn patient_json(p: &Patient) -> Value {
-    json!({
-        "ref": p.reference.map(|r| r.to_string()),
-        "id": p.id.as_str(),
-        "name": p.name,
-        "birth_date": p.birth_date.as_ref().map(|d| d.as_str()),
-        "notes": p.notes,
-        "created_at": rfc3339(p.created_at),
-    })
 }
 
 /// `limit` and `offset` of a list's query.
@@ -499,7 +497,7 @@ async fn list_patients<S: Store + 'static>(
     let (limit, offset) = page(&query)?;
     let items = blocking(move || {
         let mut patients = s.vault.patients()?;
-        if patients.iter().any(|p| p.reference.is_none()) && s.vault.format() >= 2 {
+        if patients.iter().any(|p| p.reference.is_none()) {
             // Registered since by a program that gives no references.
             s.vault.assign_references()?;
             patients = s.vault.patients()?;
@@ -646,31 +644,6 @@ impl NoteInput {
     }
 }
 
-fn note_json(n: &Note) -> Value {
-    let mut v = json!({
-        "id": n.id.to_string(),
-        "created_at": rfc3339(n.created_at),
-        "updated_at": rfc3339(n.updated_at),
-        "author": n.author,
-        "kind": n.kind,
-        "bytes": n.bytes,
-        "version": n.version,
-    });
-    if let (Some(by), Some(obj)) = (&n.written_by, v.as_object_mut()) {
-        obj.insert("written_by".into(), Value::String(by.clone()));
-    }
-    if let (Some(body), Some(obj)) = (&n.body, v.as_object_mut()) {
-        match std::str::from_utf8(body.as_bytes()) {
-            Ok(text) => obj.insert("body".into(), Value::String(text.to_string())),
-            Err(_) => obj.insert(
-                "body_base64".into(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(body.as_bytes())),
-            ),
-        };
-    }
-    v
-}
-
 async fn list_notes<S: Store + 'static>(
     Axum(state): Axum<Arc<State<S>>>,
     headers: HeaderMap,
@@ -781,11 +754,38 @@ async fn amend_note<S: Store + 'static>(
     .await
 }
 
-/// RFC 3339 in UTC, as the command line shows times.
-fn rfc3339(t: Timestamp) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.unix_millis()) * 1_000_000)
-        .ok()
-        .and_then(|d| d.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("@{}ms", t.unix_millis()))
+// ---- the whole record, and the administrator's checks ----
+
+async fn export<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    Path(pref): Path<String>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    blocking(move || {
+        let id = by_ref(&s.vault, &pref)?;
+        let (p, notes) = s.vault.export(&id)?;
+        Ok(Json(export_json(&p, &notes)).into_response())
+    })
+    .await
+}
+
+async fn verify<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let s = session(&state, &headers, &[Role::Admin])?;
+    blocking(move || {
+        let report = s.vault.verify(&mut |_, _| {})?;
+        Ok(Json(verify_json(&report)).into_response())
+    })
+    .await
+}
+
+async fn key_status<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let s = session(&state, &headers, &[Role::Admin])?;
+    blocking(move || Ok(Json(key_status_json(&s.vault.key_status()?)).into_response())).await
 }
