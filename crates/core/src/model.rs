@@ -77,26 +77,35 @@ impl NoteId {
 
 impl fmt::Display for NoteId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write_hex(f, &self.0)
     }
 }
 
 impl FromStr for NoteId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::NoSuchNote;
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 16];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(NoteId(out))
+        parse_hex16(s).map(NoteId).ok_or(Error::NoSuchNote)
     }
+}
+
+/// 16 bytes as 32 lowercase hex digits.
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8; 16]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// 32 hex digits as 16 bytes.
+fn parse_hex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A patient's reference (ADR 0021): 16 random bytes drawn when the patient is registered,
@@ -123,10 +132,7 @@ impl PatientRef {
 
 impl fmt::Display for PatientRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write_hex(f, &self.0)
     }
 }
 
@@ -134,15 +140,7 @@ impl FromStr for PatientRef {
     type Err = Error;
     /// 32 hex digits; anything else names no patient ([`Error::NoSuchPatient`]).
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::NoSuchPatient;
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 16];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(PatientRef(out))
+        parse_hex16(s).map(PatientRef).ok_or(Error::NoSuchPatient)
     }
 }
 
