@@ -109,6 +109,18 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
     let first = add("k-1");
     assert_eq!(first.status, 201, "{}", first.text);
     assert_eq!(add("k-1").body, first.body);
+    // The same key on another route is another request.
+    let other = s.post("/v1/patients", t, &json!({"id": "P-OTHER"}));
+    let other_ref = other.body["ref"].as_str().unwrap();
+    let elsewhere = s.call(
+        "POST",
+        &format!("/v1/patients/{other_ref}/notes"),
+        t,
+        Some(&json!({"body": "other"}).to_string()),
+        &[("Idempotency-Key", "k-1")],
+    );
+    assert_eq!(elsewhere.status, 201);
+    assert_ne!(elsewhere.body, first.body);
     let note = first.body["id"].as_str().unwrap().to_string();
     let listed = s.get(&format!("/v1/patients/{r}/notes"), t);
     assert_eq!(listed.body.as_array().unwrap().len(), 1, "{}", listed.text);

@@ -513,6 +513,7 @@ async fn list_patients<S: Store + 'static>(
 async fn idempotent<S: Store + 'static>(
     state: &State<S>,
     user: &str,
+    route: &str,
     headers: &HeaderMap,
     f: impl std::future::Future<Output = Result<(StatusCode, Value)>>,
 ) -> Result<Response> {
@@ -526,9 +527,11 @@ async fn idempotent<S: Store + 'static>(
                 ));
             }
             let mut h = Sha256::new();
-            h.update((user.len() as u64).to_be_bytes());
-            h.update(user.as_bytes());
-            h.update(v);
+            // Scoped to the user and the route: the same key sent elsewhere is a new request.
+            for part in [user.as_bytes(), route.as_bytes(), v] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
             Some(<[u8; 32]>::from(h.finalize()))
         }
     };
@@ -556,13 +559,14 @@ async fn idempotent<S: Store + 'static>(
 
 async fn add_patient<S: Store + 'static>(
     Axum(state): Axum<Arc<State<S>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     let b: NewPatientBody = parse(body)?;
     let user = s.user.clone();
-    idempotent(&state, &user, &headers, async move {
+    idempotent(&state, &user, uri.path(), &headers, async move {
         blocking(move || {
             let mut p = NewPatient::new(PatientId::new(b.id)?);
             p.name = b.name;
@@ -672,6 +676,7 @@ async fn list_notes<S: Store + 'static>(
 
 async fn add_note<S: Store + 'static>(
     Axum(state): Axum<Arc<State<S>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Path(pref): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -679,7 +684,7 @@ async fn add_note<S: Store + 'static>(
     let s = session(&state, &headers, CLINICAL)?;
     let mut input: NoteInput = parse(body)?;
     let user = s.user.clone();
-    idempotent(&state, &user, &headers, async move {
+    idempotent(&state, &user, uri.path(), &headers, async move {
         blocking(move || {
             let id = by_ref(&s.vault, &pref)?;
             let mut note = NewNote::new(input.body()?);
@@ -727,6 +732,7 @@ async fn note_versions<S: Store + 'static>(
 
 async fn amend_note<S: Store + 'static>(
     Axum(state): Axum<Arc<State<S>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Path((pref, note)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
@@ -737,7 +743,7 @@ async fn amend_note<S: Store + 'static>(
         return Err(ApiError::bad_request("an amendment keeps the note's kind"));
     }
     let user = s.user.clone();
-    idempotent(&state, &user, &headers, async move {
+    idempotent(&state, &user, uri.path(), &headers, async move {
         blocking(move || {
             let id = by_ref(&s.vault, &pref)?;
             let n = note_id(&note)?;
