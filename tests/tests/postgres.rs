@@ -739,3 +739,52 @@ fn two_desks_import_different_files_at_once_and_every_note_lands_once() {
     }
     v.run(&["verify"]).expect(0);
 }
+
+#[test]
+fn a_user_removed_at_a_desk_loses_their_server_session_at_once_and_others_keep_theirs() {
+    let Some(pg) = TestCluster::start_or_skip("removed_user_session") else {
+        return;
+    };
+    let v = at(&pg.uri("served"));
+    v.run(&INIT).expect(0);
+    for user in ["bob", "carol"] {
+        let f = v.tmp.path().join(format!("{user}.pass"));
+        write_secret(&f, format!("{user}'s own long passphrase 7\n"));
+        v.run(&[
+            "user",
+            "add",
+            user,
+            "--role",
+            "clinician",
+            "--new-passphrase-file",
+            f.to_str().unwrap(),
+        ])
+        .expect(0);
+    }
+    v.run(&["patient", "add", "P-1"]).expect(0);
+    let s = carnet_tests::serve::Server::start(&v, &[]);
+    let bob = s.login("bob", "bob's own long passphrase 7");
+    let carol = s.login("carol", "carol's own long passphrase 7");
+    assert_eq!(s.get("/v1/patients", Some(&bob)).status, 200);
+    // The administrator removes bob from a desk, while the server runs.
+    v.run(&["user", "remove", "bob"]).expect(0);
+    let a = s.get("/v1/patients", Some(&bob));
+    assert_eq!(a.status, 401, "{}", a.text);
+    assert!(a.text.contains("removed"), "{}", a.text);
+    assert_eq!(
+        s.get("/v1/patients", Some(&bob)).status,
+        401,
+        "the session is over"
+    );
+    // Carol's session reads the new keys and goes on, reading and writing.
+    let listed = s.get("/v1/patients", Some(&carol));
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let r = listed.body[0]["ref"].as_str().unwrap().to_string();
+    let added = s.post(
+        &format!("/v1/patients/{r}/notes"),
+        Some(&carol),
+        &serde_json::json!({"body": "after"}),
+    );
+    assert_eq!(added.status, 201, "{}", added.text);
+    v.run(&["verify"]).expect(0);
+}

@@ -31,7 +31,7 @@ use zeroize::Zeroize;
 
 use crate::error::ApiError;
 use crate::limits::Limiter;
-use crate::sessions::{Session, Sessions};
+use crate::sessions::{Refused, Session, Sessions};
 use crate::ServeError;
 
 /// The OpenAPI 3.1 document of this API, checked in beside the code.
@@ -118,7 +118,7 @@ impl<S: Store + 'static> State<S> {
     pub async fn stop(&self) {
         for s in self.sessions.close_all() {
             let _ = tokio::task::spawn_blocking(move || {
-                let _ = s.vault.sync_log();
+                s.sync_log();
                 drop(s);
             })
             .await;
@@ -290,6 +290,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 const CLINICAL: &[Role] = &[Role::Clinician, Role::Admin];
 
+/// The session's vault with current keys; a session whose user was removed (or changed their
+/// passphrase) since login ends here.
+fn current<S: Store>(s: &Session<S>) -> Result<std::sync::RwLockReadGuard<'_, Vault<Arc<S>>>> {
+    s.vault().map_err(|r| match r {
+        Refused::Revoked => ApiError::auth_failed(
+            "this user was removed or changed their passphrase since logging in: log in again",
+        ),
+        Refused::Error(e) => e.into(),
+    })
+}
+
 // ---- sessions ----
 
 #[derive(Deserialize)]
@@ -411,7 +422,7 @@ async fn logout<S: Store + 'static>(
     }
     // The last holder drops the keys, after its log entries are durable.
     blocking(move || {
-        let _ = s.vault.sync_log();
+        s.sync_log();
         drop(s);
         Ok(())
     })
@@ -496,11 +507,12 @@ async fn list_patients<S: Store + 'static>(
     let s = session(&state, &headers, CLINICAL)?;
     let (limit, offset) = page(&query)?;
     let items = blocking(move || {
-        let mut patients = s.vault.patients()?;
+        let v = current(&s)?;
+        let mut patients = v.patients()?;
         if patients.iter().any(|p| p.reference.is_none()) {
             // Registered since by a program that gives no references.
-            s.vault.assign_references()?;
-            patients = s.vault.patients()?;
+            v.assign_references()?;
+            patients = v.patients()?;
         }
         Ok(patients.iter().map(patient_json).collect::<Vec<_>>())
     })
@@ -568,6 +580,7 @@ async fn add_patient<S: Store + 'static>(
     let user = s.user.clone();
     idempotent(&state, &user, uri.path(), &headers, async move {
         blocking(move || {
+            let v = current(&s)?;
             let mut p = NewPatient::new(PatientId::new(b.id)?);
             p.name = b.name;
             p.birth_date = b
@@ -576,9 +589,9 @@ async fn add_patient<S: Store + 'static>(
                 .map(carnet_core::BirthDate::parse)
                 .transpose()?;
             let id = p.id.clone();
-            let r = match s.vault.add_patient(p)? {
+            let r = match v.add_patient(p)? {
                 Some(r) => r,
-                None => s.vault.patient_ref(&id)?,
+                None => v.patient_ref(&id)?,
             };
             Ok((StatusCode::CREATED, json!({"ref": r.to_string()})))
         })
@@ -595,7 +608,8 @@ async fn lookup_patient<S: Store + 'static>(
     let s = session(&state, &headers, CLINICAL)?;
     let b: Lookup = parse(body)?;
     blocking(move || {
-        let r = s.vault.patient_ref(&PatientId::new(b.id)?)?;
+        let v = current(&s)?;
+        let r = v.patient_ref(&PatientId::new(b.id)?)?;
         Ok(Json(json!({"ref": r.to_string()})).into_response())
     })
     .await
@@ -614,8 +628,9 @@ async fn show_patient<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     blocking(move || {
-        let id = by_ref(&s.vault, &pref)?;
-        Ok(Json(patient_json(&s.vault.patient(&id)?)).into_response())
+        let v = current(&s)?;
+        let id = by_ref(&v, &pref)?;
+        Ok(Json(patient_json(&v.patient(&id)?)).into_response())
     })
     .await
 }
@@ -661,11 +676,12 @@ async fn list_notes<S: Store + 'static>(
         .any(|(k, v)| k == "bodies" && (v == "true" || v == "1"));
     let path = format!("/v1/patients/{pref}/notes");
     let items = blocking(move || {
-        let id = by_ref(&s.vault, &pref)?;
+        let v = current(&s)?;
+        let id = by_ref(&v, &pref)?;
         let notes = if bodies {
-            s.vault.read_notes(&id)?
+            v.read_notes(&id)?
         } else {
-            s.vault.notes(&id)?
+            v.notes(&id)?
         };
         Ok(notes.iter().map(note_json).collect::<Vec<_>>())
     })
@@ -686,11 +702,12 @@ async fn add_note<S: Store + 'static>(
     let user = s.user.clone();
     idempotent(&state, &user, uri.path(), &headers, async move {
         blocking(move || {
-            let id = by_ref(&s.vault, &pref)?;
+            let v = current(&s)?;
+            let id = by_ref(&v, &pref)?;
             let mut note = NewNote::new(input.body()?);
             note.author = input.author.take();
             note.kind = input.kind.take();
-            let note_id = s.vault.add_note(&id, note)?;
+            let note_id = v.add_note(&id, note)?;
             Ok((StatusCode::CREATED, json!({"id": note_id.to_string()})))
         })
         .await
@@ -709,8 +726,9 @@ async fn show_note<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     blocking(move || {
-        let id = by_ref(&s.vault, &pref)?;
-        let n = s.vault.note(&id, &note_id(&note)?)?;
+        let v = current(&s)?;
+        let id = by_ref(&v, &pref)?;
+        let n = v.note(&id, &note_id(&note)?)?;
         Ok(Json(note_json(&n)).into_response())
     })
     .await
@@ -723,8 +741,9 @@ async fn note_versions<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     blocking(move || {
-        let id = by_ref(&s.vault, &pref)?;
-        let versions = s.vault.note_history(&id, &note_id(&note)?)?;
+        let v = current(&s)?;
+        let id = by_ref(&v, &pref)?;
+        let versions = v.note_history(&id, &note_id(&note)?)?;
         Ok(Json(Value::Array(versions.iter().map(note_json).collect())).into_response())
     })
     .await
@@ -745,11 +764,10 @@ async fn amend_note<S: Store + 'static>(
     let user = s.user.clone();
     idempotent(&state, &user, uri.path(), &headers, async move {
         blocking(move || {
-            let id = by_ref(&s.vault, &pref)?;
+            let v = current(&s)?;
+            let id = by_ref(&v, &pref)?;
             let n = note_id(&note)?;
-            let version = s
-                .vault
-                .amend_note(&id, &n, input.body()?, input.author.take())?;
+            let version = v.amend_note(&id, &n, input.body()?, input.author.take())?;
             Ok((
                 StatusCode::CREATED,
                 json!({"id": n.to_string(), "version": version}),
@@ -769,8 +787,9 @@ async fn export<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     blocking(move || {
-        let id = by_ref(&s.vault, &pref)?;
-        let (p, notes) = s.vault.export(&id)?;
+        let v = current(&s)?;
+        let id = by_ref(&v, &pref)?;
+        let (p, notes) = v.export(&id)?;
         Ok(Json(export_json(&p, &notes)).into_response())
     })
     .await
@@ -782,7 +801,8 @@ async fn verify<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, &[Role::Admin])?;
     blocking(move || {
-        let report = s.vault.verify(&mut |_, _| {})?;
+        let v = current(&s)?;
+        let report = v.verify(&mut |_, _| {})?;
         Ok(Json(verify_json(&report)).into_response())
     })
     .await
@@ -793,5 +813,9 @@ async fn key_status<S: Store + 'static>(
     headers: HeaderMap,
 ) -> Result<Response> {
     let s = session(&state, &headers, &[Role::Admin])?;
-    blocking(move || Ok(Json(key_status_json(&s.vault.key_status()?)).into_response())).await
+    blocking(move || {
+        let v = current(&s)?;
+        Ok(Json(key_status_json(&v.key_status()?)).into_response())
+    })
+    .await
 }

@@ -3,7 +3,8 @@
 //! as the session, and are zeroized when it ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
@@ -16,9 +17,62 @@ use zeroize::Zeroizing;
 pub struct Session<S: Store> {
     pub user: String,
     pub role: Role,
-    pub vault: Vault<Arc<S>>,
+    vault: RwLock<Vault<Arc<S>>>,
     created: Instant,
     last_used: Mutex<Instant>,
+    /// Set when the user's access changed under the session (removed, passphrase changed):
+    /// the session ends at its next use.
+    revoked: AtomicBool,
+}
+
+/// Why a session cannot go on.
+pub enum Refused {
+    /// The user was removed or their passphrase changed since login.
+    Revoked,
+    /// Anything else (busy, integrity, storage).
+    Error(carnet_core::Error),
+}
+
+impl<S: Store> Session<S> {
+    /// The session's vault, with the vault's current keys: when another process or server ran
+    /// a key operation since (a user removed, a rotation), the keys are read again first
+    /// (one read of the fence per request when nothing changed). A user removed or whose
+    /// passphrase changed is [`Refused::Revoked`], and the session ends.
+    pub fn vault(&self) -> Result<RwLockReadGuard<'_, Vault<Arc<S>>>, Refused> {
+        if self.revoked.load(Ordering::Acquire) {
+            return Err(Refused::Revoked);
+        }
+        {
+            let v = self.vault.read().unwrap_or_else(|p| p.into_inner());
+            if !v.keys_changed().map_err(Refused::Error)? {
+                return Ok(v);
+            }
+        }
+        {
+            let mut w = self.vault.write().unwrap_or_else(|p| p.into_inner());
+            if w.keys_changed().map_err(Refused::Error)? {
+                match w.reload() {
+                    Ok(()) => {}
+                    Err(
+                        carnet_core::Error::UnknownUser
+                        | carnet_core::Error::WrongPassphrase
+                        | carnet_core::Error::NotPermitted(_),
+                    ) => {
+                        self.revoked.store(true, Ordering::Release);
+                        return Err(Refused::Revoked);
+                    }
+                    Err(e) => return Err(Refused::Error(e)),
+                }
+            }
+        }
+        Ok(self.vault.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The vault as it is, for flushing its log at the end.
+    pub fn sync_log(&self) {
+        let v = self.vault.read().unwrap_or_else(|p| p.into_inner());
+        let _ = v.sync_log();
+    }
 }
 
 impl<S: Store> Session<S> {
@@ -63,9 +117,10 @@ impl<S: Store> Sessions<S> {
         let session = Session {
             user: vault.user().to_string(),
             role: vault.role(),
-            vault,
+            vault: RwLock::new(vault),
             created: now,
             last_used: Mutex::new(now),
+            revoked: AtomicBool::new(false),
         };
         self.live().insert(hash(&token), Arc::new(session));
         Ok((token, SystemTime::now() + self.idle.min(self.absolute)))
@@ -78,7 +133,7 @@ impl<S: Store> Sessions<S> {
         let mut live = self.live();
         let s = live.get(&key)?;
         let now = Instant::now();
-        if s.expires(self.idle, self.absolute) <= now {
+        if s.expires(self.idle, self.absolute) <= now || s.revoked.load(Ordering::Acquire) {
             live.remove(&key);
             return None;
         }
