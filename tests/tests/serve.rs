@@ -111,7 +111,7 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
     assert_eq!(add("k-1").body, first.body);
     // The same key on another route is another request.
     let other = s.post("/v1/patients", t, &json!({"id": "P-OTHER"}));
-    let other_ref = other.body["ref"].as_str().unwrap();
+    let other_ref = other.body["ref"].as_str().unwrap().to_string();
     let elsewhere = s.call(
         "POST",
         &format!("/v1/patients/{other_ref}/notes"),
@@ -197,6 +197,18 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
     let a = s.call("POST", "/v1/verify", t, None, &[]);
     assert_eq!((a.status, error_code(&a)), (403, "forbidden"));
     assert_eq!(s.get("/v1/key-status", t).status, 403);
+    // Search, the text in the body: hits name the patient by reference too.
+    let hits = s.post("/v1/search", t, &json!({"text": "AMENDED"}));
+    assert_eq!(hits.status, 200, "{}", hits.text);
+    assert_eq!(hits.body.as_array().unwrap().len(), 1, "{}", hits.text);
+    assert_eq!(hits.body[0]["ref"], r.as_str());
+    assert_eq!(hits.body[0]["patient_id"], PID);
+    let none = s.post(
+        "/v1/search",
+        t,
+        &json!({"text": "canarybody", "patient_ref": other_ref}),
+    );
+    assert_eq!(none.body, json!([]));
     // The export is the CLI's JSON.
     let exported = s.get(&format!("/v1/patients/{r}/export"), t);
     assert_eq!(exported.body["format"], "carnet-export-v1");
@@ -500,6 +512,13 @@ fn the_server_serves_its_openapi_document_and_holds_to_it() {
         ),
         ("GET", format!("/v1/patients/{pr}/export"), None),
         ("GET", format!("/v1/patients/{r}/export"), None),
+        ("POST", "/v1/search".into(), Some(json!({"text": "X"}))),
+        ("POST", "/v1/search".into(), Some(json!({"text": ""}))),
+        (
+            "POST",
+            "/v1/search".into(),
+            Some(json!({"text": "x", "patient_ref": pr})),
+        ),
         ("POST", "/v1/verify".into(), None),
         ("GET", "/v1/key-status".into(), None),
         ("DELETE", "/v1/sessions/current".into(), None),

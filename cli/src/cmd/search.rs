@@ -1,6 +1,6 @@
 //! `carnet search`
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::patient_id;
 use crate::args::{Global, SearchArgs};
@@ -16,16 +16,7 @@ pub fn run(g: &Global, a: SearchArgs) -> Result<(), CliError> {
     let hits = context::unlock(g)?.again(|v| v.search(&a.text, patient.as_ref()))?;
     if g.json {
         return render::print_json(&Value::Array(
-            hits.iter()
-                .map(|h| {
-                    json!({
-                        "patient_id": h.patient_id.as_str(),
-                        "note_id": h.note_id.to_string(),
-                        "version": h.version,
-                        "snippet": h.snippet,
-                    })
-                })
-                .collect(),
+            hits.iter().map(carnet_json::search_hit_json).collect(),
         ));
     }
     let mut out = String::new();

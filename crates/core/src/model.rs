@@ -426,6 +426,8 @@ pub struct SearchHit {
     pub version: u32,
     /// A short piece of the body around the first match.
     pub snippet: String,
+    /// The patient's reference (ADR 0021), when it has one.
+    pub patient_ref: Option<PatientRef>,
 }
 
 impl fmt::Debug for SearchHit {

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 use base64::Engine;
-use carnet_core::{KeyStatus, Note, Patient, ProblemKind, Timestamp, Unfinished, VerifyReport};
+use carnet_core::{
+    KeyStatus, Note, Patient, ProblemKind, SearchHit, Timestamp, Unfinished, VerifyReport,
+};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -167,4 +169,18 @@ pub fn key_status_json(s: &KeyStatus) -> Value {
         "slots_behind": s.slots_behind,
         "unfinished": s.unfinished.iter().map(unfinished_words).collect::<Vec<_>>(),
     })
+}
+
+/// A search hit, as `search --json` shows it (with the patient's reference when it has one).
+pub fn search_hit_json(h: &SearchHit) -> Value {
+    let mut v = json!({
+        "patient_id": h.patient_id.as_str(),
+        "note_id": h.note_id.to_string(),
+        "version": h.version,
+        "snippet": h.snippet,
+    });
+    if let Some(r) = h.patient_ref {
+        v["ref"] = json!(r.to_string());
+    }
+    v
 }

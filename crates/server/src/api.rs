@@ -20,7 +20,9 @@ use carnet_core::{
     Error, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, PatientRef, ReadLog, Role,
     Timestamp, Vault,
 };
-use carnet_json::{export_json, key_status_json, note_json, patient_json, rfc3339, verify_json};
+use carnet_json::{
+    export_json, key_status_json, note_json, patient_json, rfc3339, search_hit_json, verify_json,
+};
 use carnet_storage::Store;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -177,6 +179,7 @@ pub fn router<S: Store + 'static>(state: Arc<State<S>>) -> Router {
             get(note_versions::<S>).post(amend_note::<S>),
         )
         .route("/v1/patients/{pref}/export", get(export::<S>))
+        .route("/v1/search", post(search::<S>))
         .route("/v1/verify", post(verify::<S>))
         .route("/v1/key-status", get(key_status::<S>))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -816,6 +819,36 @@ async fn key_status<S: Store + 'static>(
     blocking(move || {
         let v = current(&s)?;
         Ok(Json(key_status_json(&v.key_status()?)).into_response())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    text: String,
+    patient_ref: Option<String>,
+}
+
+async fn search<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let s = session(&state, &headers, CLINICAL)?;
+    let b: Search = parse(body)?;
+    if b.text.is_empty() {
+        return Err(ApiError::bad_request("the search text is empty"));
+    }
+    blocking(move || {
+        let v = current(&s)?;
+        let patient = b
+            .patient_ref
+            .as_deref()
+            .map(|r| by_ref(&v, r))
+            .transpose()?;
+        let hits = v.search(&b.text, patient.as_ref())?;
+        Ok(Json(Value::Array(hits.iter().map(search_hit_json).collect())).into_response())
     })
     .await
 }

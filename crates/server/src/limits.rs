@@ -49,7 +49,7 @@ impl Limiter {
             .iter()
             .filter_map(|k| keys.get(k))
             .filter(|f| f.until > now)
-            .map(|f| (f.until - now).as_secs() + 1)
+            .map(|f| (f.until - now).as_millis().div_ceil(1000) as u64)
             .max()
     }
 
@@ -109,10 +109,13 @@ mod tests {
             l.failed("bob", a);
         }
         assert_eq!(l.delayed("bob", a), None);
+        // The fourth failure: 1 s; the fifth: 2 s; the sixth: 4 s (rounded up to seconds).
+        l.failed("bob", a);
+        assert_eq!(l.delayed("bob", a), Some(1));
         l.failed("bob", a);
         assert_eq!(l.delayed("bob", a), Some(2));
         l.failed("bob", a);
-        assert_eq!(l.delayed("bob", a), Some(3));
+        assert_eq!(l.delayed("bob", a), Some(4));
         // Another address is delayed for bob's name too; another name from elsewhere is not.
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(l.delayed("bob", b).is_some());

@@ -7,7 +7,7 @@ use super::notes::{current_versions, Bodies};
 use super::Vault;
 use crate::access::Duty;
 use crate::access_log::Action;
-use crate::model::{PatientId, SearchHit};
+use crate::model::{PatientId, PatientRef, SearchHit};
 use crate::Error;
 
 impl<S: Store> Vault<S> {
@@ -52,6 +52,7 @@ impl<S: Store> Vault<S> {
                         note_id: n.id,
                         version: n.version,
                         snippet,
+                        patient_ref: st.info.reference.map(PatientRef),
                     });
                 }
             }
