@@ -2,33 +2,15 @@
 
 use std::io::Write;
 
-use carnet_core::{Action, LogEntry};
 use serde_json::Value;
 
 use crate::error::{CliError, Exit};
 
 pub use carnet_cli::timestamp::parse_rfc3339;
 pub use carnet_json::{
-    export_json, finish_command, key_status_json, note_json, patient_json, rfc3339,
-    unfinished_words, verify_json,
+    action_words, export_json, finish_command, key_status_json, log_user, note_json, patient_json,
+    rfc3339, unfinished_words, verify_json,
 };
-
-/// An access-log action as the command line names it: the command as typed. The stored names
-/// (frozen by the format) were chosen as the commands' words, so they are shown as they are; a
-/// command renamed one day maps its old stored name here, and a name written by a newer Carnet
-/// (`Action::Other`) is shown as stored.
-pub fn action_words(a: &Action) -> &str {
-    a.stored_name()
-}
-
-/// Who an access-log entry names: `NAME`, or `NAME (recovery key)`.
-pub fn log_user(e: &LogEntry) -> String {
-    if e.via_recovery_key {
-        format!("{} (recovery key)", e.user)
-    } else {
-        e.user.clone()
-    }
-}
 
 /// Writes one JSON document and a newline to stdout.
 pub fn print_json(v: &Value) -> Result<(), CliError> {

@@ -1,12 +1,3 @@
-//! RFC 3339 timestamps, as the command line reads them.
+//! RFC 3339 timestamps, as the command line reads them (carnet-json's, shared with the server).
 
-use carnet_core::Timestamp;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
-
-/// Parses an RFC 3339 timestamp.
-pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
-    let d = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    let ms = d.unix_timestamp_nanos() / 1_000_000;
-    Some(Timestamp::from_unix_millis(i64::try_from(ms).ok()?))
-}
+pub use carnet_json::parse_rfc3339;

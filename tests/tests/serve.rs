@@ -209,6 +209,23 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
         &json!({"text": "canarybody", "patient_ref": other_ref}),
     );
     assert_eq!(none.body, json!([]));
+    // The auditor reads the log, filtered by patient reference and user, through the URL.
+    let logged = s.get(&format!("/v1/audit?patient_ref={r}&user=bob"), Some(&ann));
+    assert_eq!(logged.status, 200, "{}", logged.text);
+    let logged = logged.body.as_array().unwrap().clone();
+    assert!(
+        logged.iter().any(|e| e["action"] == "note add"),
+        "{logged:?}"
+    );
+    assert!(logged
+        .iter()
+        .all(|e| e["user"] == "bob" && e["patient_id"] == PID));
+    let a = s.get("/v1/audit", t);
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (403, "forbidden"),
+        "a clinician does not"
+    );
     // The export is the CLI's JSON.
     let exported = s.get(&format!("/v1/patients/{r}/export"), t);
     assert_eq!(exported.body["format"], "carnet-export-v1");
@@ -519,6 +536,12 @@ fn the_server_serves_its_openapi_document_and_holds_to_it() {
             "/v1/search".into(),
             Some(json!({"text": "x", "patient_ref": pr})),
         ),
+        (
+            "GET",
+            format!("/v1/audit?user=admin&patient_ref={pr}"),
+            None,
+        ),
+        ("GET", "/v1/audit?since=yesterday".into(), None),
         ("POST", "/v1/verify".into(), None),
         ("GET", "/v1/key-status".into(), None),
         ("DELETE", "/v1/sessions/current".into(), None),

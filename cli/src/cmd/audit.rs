@@ -58,23 +58,7 @@ pub fn run(g: &Global, a: AuditArgs) -> Result<(), CliError> {
     let entries = vault.audit(&filter)?;
     if g.json {
         return render::print_json(&Value::Array(
-            entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "seq": e.seq,
-                        "at": render::rfc3339(e.at),
-                        "user": render::log_user(e),
-                        "recovery_key": e.via_recovery_key,
-                        "action": render::action_words(&e.action),
-                        "patient_id": e.patient_id,
-                        "patients": e.patients,
-                        "note_id": e.note_id,
-                        "subject_user": e.subject,
-                        "outcome": e.outcome,
-                    })
-                })
-                .collect(),
+            entries.iter().map(carnet_json::audit_entry_json).collect(),
         ));
     }
     let mut out = String::new();

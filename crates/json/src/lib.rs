@@ -4,7 +4,8 @@
 
 use base64::Engine;
 use carnet_core::{
-    KeyStatus, Note, Patient, ProblemKind, SearchHit, Timestamp, Unfinished, VerifyReport,
+    Action, KeyStatus, LogEntry, Note, Patient, ProblemKind, SearchHit, Timestamp, Unfinished,
+    VerifyReport,
 };
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -183,4 +184,44 @@ pub fn search_hit_json(h: &SearchHit) -> Value {
         v["ref"] = json!(r.to_string());
     }
     v
+}
+
+/// An access-log action as the command line names it: the command as typed. The stored names
+/// (frozen by the format) were chosen as the commands' words, so they are shown as they are; a
+/// command renamed one day maps its old stored name here, and a name written by a newer Carnet
+/// (`Action::Other`) is shown as stored.
+pub fn action_words(a: &Action) -> &str {
+    a.stored_name()
+}
+
+/// Who an access-log entry names: `NAME`, or `NAME (recovery key)`.
+pub fn log_user(e: &LogEntry) -> String {
+    if e.via_recovery_key {
+        format!("{} (recovery key)", e.user)
+    } else {
+        e.user.clone()
+    }
+}
+
+/// An access-log entry, as `audit --json` shows it.
+pub fn audit_entry_json(e: &LogEntry) -> Value {
+    json!({
+        "seq": e.seq,
+        "at": rfc3339(e.at),
+        "user": log_user(e),
+        "recovery_key": e.via_recovery_key,
+        "action": action_words(&e.action),
+        "patient_id": e.patient_id,
+        "patients": e.patients,
+        "note_id": e.note_id,
+        "subject_user": e.subject,
+        "outcome": e.outcome,
+    })
+}
+
+/// Parses an RFC 3339 timestamp.
+pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+    let d = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    let ms = d.unix_timestamp_nanos() / 1_000_000;
+    Some(Timestamp::from_unix_millis(i64::try_from(ms).ok()?))
 }

@@ -21,7 +21,8 @@ use carnet_core::{
     Timestamp, Vault,
 };
 use carnet_json::{
-    export_json, key_status_json, note_json, patient_json, rfc3339, search_hit_json, verify_json,
+    audit_entry_json, export_json, key_status_json, note_json, patient_json, rfc3339,
+    search_hit_json, verify_json,
 };
 use carnet_storage::Store;
 use serde::Deserialize;
@@ -180,6 +181,7 @@ pub fn router<S: Store + 'static>(state: Arc<State<S>>) -> Router {
         )
         .route("/v1/patients/{pref}/export", get(export::<S>))
         .route("/v1/search", post(search::<S>))
+        .route("/v1/audit", get(audit::<S>))
         .route("/v1/verify", post(verify::<S>))
         .route("/v1/key-status", get(key_status::<S>))
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -387,7 +389,7 @@ async fn login<S: Store + 'static>(
     let vault = blocking(move || {
         // Patients registered before references get theirs (ADR 0021), once per vault.
         if matches!(role, Role::Clinician | Role::Admin) {
-            vault.assign_references()?;
+            give_references(&vault)?;
         }
         Ok(vault)
     })
@@ -453,7 +455,7 @@ struct Lookup {
 fn page(query: &Option<String>) -> Result<(usize, usize)> {
     let mut limit = MAX_PAGE;
     let mut offset = 0;
-    for (k, v) in form(query) {
+    for (k, v) in form(query)? {
         let n = || {
             v.parse::<usize>()
                 .map_err(|_| ApiError::bad_request(format!("{k} must be a whole number")))
@@ -472,17 +474,10 @@ fn page(query: &Option<String>) -> Result<(usize, usize)> {
     Ok((limit, offset))
 }
 
-fn form(query: &Option<String>) -> Vec<(String, String)> {
-    query
-        .as_deref()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (p.to_string(), String::new()),
-        })
-        .collect()
+/// The query string's pairs, percent-decoded (an undecodable query is a bad request).
+fn form(query: &Option<String>) -> Result<Vec<(String, String)>> {
+    serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("the query string is malformed"))
 }
 
 /// One page of `items`, with a `Link` to the next when more remain.
@@ -514,7 +509,7 @@ async fn list_patients<S: Store + 'static>(
         let mut patients = v.patients()?;
         if patients.iter().any(|p| p.reference.is_none()) {
             // Registered since by a program that gives no references.
-            v.assign_references()?;
+            give_references(&v)?;
             patients = v.patients()?;
         }
         Ok(patients.iter().map(patient_json).collect::<Vec<_>>())
@@ -618,6 +613,16 @@ async fn lookup_patient<S: Store + 'static>(
     .await
 }
 
+/// Gives patients registered before references one (ADR 0021). While a key operation holds
+/// the vault or is unfinished, that waits: a login or a list must not fail for it (those
+/// patients are then listed without a reference, and get one later).
+fn give_references<S: Store>(v: &Vault<Arc<S>>) -> Result<()> {
+    match v.assign_references() {
+        Ok(_) | Err(Error::Unfinished(_) | Error::Busy { .. } | Error::KeysChanged) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The patient a reference in a path names.
 fn by_ref<S: Store>(vault: &Vault<Arc<S>>, reference: &str) -> Result<PatientId> {
     let r: PatientRef = reference.parse()?;
@@ -674,7 +679,7 @@ async fn list_notes<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     let (limit, offset) = page(&query)?;
-    let bodies = form(&query)
+    let bodies = form(&query)?
         .iter()
         .any(|(k, v)| k == "bodies" && (v == "true" || v == "1"));
     let path = format!("/v1/patients/{pref}/notes");
@@ -849,6 +854,42 @@ async fn search<S: Store + 'static>(
             .transpose()?;
         let hits = v.search(&b.text, patient.as_ref())?;
         Ok(Json(Value::Array(hits.iter().map(search_hit_json).collect())).into_response())
+    })
+    .await
+}
+
+async fn audit<S: Store + 'static>(
+    Axum(state): Axum<Arc<State<S>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let s = session(&state, &headers, &[Role::Auditor, Role::Admin])?;
+    let mut since = None;
+    let mut user = None;
+    let mut patient_ref = None;
+    for (k, v) in form(&query)? {
+        match k.as_str() {
+            "since" => {
+                since = Some(carnet_json::parse_rfc3339(&v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "since must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z",
+                    )
+                })?)
+            }
+            "user" => user = Some(v),
+            "patient_ref" => patient_ref = Some(v),
+            _ => {}
+        }
+    }
+    blocking(move || {
+        let v = current(&s)?;
+        let mut filter = carnet_core::AuditFilter::default();
+        filter.since = since;
+        filter.user = user;
+        // An auditor cannot open patients: the reference is resolved as the vault allows.
+        filter.patient = patient_ref.as_deref().map(|r| by_ref(&v, r)).transpose()?;
+        let entries = v.audit(&filter)?;
+        Ok(Json(Value::Array(entries.iter().map(audit_entry_json).collect())).into_response())
     })
     .await
 }
