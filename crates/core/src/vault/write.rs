@@ -453,9 +453,12 @@ impl<S: Store> Vault<S> {
             // The keys go first: a crash before the records are committed leaves unused keys,
             // never a record without its key. Under the write lock no one else can register
             // these patients between this check and the commit.
+            // A patient registered by another writer since this commit was staged: a lost
+            // race, retried as one (a registration then finds the patient and says it exists;
+            // an import adds its notes to it).
             for (at, _) in &new_keys {
                 if self.store.get(space::PATIENTS, &at.blind.0)?.is_some() {
-                    return Err(Error::PatientExists);
+                    return Err(carnet_storage::StoreError::Conflict.into());
                 }
             }
             self.keys.append_patient_keys(&self.store, new_keys)?;
