@@ -133,10 +133,11 @@ impl<S: Store> Vault<S> {
             version,
         };
         match self.keys.patient_keys(at) {
-            Err(Error::Integrity(e))
-                if e.kind() == ProblemKind::Missing
-                    && self.keys.refresh_patient_keys(&self.store)? =>
-            {
+            // Looked up again whatever the refresh found: another thread of this `Vault` (a
+            // search runs on every core) may have read the new key in between, and then this
+            // refresh finds nothing new although the key is there now.
+            Err(Error::Integrity(e)) if e.kind() == ProblemKind::Missing => {
+                self.keys.refresh_patient_keys(&self.store)?;
                 self.keys.patient_keys(at)
             }
             r => r,
@@ -264,8 +265,9 @@ impl<S: Store> Vault<S> {
                     return Ok(Some((keys, t)));
                 }
             }
-            if attempt == 0 && !self.keys.refresh_patient_keys(&self.store)? {
-                break;
+            if attempt == 0 {
+                // Tried again even if this refresh adds nothing: another thread may have.
+                self.keys.refresh_patient_keys(&self.store)?;
             }
         }
         Ok(None)
