@@ -64,6 +64,8 @@ pub struct State<S: Store> {
     /// Answers of creating requests, by SHA-256 of (user, key): the status and body only
     /// (references and note ids, never clinical data).
     idempotent: Mutex<HashMap<[u8; 32], (Instant, StatusCode, Value)>>,
+    /// Whether patients registered before references were given one by this server.
+    references_given: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<S: Store + 'static> State<S> {
@@ -99,6 +101,7 @@ impl<S: Store + 'static> State<S> {
             trusted_proxy,
             log_file,
             idempotent: Mutex::default(),
+            references_given: Arc::default(),
         })
     }
 
@@ -386,10 +389,16 @@ async fn login<S: Store + 'static>(
             "this vault is in format 1, which has no patient references: run `carnet key upgrade` before serving it",
         ));
     }
+    let references_given = Arc::clone(&state.references_given);
     let vault = blocking(move || {
-        // Patients registered before references get theirs (ADR 0021), once per vault.
-        if matches!(role, Role::Clinician | Role::Admin) {
+        // Patients registered before references get theirs (ADR 0021).
+        // Once per server: it opens every patient record, which a login should not pay each
+        // time (patients registered later without one get theirs when listed).
+        if matches!(role, Role::Clinician | Role::Admin)
+            && !references_given.load(std::sync::atomic::Ordering::Acquire)
+        {
             give_references(&vault)?;
+            references_given.store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(vault)
     })
