@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use carnet_core::{Checkpoint, Expected, Passphrase, RecoveryKey, Strength, Vault};
-use carnet_storage::{AnyStore, Location, PgAddress, PgStore, SledStore, StoreError};
+use carnet_storage::{AnyStore, Location, PgAddress, PgStore, RelayStore, SledStore, StoreError};
 use zeroize::Zeroizing;
 
 use crate::args::Global;
@@ -377,7 +377,7 @@ pub fn unlock_as_found(global: &Global) -> Result<Unlocked, CliError> {
     };
     let store = match (early, &location) {
         (Some(pg), _) => AnyStore::Postgres(pg),
-        (None, Location::Dir(dir)) => AnyStore::Sled(open_sled_waiting(dir, global)?),
+        (None, Location::Dir(dir)) => open_dir(dir, global)?,
         (None, Location::Postgres(address)) => AnyStore::Postgres(open_postgres(address)?),
     };
     let expected =
@@ -509,13 +509,40 @@ fn require_vault(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The store of the vault at `location`, opened if it holds a vault: a directory is locked,
-/// waiting for another carnet command that holds it for up to `--wait` seconds (and saying
-/// so); a database is shared.
+/// The store of the vault at `location`, opened if it holds a vault: a directory is reached
+/// through the `carnet serve` that holds it, if one runs there, or else locked, waiting for
+/// another carnet command that holds it for up to `--wait` seconds (and saying so); a database
+/// is shared.
 pub fn open_store(location: &Location, global: &Global) -> Result<AnyStore, CliError> {
+    match location {
+        Location::Dir(dir) => open_dir(dir, global),
+        Location::Postgres(address) => Ok(AnyStore::Postgres(open_postgres(address)?)),
+    }
+}
+
+/// [`open_store`] for `carnet serve`, which holds a directory itself (a second server on one
+/// directory is "in use", never a relay's client).
+pub fn open_store_to_serve(location: &Location, global: &Global) -> Result<AnyStore, CliError> {
     match location {
         Location::Dir(dir) => Ok(AnyStore::Sled(open_sled_waiting(dir, global)?)),
         Location::Postgres(address) => Ok(AnyStore::Postgres(open_postgres(address)?)),
+    }
+}
+
+/// The vault in `dir`: through the running server's relay when one answers in it, else the
+/// files themselves (and if a server took them while we waited, its relay after all).
+fn open_dir(dir: &Path, global: &Global) -> Result<AnyStore, CliError> {
+    require_vault(dir)?;
+    if let Some(relay) = RelayStore::connect(dir)? {
+        return Ok(AnyStore::Relay(relay));
+    }
+    match open_sled_waiting(dir, global) {
+        Ok(sled) => Ok(AnyStore::Sled(sled)),
+        Err(e) if e.exit == Exit::InUse => match RelayStore::connect(dir)? {
+            Some(relay) => Ok(AnyStore::Relay(relay)),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
     }
 }
 

@@ -579,3 +579,140 @@ fn lists_are_paginated_with_a_link_to_the_next_page() {
     }
     assert_eq!(seen, ["P-0", "P-1", "P-2", "P-3", "P-4"]);
 }
+
+/// The clinic's day goes on while a server holds its sled vault: the administrator's commands
+/// (backup, user add and remove, key rotations, verify, and any other) reach the vault through
+/// the server's local channel instead of "vault in use"; the server's sessions see what they
+/// did at once; a backup made while clinicians write is one moment and restores.
+#[test]
+fn the_administrators_commands_reach_a_served_sled_vault_through_its_local_channel() {
+    let v = clinic();
+    v.run(&["patient", "add", "P-1"]).expect(0);
+    let mut s = Server::start(&v, &[]);
+    let sock = v.dir.join("serve.sock");
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let m = std::fs::symlink_metadata(&sock).expect("the channel is in the vault's directory");
+        assert!(m.file_type().is_socket());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+    let bob = s.login("bob", BOB);
+    let ann = s.login("ann", "ann's own long passphrase 7");
+    let listed = s.get("/v1/patients", Some(&bob));
+    let r = listed.body[0]["ref"].as_str().unwrap().to_string();
+
+    // A clinician keeps writing over HTTPS while the administrator works at the desk.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = {
+        let (url, fp, token, r, stop) = (
+            s.url.clone(),
+            s.fingerprint.clone().unwrap(),
+            bob.clone(),
+            r.clone(),
+            std::sync::Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            let agent = carnet_tests::serve::pinned_agent(&fp);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let a = agent
+                    .post(&format!("{url}/v1/patients/{r}/notes"))
+                    .set("Authorization", &format!("Bearer {token}"))
+                    .send_json(json!({"body": format!("during {n}")}));
+                match a {
+                    Ok(resp) => assert_eq!(resp.status(), 201),
+                    Err(ureq::Error::Status(code, resp)) => {
+                        panic!(
+                            "a clinician's write failed: {code} {}",
+                            resp.into_string().unwrap()
+                        )
+                    }
+                    Err(e) => panic!("a clinician's write failed: {e}"),
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+
+    let f = v.tmp.path().join("carol.pass");
+    write_secret(&f, "carol's own long passphrase 7\n");
+    v.run(&[
+        "user",
+        "add",
+        "carol",
+        "--role",
+        "clinician",
+        "--new-passphrase-file",
+        f.to_str().unwrap(),
+    ])
+    .expect(0);
+    let carol = s.login("carol", "carol's own long passphrase 7");
+    let from_desk = v.add_note("P-1", "written at the desk", &[]);
+    let seen = s.get(&format!("/v1/patients/{r}/notes/{from_desk}"), Some(&carol));
+    assert_eq!(seen.body["body"], "written at the desk", "{}", seen.text);
+    v.run(&["key", "rotate-patient", "P-1"]).expect(0);
+    v.run(&["key", "rotate-master"]).expect(0);
+    let backup = v.tmp.path().join("nightly.carnet");
+    let b = v.run(&["backup", backup.to_str().unwrap()]);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    v.run(&["verify"]).expect(0);
+    // The clinician's session read the new keys and went on writing through all of it.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = written.join().unwrap();
+    assert!(n > 0, "the clinician wrote during the administrator's work");
+    let chart = s.get(&format!("/v1/patients/{r}/notes"), Some(&bob));
+    assert_eq!(chart.status, 200, "{}", chart.text);
+    assert_eq!(chart.body.as_array().unwrap().len(), n + 1);
+
+    // Removing bob at the desk ends his session at once; the others go on.
+    v.run(&["user", "remove", "bob"]).expect(0);
+    assert_eq!(s.get("/v1/patients", Some(&bob)).status, 401);
+    assert_eq!(s.get("/v1/audit", Some(&ann)).status, 200);
+
+    // The backup, made while bob wrote, restores to a vault that verifies and holds a
+    // prefix of what he wrote: one moment.
+    let restored = TestVault::new();
+    let r2 = restored.run(&["restore", backup.to_str().unwrap()]);
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    restored.run(&["verify"]).expect(0);
+    let notes = restored
+        .run(&["note", "list", "P-1", "--json"])
+        .expect(0)
+        .json();
+    let kept = notes.as_array().unwrap().len();
+    assert!((1..=n + 1).contains(&kept), "{kept} of {}", n + 1);
+
+    // Once the server stops, its channel is gone and the desk opens the files again.
+    assert_eq!(s.stop(), 0);
+    assert!(!sock.exists(), "the channel is removed at the stop");
+    v.run(&["verify"]).expect(0);
+}
+
+/// A server killed outright leaves its socket behind: the desk opens the files as usual; a new
+/// server replaces the socket. A command killed while it held a key operation through the
+/// channel holds nothing after: the next one finishes it.
+#[test]
+fn a_dead_servers_channel_is_ignored_and_a_killed_desk_command_holds_nothing() {
+    let v = clinic();
+    for i in 0..40 {
+        v.run(&["patient", "add", &format!("P-{i}")]).expect(0);
+    }
+    let s = Server::start(&v, &[]);
+    let mut rotating = v.cmd(&["key", "rotate-patient", "--all"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rotating.kill().unwrap();
+    rotating.wait().unwrap();
+    // Whether it died before, during or after its work: the next rotation runs and ends.
+    let again = v.run(&["key", "rotate-patient", "--all"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    v.run(&["verify"]).expect(0);
+    drop(s); // SIGKILL: the socket stays
+    assert!(v.dir.join("serve.sock").exists());
+    v.run(&["verify"]).expect(0);
+    let mut s = Server::start(&v, &[]);
+    let t = s.login("bob", BOB);
+    assert_eq!(s.get("/v1/patients", Some(&t)).status, 200);
+    v.run(&["verify"]).expect(0);
+    assert_eq!(s.stop(), 0);
+}

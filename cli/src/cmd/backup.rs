@@ -15,11 +15,16 @@ use crate::render;
 
 pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
     let location = context::vault_location(g)?;
-    // A directory's lock keeps every writer out while the archive is made; a database is read
-    // in one snapshot while others keep writing: either way the archive is one moment.
-    let store = match context::open_store(&location, g)? {
-        AnyStore::Postgres(pg) => AnyStore::Postgres(pg.snapshot()?),
-        sled => sled,
+    // A directory's lock keeps every writer out while the archive is made, and so does a
+    // running server's freeze (its writes wait); a database is read in one snapshot while
+    // others keep writing: either way the archive is one moment.
+    let (store, frozen) = match context::open_store(&location, g)? {
+        AnyStore::Postgres(pg) => (AnyStore::Postgres(pg.snapshot()?), None),
+        AnyStore::Relay(relay) => {
+            let frozen = relay.freeze()?;
+            (AnyStore::Relay(relay), Some(frozen))
+        }
+        sled => (sled, None),
     };
     let tmp = file.with_extension("carnet-partial");
     let f = OpenOptions::new()
@@ -38,6 +43,12 @@ pub fn backup(g: &Global, file: &Path) -> Result<(), CliError> {
             f.sync_all()
                 .map_err(|e| CliError::failure(format!("cannot write {}: {e}", tmp.display())))?;
             Ok(s)
+        })
+        .and_then(|s| match frozen {
+            Some(f) => f.thaw().map(|()| s).map_err(|e| {
+                CliError::from(e).hint("the server's writes were held too long: run the backup again (at a quieter time)")
+            }),
+            None => Ok(s),
         });
     let summary = match result {
         Ok(s) => s,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carnet_server::{Config, Identity, Transport};
+use carnet_storage::{relay, Location, RelayHost};
 
 use crate::args::{Global, ServeArgs};
 use crate::error::{CliError, Exit};
@@ -31,7 +32,23 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         Transport::Tls(identity.map_err(|e| CliError::failure(e.to_string()))?)
     };
     let location = crate::context::vault_location(g)?;
-    let store = crate::context::open_store(&location, g)?;
+    let store = Arc::new(RelayHost::new(crate::context::open_store_to_serve(
+        &location, g,
+    )?));
+    // A directory is this process's alone while it serves: the administrator's commands reach
+    // it through the local relay (a socket in the vault's directory, for its owner only).
+    let _relay = match &location {
+        Location::Dir(dir) => match relay::listen(dir, Arc::clone(&store)) {
+            Ok(listening) => Some(listening),
+            Err(e) => {
+                eprintln!(
+                    "carnet: warning: the administrator's commands (backup, key, user, verify) cannot reach this vault while it is served: {e}"
+                );
+                None
+            }
+        },
+        Location::Postgres(_) => None,
+    };
     let mut config = Config::new(a.listen, transport);
     config.idle_timeout = match a.idle_seconds {
         Some(s) => Duration::from_secs(s.max(1)),
@@ -41,7 +58,7 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     config.concurrent_unlocks = a.concurrent_logins.max(1);
     config.trusted_proxy = a.trust_proxy;
     config.log_file = a.log_file;
-    carnet_server::serve(Arc::new(store), config, |line| eprintln!("{line}")).map_err(|e| match e {
+    carnet_server::serve(store, config, |line| eprintln!("{line}")).map_err(|e| match e {
         carnet_server::ServeError::Usage(m) => CliError::usage(m),
         carnet_server::ServeError::Listen(..) => CliError::new(Exit::InUse, e.to_string()),
         other => CliError::failure(other.to_string()),

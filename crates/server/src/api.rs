@@ -214,11 +214,41 @@ async fn openapi() -> Response {
         .into_response()
 }
 
+/// How long a request waits for a key operation of another process (a rotation, a user added
+/// or removed at a desk) before it answers 503: such operations run alone, and most take
+/// moments.
+const WAIT_FOR_KEY_OPERATION: Duration = Duration::from_secs(15);
+
 /// Runs `f` on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError::internal("the request failed"))?
+}
+
+/// Runs `f` on the blocking pool; again, after a pause, while a key operation holds the
+/// vault (for [`WAIT_FOR_KEY_OPERATION`] at most). `f` wrote nothing when it failed so.
+async fn waiting<T: Send + 'static>(
+    mut f: impl FnMut() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WAIT_FOR_KEY_OPERATION;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match f() {
+                Err(e) if e.waits() => {
+                    if Instant::now() + pause > deadline {
+                        return Err(e.after_waiting(5));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|_| ApiError::internal("the request failed"))?
 }
 
 /// A JSON body of type `T`.
@@ -513,7 +543,7 @@ async fn list_patients<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     let (limit, offset) = page(&query)?;
-    let items = blocking(move || {
+    let items = waiting(move || {
         let v = current(&s)?;
         let mut patients = v.patients()?;
         if patients.iter().any(|p| p.reference.is_none()) {
@@ -586,10 +616,10 @@ async fn add_patient<S: Store + 'static>(
     let b: NewPatientBody = parse(body)?;
     let user = s.user.clone();
     idempotent(&state, &user, uri.path(), &headers, async move {
-        blocking(move || {
+        waiting(move || {
             let v = current(&s)?;
-            let mut p = NewPatient::new(PatientId::new(b.id)?);
-            p.name = b.name;
+            let mut p = NewPatient::new(PatientId::new(b.id.clone())?);
+            p.name = b.name.clone();
             p.birth_date = b
                 .birth_date
                 .as_deref()
@@ -614,9 +644,9 @@ async fn lookup_patient<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     let b: Lookup = parse(body)?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
-        let r = v.patient_ref(&PatientId::new(b.id)?)?;
+        let r = v.patient_ref(&PatientId::new(b.id.clone())?)?;
         Ok(Json(json!({"ref": r.to_string()})).into_response())
     })
     .await
@@ -644,7 +674,7 @@ async fn show_patient<S: Store + 'static>(
     Path(pref): Path<String>,
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let id = by_ref(&v, &pref)?;
         Ok(Json(patient_json(&v.patient(&id)?)).into_response())
@@ -664,7 +694,8 @@ struct NoteInput {
 }
 
 impl NoteInput {
-    fn body(&mut self) -> Result<NoteBody> {
+    /// The note's bytes (kept zeroizing: a request may be run more than once, [`waiting`]).
+    fn bytes(&mut self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         let bytes = match (self.body.take(), self.body_base64.take()) {
             (Some(text), None) => text.into_bytes(),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
@@ -676,7 +707,9 @@ impl NoteInput {
                 ))
             }
         };
-        Ok(NoteBody::new(bytes)?)
+        // Refused now if it is over the cap, before any work.
+        drop(NoteBody::new(bytes.clone())?);
+        Ok(zeroize::Zeroizing::new(bytes))
     }
 }
 
@@ -692,7 +725,7 @@ async fn list_notes<S: Store + 'static>(
         .iter()
         .any(|(k, v)| k == "bodies" && (v == "true" || v == "1"));
     let path = format!("/v1/patients/{pref}/notes");
-    let items = blocking(move || {
+    let items = waiting(move || {
         let v = current(&s)?;
         let id = by_ref(&v, &pref)?;
         let notes = if bodies {
@@ -716,14 +749,15 @@ async fn add_note<S: Store + 'static>(
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
     let mut input: NoteInput = parse(body)?;
+    let bytes = input.bytes()?;
     let user = s.user.clone();
     idempotent(&state, &user, uri.path(), &headers, async move {
-        blocking(move || {
+        waiting(move || {
             let v = current(&s)?;
             let id = by_ref(&v, &pref)?;
-            let mut note = NewNote::new(input.body()?);
-            note.author = input.author.take();
-            note.kind = input.kind.take();
+            let mut note = NewNote::new(NoteBody::new(bytes.to_vec())?);
+            note.author = input.author.clone();
+            note.kind = input.kind.clone();
             let note_id = v.add_note(&id, note)?;
             Ok((StatusCode::CREATED, json!({"id": note_id.to_string()})))
         })
@@ -742,7 +776,7 @@ async fn show_note<S: Store + 'static>(
     Path((pref, note)): Path<(String, String)>,
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let id = by_ref(&v, &pref)?;
         let n = v.note(&id, &note_id(&note)?)?;
@@ -757,7 +791,7 @@ async fn note_versions<S: Store + 'static>(
     Path((pref, note)): Path<(String, String)>,
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let id = by_ref(&v, &pref)?;
         let versions = v.note_history(&id, &note_id(&note)?)?;
@@ -778,13 +812,15 @@ async fn amend_note<S: Store + 'static>(
     if input.kind.is_some() {
         return Err(ApiError::bad_request("an amendment keeps the note's kind"));
     }
+    let bytes = input.bytes()?;
     let user = s.user.clone();
     idempotent(&state, &user, uri.path(), &headers, async move {
-        blocking(move || {
+        waiting(move || {
             let v = current(&s)?;
             let id = by_ref(&v, &pref)?;
             let n = note_id(&note)?;
-            let version = v.amend_note(&id, &n, input.body()?, input.author.take())?;
+            let body = NoteBody::new(bytes.to_vec())?;
+            let version = v.amend_note(&id, &n, body, input.author.clone())?;
             Ok((
                 StatusCode::CREATED,
                 json!({"id": n.to_string(), "version": version}),
@@ -803,7 +839,7 @@ async fn export<S: Store + 'static>(
     Path(pref): Path<String>,
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let id = by_ref(&v, &pref)?;
         let (p, notes) = v.export(&id)?;
@@ -817,7 +853,7 @@ async fn verify<S: Store + 'static>(
     headers: HeaderMap,
 ) -> Result<Response> {
     let s = session(&state, &headers, &[Role::Admin])?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let report = v.verify(&mut |_, _| {})?;
         Ok(Json(verify_json(&report)).into_response())
@@ -830,7 +866,7 @@ async fn key_status<S: Store + 'static>(
     headers: HeaderMap,
 ) -> Result<Response> {
     let s = session(&state, &headers, &[Role::Admin])?;
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         Ok(Json(key_status_json(&v.key_status()?)).into_response())
     })
@@ -854,7 +890,7 @@ async fn search<S: Store + 'static>(
     if b.text.is_empty() {
         return Err(ApiError::bad_request("the search text is empty"));
     }
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let patient = b
             .patient_ref
@@ -890,11 +926,11 @@ async fn audit<S: Store + 'static>(
             _ => {}
         }
     }
-    blocking(move || {
+    waiting(move || {
         let v = current(&s)?;
         let mut filter = carnet_core::AuditFilter::default();
         filter.since = since;
-        filter.user = user;
+        filter.user = user.clone();
         // An auditor cannot open patients: the reference is resolved as the vault allows.
         filter.patient = patient_ref.as_deref().map(|r| by_ref(&v, r)).transpose()?;
         let entries = v.audit(&filter)?;

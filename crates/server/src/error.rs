@@ -14,6 +14,9 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    /// A key operation of another process holds the vault for a moment: the request may be
+    /// run again in a while ([`ApiError::waits`]).
+    transient: bool,
 }
 
 impl ApiError {
@@ -23,7 +26,19 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            transient: false,
         }
+    }
+
+    /// Whether the request failed only because a key operation ran: worth running again.
+    pub fn waits(&self) -> bool {
+        self.transient
+    }
+
+    /// This error as the final answer after waiting: clients are told when to try again.
+    pub fn after_waiting(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -78,7 +93,12 @@ impl From<Error> for ApiError {
             Error::InvalidArgument(_) => ApiError::bad_request(m),
             Error::TooLarge(_) => ApiError::too_large(m),
             Error::Integrity(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity", m),
-            Error::Busy { .. } | Error::KeysChanged | Error::Unfinished(_) => ApiError::busy(m),
+            Error::Busy { .. } | Error::KeysChanged => {
+                let mut e = ApiError::busy(m);
+                e.transient = true;
+                e
+            }
+            Error::Unfinished(_) => ApiError::busy(m),
             Error::Storage(StoreError::Locked) | Error::Storage(StoreError::Conflict) => {
                 ApiError::busy(m)
             }

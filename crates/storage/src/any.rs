@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    is_postgres_uri, Batch, DocName, EntryIter, PgAddress, PgStore, SledStore, Space, SpacedEntry,
-    Store, StoreError, StoreLock,
+    is_postgres_uri, Batch, DocName, EntryIter, PgAddress, PgStore, RelayStore, SledStore, Space,
+    SpacedEntry, Store, StoreError, StoreLock,
 };
 
 /// Where a vault is.
@@ -36,7 +36,7 @@ impl Location {
     }
 }
 
-/// A sled or a PostgreSQL store.
+/// A sled or a PostgreSQL store, or a sled store reached through the server that holds it.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one value per open vault: its size does not matter
 pub enum AnyStore {
@@ -44,6 +44,8 @@ pub enum AnyStore {
     Sled(SledStore),
     /// A PostgreSQL vault.
     Postgres(PgStore),
+    /// A sled store held by a running `carnet serve`, reached through its local relay.
+    Relay(RelayStore),
 }
 
 macro_rules! each {
@@ -51,6 +53,7 @@ macro_rules! each {
         match $self {
             AnyStore::Sled($s) => $e,
             AnyStore::Postgres($s) => $e,
+            AnyStore::Relay($s) => $e,
         }
     };
 }

@@ -2,7 +2,7 @@
 
 /// Whether `name` is 1 to 32 bytes of ASCII letters, digits or `-` (and upper case and `_` when
 /// `lenient`): names become file names and key prefixes, so they stay plain.
-const fn valid_name(name: &str, lenient: bool) -> bool {
+pub(crate) const fn valid_name(name: &str, lenient: bool) -> bool {
     let b = name.as_bytes();
     if b.is_empty() || b.len() > 32 {
         return false;

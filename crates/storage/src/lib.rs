@@ -35,6 +35,7 @@ mod pg_address;
 pub mod pg_cluster;
 mod pg_tls;
 mod postgres_store;
+pub mod relay;
 mod sled_store;
 
 pub use any::{AnyStore, Location};
@@ -44,6 +45,7 @@ pub use faulty::FaultyStore;
 pub use memory::MemStore;
 pub use pg_address::{is_postgres_uri, PgAddress, TlsMode};
 pub use postgres_store::{PgStore, SCHEMA_VERSION};
+pub use relay::{RelayHost, RelayStore};
 pub use sled_store::{SledDocuments, SledStore};
 
 /// One stored record: its key and its value, both opaque.
