@@ -32,9 +32,11 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         Transport::Tls(identity.map_err(|e| CliError::failure(e.to_string()))?)
     };
     let location = crate::context::vault_location(g)?;
-    let store = Arc::new(RelayHost::new(crate::context::open_store_to_serve(
-        &location, g,
-    )?));
+    let store = Arc::new(RelayHost::new(
+        crate::context::open_store_to_serve(&location, g)?,
+        carnet_core::STORE_SPACES,
+        carnet_core::STORE_DOCUMENTS,
+    ));
     // A directory is this process's alone while it serves: the administrator's commands reach
     // it through the local relay (a socket in the vault's directory, for its owner only).
     let _relay = match &location {

@@ -13,6 +13,7 @@
 //! cargo run --release -p carnet-bench -- --full                # and 1,000,000 notes of 512 B
 //! cargo run --release -p carnet-bench -- --full-only           # only those
 //! cargo run --release -p carnet-bench --features sqlcipher -- --quick
+//! cargo build --release -p carnet-cli && cargo run --release -p carnet-bench -- --serve
 //! ```
 //!
 //! `--profile verify|search|read|read-grouped|random|random-grouped [--reps N]` imports once and repeats one workload,
@@ -30,6 +31,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod concurrency;
 mod peers;
+mod serve;
 
 use std::time::{Duration, Instant};
 
@@ -582,6 +584,11 @@ fn main() {
                 other => panic!("unknown workload {other}"),
             }
         }
+        return;
+    }
+    // `--serve`: HTTPS clients of a real `carnet serve` (serve.rs), then nothing else.
+    if args.iter().any(|a| a == "--serve") {
+        serve::run(sizes.quick, 3);
         return;
     }
     let _cluster = if with_postgres() || args.iter().any(|a| a == "--concurrency") {

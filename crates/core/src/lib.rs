@@ -111,6 +111,13 @@ pub use model::{
 pub use recovery::RecoveryKey;
 pub use secret::{Passphrase, Strength};
 pub use unfinished::Unfinished;
+
+/// Every storage space a vault uses: what a store lent to other processes must carry
+/// (`carnet_storage::RelayHost`), and nothing else.
+pub const STORE_SPACES: &[carnet_storage::Space] = &records::space::ALL;
+
+/// Every document a vault keeps beside its records (the keyring and the key store).
+pub const STORE_DOCUMENTS: &[carnet_storage::DocName] = &[keystore::ROOT_DOC, keystore::KEYS_DOC];
 pub use vault::{
     is_vault, vault_id, Expected, Import, ImportSummary, KeyStatus, MasterRotation,
     PatientRotation, Patients, Revocation, Upgrade, Vault, VerifyReport,

@@ -22,8 +22,7 @@ pub(crate) mod space {
     pub(crate) const NOTES: Space = Space::new("notes");
     /// Access-log entries: sequence number (u64 BE).
     pub(crate) const LOG: Space = Space::new("log");
-    /// Every space, for code that walks the whole store (fuzzing's samples).
-    #[cfg(test)]
+    /// Every space, for code that walks the whole store (fuzzing's samples, the relay's host).
     pub(crate) const ALL: [Space; 5] = [META, PATIENTS, MANIFESTS, NOTES, LOG];
 }
 

@@ -219,6 +219,9 @@ async fn openapi() -> Response {
 /// moments.
 const WAIT_FOR_KEY_OPERATION: Duration = Duration::from_secs(15);
 
+/// Requests served at once per core (the others wait their turn, in order).
+const WORK_PER_CORE: usize = 1;
+
 /// Runs `f` on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -231,24 +234,41 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 async fn waiting<T: Send + 'static>(
     mut f: impl FnMut() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + WAIT_FOR_KEY_OPERATION;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match f() {
-                Err(e) if e.waits() => {
-                    if Instant::now() + pause > deadline {
-                        return Err(e.after_waiting(5));
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(500));
+    // Requests take turns, first come first served, as many at once as the machine has cores:
+    // more would only share the cores unevenly (the slowest request of many waits longest),
+    // fewer would leave one idle.
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let turns = TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores * WORK_PER_CORE)
+    });
+    let deadline = Instant::now() + WAIT_FOR_KEY_OPERATION;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let turn = turns
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the request failed"))?;
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let r = f();
+            (f, r)
+        })
+        .await
+        .map_err(|_| ApiError::internal("the request failed"))?;
+        // The turn is given back while the request waits for a key operation.
+        drop(turn);
+        f = back;
+        match result {
+            Err(e) if e.waits() => {
+                if Instant::now() + pause > deadline {
+                    return Err(e.after_waiting(5));
                 }
-                other => return other,
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
             }
+            other => return other,
         }
-    })
-    .await
-    .map_err(|_| ApiError::internal("the request failed"))?
+    }
 }
 
 /// A JSON body of type `T`.
@@ -625,11 +645,10 @@ async fn add_patient<S: Store + 'static>(
                 .as_deref()
                 .map(carnet_core::BirthDate::parse)
                 .transpose()?;
-            let id = p.id.clone();
-            let r = match v.add_patient(p)? {
-                Some(r) => r,
-                None => v.patient_ref(&id)?,
-            };
+            // A vault without references (format 1) is refused at login.
+            let r = v.add_patient(p)?.ok_or_else(|| {
+                ApiError::internal("this vault gives patients no references: upgrade it")
+            })?;
             Ok((StatusCode::CREATED, json!({"ref": r.to_string()})))
         })
         .await

@@ -15,6 +15,11 @@ const AB: Space = Space::new("ab");
 const DOC: DocName = DocName::new("doc");
 const DOC2: DocName = DocName::new("doc-2");
 
+/// The spaces the suite writes (for a [`crate::RelayHost`] under test).
+pub const SPACES: &[Space] = &[A, AB];
+/// The documents the suite writes.
+pub const DOCUMENTS: &[DocName] = &[DOC, DOC2];
+
 fn scan<S: Store>(s: &S, space: Space, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     s.scan_prefix(space, prefix)
         .collect::<Result<Vec<_>, _>>()

@@ -15,11 +15,14 @@
 //! The host side is a [`RelayHost`], the wrapper the holding process uses for its own writes too:
 //! its *gate* lets a backup ([`RelayStore::freeze`]) hold every write, of every process, while it
 //! reads the store, so that an archive is one moment, as the directory's lock made it before.
+//! The gate bounds a freeze itself ([`FREEZE_LIMIT`]): writers stop waiting at its deadline,
+//! whatever the freezing client does.
 //!
 //! The protocol (version [`PROTOCOL`]) is a sequence of frames, each a 4-byte big-endian length
 //! and that many bytes of bincode 2 (standard configuration) of a request or a response; one
-//! request, one response, in order, except a `replace_all`, whose records stream in frames of
-//! their own before its one response.
+//! request, one response, in order, except a large batch, whose parts come in frames of their
+//! own before its one response, and a `replace_all`, whose records stream likewise. The host's
+//! greeting names its instance: a client never goes on with a server restarted under it.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -27,7 +30,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -36,22 +39,31 @@ use serde::{Deserialize, Serialize};
 use crate::{Batch, DocName, EntryIter, Op, Space, SpacedEntry, Store, StoreError, StoreLock};
 
 /// The socket's name in the vault's directory.
+/// The socket's name in the vault's directory.
 pub const SOCKET_NAME: &str = "serve.sock";
 /// The version of the relay's protocol: both ends must speak the same.
 pub const PROTOCOL: u32 = 1;
-/// The largest frame either end accepts (a batch of notes fits many times over).
+/// The largest frame either end accepts.
 const MAX_FRAME: usize = 256 << 20;
 /// A page of a scan, or a frame of `replace_all`'s records: this many entries at most...
 const PAGE_ENTRIES: usize = 1000;
 /// ... or about this many bytes.
 const PAGE_BYTES: usize = 4 << 20;
+/// A batch's operations travel in frames of about this many bytes (a batch may be larger than
+/// a frame: a rotation's batch carries 256 notes, old and new).
+const COMMIT_PART_BYTES: usize = 64 << 20;
 /// Connections served at once; more are told to try again.
 const MAX_CONNECTIONS: usize = 64;
-/// How long a backup may hold every write by default ([`RelayHost::with_freeze_limit`]).
-pub const FREEZE_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// How long a client may leave an answer unread before its connection is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a backup may hold every write by default ([`RelayHost::with_freeze_limit`]):
+/// shorter than a key operation's lease (10 minutes), which a held write cannot renew.
+pub const FREEZE_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 /// A record's place and value, as the wire carries them.
 type WireEntry = (String, Vec<u8>, Vec<u8>);
+/// A precondition: space, key, expected value.
+type WireRequire = (String, Vec<u8>, Option<Vec<u8>>);
 
 #[derive(Serialize, Deserialize)]
 enum Request {
@@ -67,8 +79,14 @@ enum Request {
         prefix: Vec<u8>,
     },
     ScanMore,
+    /// A part of a batch, more to follow (no answer).
+    CommitPart {
+        require: Vec<WireRequire>,
+        ops: Vec<WireOp>,
+    },
+    /// The batch's last part: the whole batch is committed, atomically.
     Commit {
-        require: Vec<(String, Vec<u8>, Option<Vec<u8>>)>,
+        require: Vec<WireRequire>,
         ops: Vec<WireOp>,
     },
     Flush,
@@ -110,8 +128,11 @@ enum WireOp {
 
 #[derive(Serialize, Deserialize)]
 enum Response {
+    /// The host's protocol, and which lending this is: a server restarted on the same socket is
+    /// another instance, which knows nothing of the first one's locks and freezes.
     Hello {
         protocol: u32,
+        instance: u64,
     },
     Done,
     Value(Option<Vec<u8>>),
@@ -241,57 +262,125 @@ fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
     Ok(Some(value))
 }
 
-/// The `&'static` name a [`Space`] or a [`DocName`] needs, for a name read from the wire:
-/// names are few and fixed by the program, so each distinct one is kept once, forever, and a
-/// peer that sends more than 64 distinct names is refused (the memory kept stays under 2 KiB).
-fn intern(name: &str, lenient: bool) -> Result<&'static str, StoreError> {
-    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    if !crate::batch::valid_name(name, lenient) {
-        return Err(StoreError::Unsupported(
-            "the relay's client named an invalid space or document".into(),
-        ));
-    }
-    // A poisoned lock still holds a valid list: pushes are its only mutation.
-    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = names.iter().find(|n| **n == name) {
-        return Ok(known);
-    }
-    if names.len() >= 64 {
-        return Err(StoreError::Unsupported(
-            "the relay's client named too many spaces and documents".into(),
-        ));
-    }
-    let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.push(kept);
-    Ok(kept)
-}
-
-fn space(name: &str) -> Result<Space, StoreError> {
-    Ok(Space::new(intern(name, true)?))
-}
-
-fn doc(name: &str) -> Result<DocName, StoreError> {
-    Ok(DocName::new(intern(name, false)?))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The host.
 
+/// The gate every write of a [`RelayHost`] passes, which a backup's freeze closes for a while.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Writes under way.
+    writers: usize,
+    /// The freeze in force: its number and its deadline.
+    frozen: Option<(u64, Instant)>,
+    last_freeze: u64,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state is two counters and an option, each change a single assignment: a poisoned
+        // lock still holds a valid one.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits while a freeze is in force (never past its deadline), then counts a writer in.
+    fn enter(&self) -> Writing<'_> {
+        let mut st = self.lock();
+        loop {
+            match st.frozen {
+                Some((_, until)) if Instant::now() < until => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    st = self
+                        .changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                // A freeze past its deadline is over: writes go on.
+                Some(_) => st.frozen = None,
+                None => break,
+            }
+        }
+        st.writers += 1;
+        Writing(self)
+    }
+
+    /// Closes the gate for `limit` at most, once the writes under way are done: the freeze's
+    /// number. `Conflict` if another freeze is in force.
+    fn freeze(&self, limit: Duration) -> Result<u64, StoreError> {
+        let mut st = self.lock();
+        if matches!(st.frozen, Some((_, until)) if Instant::now() < until) {
+            return Err(StoreError::Conflict);
+        }
+        st.last_freeze += 1;
+        let id = st.last_freeze;
+        let until = Instant::now() + limit;
+        st.frozen = Some((id, until));
+        while st.writers > 0 && Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(id)
+    }
+
+    /// Opens the gate closed by freeze `id`: whether that freeze held from start to end.
+    fn thaw(&self, id: u64) -> bool {
+        let mut st = self.lock();
+        let whole = match st.frozen {
+            Some((current, until)) if current == id => {
+                st.frozen = None;
+                Instant::now() <= until && st.writers == 0
+            }
+            _ => false,
+        };
+        self.changed.notify_all();
+        whole
+    }
+}
+
+/// A write under way ([`Gate::enter`]).
+struct Writing<'g>(&'g Gate);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.writers -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
 /// The store of the process that holds it open, as both that process and the relay's clients
-/// use it: every write passes a gate that a backup ([`RelayStore::freeze`]) can close.
+/// use it: every write passes a gate that a backup ([`RelayStore::freeze`]) can close, for
+/// [`FREEZE_LIMIT`] at most. It lends the spaces and documents it is told of, and no other.
 pub struct RelayHost<S> {
     inner: S,
-    gate: RwLock<()>,
+    gate: Gate,
+    turns: Arc<Turns>,
     freeze_limit: Duration,
+    spaces: &'static [Space],
+    documents: &'static [DocName],
 }
 
 impl<S: Store> RelayHost<S> {
-    /// `store`, ready to be lent ([`listen`]).
-    pub fn new(store: S) -> Self {
+    /// `store`, ready to be lent ([`listen`]) with its `spaces` and `documents` (for a vault:
+    /// `carnet_core::STORE_SPACES` and `STORE_DOCUMENTS`).
+    pub fn new(store: S, spaces: &'static [Space], documents: &'static [DocName]) -> Self {
         RelayHost {
             inner: store,
-            gate: RwLock::new(()),
+            gate: Gate::default(),
+            turns: Arc::default(),
             freeze_limit: FREEZE_LIMIT,
+            spaces,
+            documents,
         }
     }
 
@@ -302,18 +391,30 @@ impl<S: Store> RelayHost<S> {
         self
     }
 
-    /// The store itself.
-    pub fn inner(&self) -> &S {
-        &self.inner
+    fn space(&self, name: &str) -> Result<Space, StoreError> {
+        self.spaces
+            .iter()
+            .find(|s| s.name() == name)
+            .copied()
+            .ok_or_else(|| {
+                StoreError::Unsupported(
+                    "the relay's client named a space this vault does not have (a newer carnet?)"
+                        .into(),
+                )
+            })
     }
 
-    fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        // The gate guards no data: a poisoned one is still a gate.
-        self.gate.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn freeze(&self) -> RwLockWriteGuard<'_, ()> {
-        self.gate.write().unwrap_or_else(|p| p.into_inner())
+    fn doc(&self, name: &str) -> Result<DocName, StoreError> {
+        self.documents
+            .iter()
+            .find(|d| d.name() == name)
+            .copied()
+            .ok_or_else(|| {
+                StoreError::Unsupported(
+                    "the relay's client named a document this vault does not have (a newer carnet?)"
+                        .into(),
+                )
+            })
     }
 }
 
@@ -331,7 +432,7 @@ impl<S: Store> Store for RelayHost<S> {
         self.inner.scan_prefix(space, prefix)
     }
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let _open = self.writing();
+        let _w = self.gate.enter();
         self.inner.commit(batch)
     }
     fn flush(&self) -> Result<(), StoreError> {
@@ -341,18 +442,18 @@ impl<S: Store> Store for RelayHost<S> {
         self.inner.read_doc(name)
     }
     fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
-        let _open = self.writing();
+        let _w = self.gate.enter();
         self.inner.replace_doc(name, bytes)
     }
     fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
-        let _open = self.writing();
+        let _w = self.gate.enter();
         self.inner.append_doc(name, bytes)
     }
     fn replace_all(
         &self,
         records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
     ) -> Result<(), StoreError> {
-        let _open = self.writing();
+        let _w = self.gate.enter();
         self.inner.replace_all(records)
     }
     fn lock_key_operations(&self) -> Result<Option<StoreLock>, StoreError> {
@@ -361,8 +462,47 @@ impl<S: Store> Store for RelayHost<S> {
     fn key_operations_locked(&self) -> Result<Option<bool>, StoreError> {
         self.inner.key_operations_locked()
     }
+    /// The backend's own turn if it has one, else the host's: the writers of every `Vault` of
+    /// the holding process and of every relay client queue there, first come first served,
+    /// instead of losing compare-and-swap races to each other (a client's round trips make its
+    /// writes slower, and so the likelier to lose).
     fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
-        self.inner.writer_turn()
+        match self.inner.writer_turn()? {
+            Some(turn) => Ok(Some(turn)),
+            None => Ok(Some(Turns::take(&self.turns))),
+        }
+    }
+}
+
+/// Writers' turns in ticket order.
+#[derive(Default)]
+struct Turns {
+    /// The next ticket to give, and the ticket whose turn it is.
+    state: Mutex<(u64, u64)>,
+    changed: Condvar,
+}
+
+impl Turns {
+    fn take(turns: &Arc<Turns>) -> StoreLock {
+        // Two counters, each change one increment: a poisoned lock still holds valid ones.
+        let mut st = turns.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = st.0;
+        st.0 += 1;
+        while st.1 != ticket {
+            st = turns.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        StoreLock::new(Box::new(Turn(Arc::clone(turns))))
+    }
+}
+
+/// A writer's turn ([`Turns::take`]): the next ticket's when dropped.
+struct Turn(Arc<Turns>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 += 1;
+        self.0.changed.notify_all();
     }
 }
 
@@ -392,13 +532,28 @@ impl std::fmt::Debug for Listening {
 impl Drop for Listening {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accepting thread, which then sees `stop`.
-        let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// How often the accepting thread looks for a stop when no client connects.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// A number for this lending, different at each start (not a secret: it tells a restarted
+/// server from the one a client first reached).
+fn instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Lends `host` through a socket named [`SOCKET_NAME`] in `dir` (the vault's directory, which
@@ -428,11 +583,14 @@ pub fn listen<S: Store + 'static>(
     let listener = UnixListener::bind(&path).map_err(cannot)?;
     // The directory is its owner's only already; the socket is too, whatever the umask was.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(cannot)?;
+    // Polled, so that a stop needs nothing from the socket's path (which may be gone).
+    listener.set_nonblocking(true).map_err(cannot)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = Arc::clone(&stop);
+    let id = instance();
     let thread = std::thread::Builder::new()
         .name("carnet-relay".into())
-        .spawn(move || accept(listener, host, stopping))
+        .spawn(move || accept(listener, host, stopping, id))
         .map_err(cannot)?;
     Ok(Listening {
         path,
@@ -445,17 +603,27 @@ fn accept<S: Store + 'static>(
     listener: UnixListener,
     host: Arc<RelayHost<S>>,
     stop: Arc<AtomicBool>,
+    instance: u64,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(mut stream) = stream else {
+    while !stop.load(Ordering::SeqCst) {
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
             // A connection that failed before we could take it: the next one may not.
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
+            Err(_) => {
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
         };
+        if stream.set_nonblocking(false).is_err()
+            || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
+        {
+            continue;
+        }
         if let Some(refusal) = refuse(&stream, &open) {
             let _ = write_frame(&mut stream, &Response::Failed(WireError::from(&refusal)));
             continue;
@@ -466,7 +634,7 @@ fn accept<S: Store + 'static>(
         let spawned = std::thread::Builder::new()
             .name("carnet-relay-conn".into())
             .spawn(move || {
-                let _ = serve_connection(&host, stream);
+                let _ = serve_connection(&host, stream, instance);
                 count.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -497,55 +665,66 @@ fn refuse(stream: &UnixStream, open: &AtomicUsize) -> Option<StoreError> {
 struct Held<'h> {
     scan: Option<EntryIter<'h>>,
     lock: Option<StoreLock>,
-    frozen: Option<(RwLockWriteGuard<'h, ()>, Instant)>,
-    freeze_lapsed: bool,
+    /// The freeze this connection holds: only its thaw may follow.
+    frozen: Option<u64>,
+    /// The parts of a batch sent so far.
+    batch: Batch,
 }
 
-fn serve_connection<S: Store>(host: &RelayHost<S>, mut stream: UnixStream) -> io::Result<()> {
+fn serve_connection<S: Store>(
+    host: &RelayHost<S>,
+    mut stream: UnixStream,
+    instance: u64,
+) -> io::Result<()> {
+    let hello = Response::Hello {
+        protocol: PROTOCOL,
+        instance,
+    };
     match read_frame::<Request>(&mut stream)? {
         Some(Request::Hello { protocol }) if protocol == PROTOCOL => {
-            write_frame(&mut stream, &Response::Hello { protocol: PROTOCOL })?
+            write_frame(&mut stream, &hello)?
         }
-        Some(Request::Hello { .. }) => {
-            return write_frame(&mut stream, &Response::Hello { protocol: PROTOCOL })
-        }
+        // Another version: it is told ours, and the connection ends.
+        Some(Request::Hello { .. }) => return write_frame(&mut stream, &hello),
         _ => return Ok(()),
     }
     let mut held = Held {
         scan: None,
         lock: None,
         frozen: None,
-        freeze_lapsed: false,
+        batch: Batch::new(),
     };
-    loop {
-        let limit = held
-            .frozen
-            .as_ref()
-            .map(|(_, since)| host.freeze_limit.saturating_sub(since.elapsed()));
-        stream.set_read_timeout(limit.map(|l| l.max(Duration::from_millis(1))))?;
-        let request = match read_frame::<Request>(&mut stream) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(e)
-                if held.frozen.is_some()
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-            {
-                // The backup took too long: writes resume, and it will be told at its thaw.
-                held.frozen = None;
-                held.freeze_lapsed = true;
-                continue;
-            }
-            Err(e) => return Err(e),
+    let result = (|| loop {
+        let Some(request) = read_frame::<Request>(&mut stream)? else {
+            return Ok(());
         };
         let response = match request {
+            Request::Thaw => {
+                let whole = held.frozen.take().is_some_and(|id| host.gate.thaw(id));
+                Response::Thawed { whole }
+            }
+            // A freezing connection writing would wait for its own freeze: refused.
+            _ if held.frozen.is_some() => failed(StoreError::Unsupported(
+                "only a thaw may follow a freeze on its connection".into(),
+            )),
             Request::ReplaceAll => replace_all(host, &mut stream)?,
+            Request::CommitPart { require, ops } => {
+                if let Err(e) = add_to(host, &mut held.batch, require, ops) {
+                    held.batch = Batch::new();
+                    failed(e)
+                } else {
+                    continue;
+                }
+            }
             other => answer(host, &mut held, other),
         };
         write_frame(&mut stream, &response)?;
+    })();
+    // A freezing client that went away (killed, or lost) thaws by going.
+    if let Some(id) = held.frozen.take() {
+        host.gate.thaw(id);
     }
+    result
 }
 
 fn failed(e: StoreError) -> Response {
@@ -556,8 +735,8 @@ fn answer<'h, S: Store>(host: &'h RelayHost<S>, held: &mut Held<'h>, request: Re
     let done = |r: Result<(), StoreError>| r.map_or_else(failed, |()| Response::Done);
     let value = |r: Result<Option<Vec<u8>>, StoreError>| r.map_or_else(failed, Response::Value);
     match request {
-        Request::Get { space: s, key } => value(space(&s).and_then(|s| host.get(s, &key))),
-        Request::Scan { space: s, prefix } => match space(&s) {
+        Request::Get { space, key } => value(host.space(&space).and_then(|s| host.get(s, &key))),
+        Request::Scan { space, prefix } => match host.space(&space) {
             Ok(s) => {
                 held.scan = Some(host.scan_prefix(s, &prefix));
                 page(&mut held.scan)
@@ -565,14 +744,17 @@ fn answer<'h, S: Store>(host: &'h RelayHost<S>, held: &mut Held<'h>, request: Re
             Err(e) => failed(e),
         },
         Request::ScanMore => page(&mut held.scan),
-        Request::Commit { require, ops } => done(batch(require, ops).and_then(|b| host.commit(b))),
+        Request::Commit { require, ops } => {
+            let mut batch = std::mem::take(&mut held.batch);
+            done(add_to(host, &mut batch, require, ops).and_then(|()| host.commit(batch)))
+        }
         Request::Flush => done(host.flush()),
-        Request::ReadDoc { name } => value(doc(&name).and_then(|n| host.read_doc(n))),
+        Request::ReadDoc { name } => value(host.doc(&name).and_then(|n| host.read_doc(n))),
         Request::ReplaceDoc { name, bytes } => {
-            done(doc(&name).and_then(|n| host.replace_doc(n, &bytes)))
+            done(host.doc(&name).and_then(|n| host.replace_doc(n, &bytes)))
         }
         Request::AppendDoc { name, bytes } => {
-            done(doc(&name).and_then(|n| host.append_doc(n, &bytes)))
+            done(host.doc(&name).and_then(|n| host.append_doc(n, &bytes)))
         }
         Request::LockKeyOperations | Request::WriterTurn if held.lock.is_some() => failed(
             StoreError::Unsupported("one lock per relay connection".into()),
@@ -586,19 +768,16 @@ fn answer<'h, S: Store>(host: &'h RelayHost<S>, held: &mut Held<'h>, request: Re
         Request::KeyOperationsLocked => host
             .key_operations_locked()
             .map_or_else(failed, Response::Flag),
-        Request::Freeze => {
-            if held.frozen.is_none() {
-                held.frozen = Some((host.freeze(), Instant::now()));
-                held.freeze_lapsed = false;
+        Request::Freeze => match host.gate.freeze(host.freeze_limit) {
+            Ok(id) => {
+                held.frozen = Some(id);
+                Response::Done
             }
-            Response::Done
-        }
-        Request::Thaw => {
-            let whole = held.frozen.take().is_some() && !held.freeze_lapsed;
-            held.freeze_lapsed = false;
-            Response::Thawed { whole }
-        }
+            Err(e) => failed(e),
+        },
         Request::Hello { .. }
+        | Request::Thaw
+        | Request::CommitPart { .. }
         | Request::ReplaceAll
         | Request::Records(_)
         | Request::RecordsEnd
@@ -651,13 +830,15 @@ fn page(scan: &mut Option<EntryIter<'_>>) -> Response {
     }
 }
 
-fn batch(
-    require: Vec<(String, Vec<u8>, Option<Vec<u8>>)>,
+/// Adds a part's preconditions and operations to `batch`.
+fn add_to<S: Store>(
+    host: &RelayHost<S>,
+    batch: &mut Batch,
+    require: Vec<WireRequire>,
     ops: Vec<WireOp>,
-) -> Result<Batch, StoreError> {
-    let mut b = Batch::new();
+) -> Result<(), StoreError> {
     for (s, key, expected) in require {
-        b.require(space(&s)?, key, expected);
+        batch.require(host.space(&s)?, key, expected);
     }
     for op in ops {
         match op {
@@ -665,27 +846,28 @@ fn batch(
                 space: s,
                 key,
                 value,
-            } => b.put(space(&s)?, key, value),
-            WireOp::Delete { space: s, key } => b.delete(space(&s)?, key),
+            } => batch.put(host.space(&s)?, key, value),
+            WireOp::Delete { space: s, key } => batch.delete(host.space(&s)?, key),
         }
     }
-    Ok(b)
+    Ok(())
 }
 
 /// A `replace_all` whose records stream in from the client; its one response.
 fn replace_all<S: Store>(host: &RelayHost<S>, stream: &mut UnixStream) -> io::Result<Response> {
-    struct Incoming<'a> {
+    struct Incoming<'a, S> {
+        host: &'a RelayHost<S>,
         stream: &'a mut UnixStream,
         buffer: VecDeque<WireEntry>,
         ended: bool,
         broken: Option<io::Error>,
     }
-    impl Iterator for Incoming<'_> {
+    impl<S: Store> Iterator for Incoming<'_, S> {
         type Item = Result<SpacedEntry, StoreError>;
         fn next(&mut self) -> Option<Self::Item> {
             loop {
                 if let Some((s, k, v)) = self.buffer.pop_front() {
-                    return Some(space(&s).map(|s| (s, k, v)));
+                    return Some(self.host.space(&s).map(|s| (s, k, v)));
                 }
                 if self.ended {
                     return None;
@@ -716,6 +898,7 @@ fn replace_all<S: Store>(host: &RelayHost<S>, stream: &mut UnixStream) -> io::Re
         }
     }
     let mut incoming = Incoming {
+        host,
         stream,
         buffer: VecDeque::new(),
         ended: false,
@@ -742,17 +925,23 @@ fn replace_all<S: Store>(host: &RelayHost<S>, stream: &mut UnixStream) -> io::Re
 struct Conn(UnixStream);
 
 impl Conn {
-    fn open(path: &Path) -> Result<Conn, StoreError> {
-        Conn::greet(UnixStream::connect(path).map_err(lost)?)
+    /// A connection to the lending at `path`, which must be `instance` when one is given.
+    fn open(path: &Path, instance: Option<u64>) -> Result<(Conn, u64), StoreError> {
+        Conn::greet(UnixStream::connect(path).map_err(lost)?, instance)
     }
 
-    fn greet(stream: UnixStream) -> Result<Conn, StoreError> {
+    fn greet(stream: UnixStream, instance: Option<u64>) -> Result<(Conn, u64), StoreError> {
         let mut conn = Conn(stream);
         match conn.call(&Request::Hello { protocol: PROTOCOL })? {
-            Response::Hello { protocol } if protocol == PROTOCOL => Ok(conn),
-            Response::Hello { protocol } => Err(StoreError::Unsupported(format!(
+            Response::Hello { protocol, .. } if protocol != PROTOCOL => Err(StoreError::Unsupported(format!(
                 "the running carnet serve speaks relay protocol {protocol} and this carnet {PROTOCOL}: use the same version of Carnet for both"
             ))),
+            Response::Hello { instance: now, .. } if instance.is_some_and(|first| first != now) => {
+                Err(StoreError::Unavailable(
+                    "the carnet serve this command was working through restarted: run the command again".into(),
+                ))
+            }
+            Response::Hello { instance: now, .. } => Ok((conn, now)),
             _ => Err(unexpected()),
         }
     }
@@ -788,14 +977,41 @@ fn unexpected() -> StoreError {
 /// A store reached through a running server's relay (see the module's documentation). It keeps
 /// a few connections open, one per thread using it at a time.
 pub struct RelayStore {
+    pool: Arc<Pool>,
+    /// Whether the host's backend has a writer turn: 0 not known yet, 1 none, 2 it has one.
+    writer_turns: std::sync::atomic::AtomicU8,
+}
+
+/// The connections of a [`RelayStore`] not in use.
+struct Pool {
     path: PathBuf,
+    /// The lending this store reached first: every later connection must reach the same.
+    instance: u64,
     idle: Mutex<Vec<Conn>>,
+}
+
+impl Pool {
+    fn take(&self) -> Result<Conn, StoreError> {
+        // A poisoned pool still holds whole connections (push and pop are its only changes).
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => Ok(Conn::open(&self.path, Some(self.instance))?.0),
+        }
+    }
+
+    fn give(&self, conn: Conn) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
 }
 
 impl std::fmt::Debug for RelayStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelayStore")
-            .field("path", &self.path)
+            .field("path", &self.pool.path)
             .finish_non_exhaustive()
     }
 }
@@ -821,32 +1037,32 @@ impl RelayStore {
             }
             Err(e) => return Err(lost(e)),
         };
-        let first = Conn::greet(stream)?;
+        let (first, instance) = Conn::greet(stream, None)?;
         Ok(Some(RelayStore {
-            path,
-            idle: Mutex::new(vec![first]),
+            pool: Arc::new(Pool {
+                path,
+                instance,
+                idle: Mutex::new(vec![first]),
+            }),
+            writer_turns: std::sync::atomic::AtomicU8::new(0),
         }))
     }
 
     /// The socket this store reaches.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.pool.path
     }
 
     fn take(&self) -> Result<Conn, StoreError> {
-        // A poisoned pool still holds whole connections (push and pop are its only changes).
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match idle {
-            Some(c) => Ok(c),
-            None => Conn::open(&self.path),
-        }
+        self.pool.take()
+    }
+
+    fn open(&self) -> Result<Conn, StoreError> {
+        Ok(Conn::open(&self.pool.path, Some(self.pool.instance))?.0)
     }
 
     fn give(&self, conn: Conn) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        self.pool.give(conn);
     }
 
     /// One request on a pooled connection (returned to the pool unless it broke).
@@ -876,32 +1092,51 @@ impl RelayStore {
     }
 
     fn lock(&self, request: Request) -> Result<Option<StoreLock>, StoreError> {
-        let mut conn = Conn::open(&self.path)?;
+        // A pooled connection, which the lock keeps until its release.
+        let mut conn = self.take()?;
         match conn.call(&request)? {
-            Response::Held(true) => Ok(Some(StoreLock::new(Box::new(HeldConn(conn))))),
-            Response::Held(false) => Ok(None),
+            Response::Held(true) => Ok(Some(StoreLock::new(Box::new(HeldConn(
+                Some(conn),
+                Arc::clone(&self.pool),
+            ))))),
+            Response::Held(false) => {
+                self.give(conn);
+                Ok(None)
+            }
             _ => Err(unexpected()),
         }
     }
 
     /// Holds every write to the store, by every process, until [`Frozen::thaw`]: what a backup
-    /// needs to read one moment of a vault that a server keeps writing to. Reads go on; writes
-    /// wait (for [`FREEZE_LIMIT`] at most, after which the freeze lapses and `thaw` says so).
+    /// needs to read one moment of a vault that a server keeps writing to. Reads of the store go
+    /// on; writes wait (for [`FREEZE_LIMIT`] at most, after which the freeze lapses and `thaw`
+    /// says so). A vault's reads write their access-log entries, so the server's requests wait
+    /// too: keep what runs under a freeze short.
     pub fn freeze(&self) -> Result<Frozen, StoreError> {
-        let mut conn = Conn::open(&self.path)?;
-        match conn.call(&Request::Freeze)? {
-            Response::Done => Ok(Frozen(conn)),
-            _ => Err(unexpected()),
+        let mut conn = self.open()?;
+        match conn.call(&Request::Freeze) {
+            Ok(Response::Done) => Ok(Frozen(conn)),
+            Ok(_) => Err(unexpected()),
+            Err(StoreError::Conflict) => Err(StoreError::Unavailable(
+                "another backup is holding the running server's writes: try again when it is done"
+                    .into(),
+            )),
+            Err(e) => Err(e),
         }
     }
 }
 
-/// A lock held through the relay: released (and the release confirmed) when dropped.
-struct HeldConn(Conn);
+/// A lock held through the relay: released (and the release confirmed) when dropped, its
+/// connection then back in the pool.
+struct HeldConn(Option<Conn>, Arc<Pool>);
 
 impl Drop for HeldConn {
     fn drop(&mut self) {
-        let _ = self.0.call(&Request::Release);
+        if let Some(mut conn) = self.0.take() {
+            if let Ok(Response::Done) = conn.call(&Request::Release) {
+                self.1.give(conn);
+            }
+        }
     }
 }
 
@@ -921,7 +1156,7 @@ impl Frozen {
         match self.0.call(&Request::Thaw)? {
             Response::Thawed { whole: true } => Ok(()),
             Response::Thawed { whole: false } => Err(StoreError::Unavailable(
-                "the running carnet serve stopped holding writes before the end (it holds them 30 minutes at most): what was read may not be one moment".into(),
+                "the running carnet serve stopped holding writes before the end (it holds them 5 minutes at most): what was read may not be one moment".into(),
             )),
             _ => Err(unexpected()),
         }
@@ -951,7 +1186,7 @@ impl Iterator for Scan<'_> {
             let request = self.first.take().unwrap_or(Request::ScanMore);
             let conn = match self.conn.as_mut() {
                 Some(c) => c,
-                None => match self.store.take() {
+                None => match self.store.pool.take() {
                     Ok(c) => self.conn.insert(c),
                     Err(e) => {
                         self.last = true;
@@ -965,7 +1200,7 @@ impl Iterator for Scan<'_> {
                     if last {
                         self.last = true;
                         if let Some(c) = self.conn.take() {
-                            self.store.give(c);
+                            self.store.pool.give(c);
                         }
                     }
                 }
@@ -1006,27 +1241,64 @@ impl Store for RelayStore {
     }
 
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let require = batch
-            .preconditions
-            .into_iter()
-            .map(|p| (p.space.name().to_string(), p.key, p.expected))
-            .collect();
-        let ops = batch
-            .ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put { space, key, value } => WireOp::Put {
-                    space: space.name().into(),
-                    key,
-                    value,
-                },
-                Op::Delete { space, key } => WireOp::Delete {
-                    space: space.name().into(),
-                    key,
-                },
-            })
-            .collect();
-        self.done(&Request::Commit { require, ops })
+        // One frame per part of about COMMIT_PART_BYTES; the host commits the whole at the last.
+        let mut parts: Vec<(Vec<WireRequire>, Vec<WireOp>)> = vec![(Vec::new(), Vec::new())];
+        let mut bytes = 0;
+        let mut room = |parts: &mut Vec<(Vec<WireRequire>, Vec<WireOp>)>, more: usize| {
+            if bytes > 0 && bytes + more > COMMIT_PART_BYTES {
+                parts.push((Vec::new(), Vec::new()));
+                bytes = 0;
+            }
+            bytes += more;
+        };
+        for p in batch.preconditions {
+            room(
+                &mut parts,
+                p.key.len() + p.expected.as_ref().map_or(0, Vec::len),
+            );
+            let last = parts.len() - 1;
+            parts[last]
+                .0
+                .push((p.space.name().to_string(), p.key, p.expected));
+        }
+        for op in batch.ops {
+            let op = match op {
+                Op::Put { space, key, value } => {
+                    room(&mut parts, key.len() + value.len());
+                    WireOp::Put {
+                        space: space.name().into(),
+                        key,
+                        value,
+                    }
+                }
+                Op::Delete { space, key } => {
+                    room(&mut parts, key.len());
+                    WireOp::Delete {
+                        space: space.name().into(),
+                        key,
+                    }
+                }
+            };
+            let last = parts.len() - 1;
+            parts[last].1.push(op);
+        }
+        let (require, ops) = parts.pop().unwrap_or_default();
+        if parts.is_empty() {
+            return self.done(&Request::Commit { require, ops });
+        }
+        // The parts go on one connection, in order.
+        let mut conn = self.take()?;
+        for (require, ops) in parts {
+            conn.send(&Request::CommitPart { require, ops })?;
+        }
+        let result = conn.call(&Request::Commit { require, ops });
+        if !matches!(result, Err(StoreError::Unavailable(_))) {
+            self.give(conn);
+        }
+        match result? {
+            Response::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -1059,7 +1331,7 @@ impl Store for RelayStore {
     ) -> Result<(), StoreError> {
         // A connection of its own, kept busy by the stream: the records' iterator may read
         // this store meanwhile, on other connections.
-        let mut conn = Conn::open(&self.path)?;
+        let mut conn = self.open()?;
         conn.send(&Request::ReplaceAll)?;
         let mut chunk = Vec::new();
         let mut bytes = 0;
@@ -1112,6 +1384,110 @@ impl Store for RelayStore {
     }
 
     fn writer_turn(&self) -> Result<Option<StoreLock>, StoreError> {
-        self.lock(Request::WriterTurn)
+        // A backend without a writer turn (sled) never gets one: asked once, then known.
+        if self.writer_turns.load(Ordering::Relaxed) == 1 {
+            return Ok(None);
+        }
+        let turn = self.lock(Request::WriterTurn)?;
+        self.writer_turns
+            .store(if turn.is_some() { 2 } else { 1 }, Ordering::Relaxed);
+        Ok(turn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+    use super::*;
+    use crate::MemStore;
+
+    const S: Space = Space::new("s");
+
+    /// A raw connection (past the greeting) to a host whose freezes last `limit` at most.
+    fn raw(
+        limit: Duration,
+    ) -> (
+        Arc<RelayHost<MemStore>>,
+        UnixStream,
+        Listening,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Arc::new(RelayHost::new(MemStore::new(), &[S], &[]).with_freeze_limit(limit));
+        let listening = listen(dir.path(), Arc::clone(&host)).unwrap();
+        let mut s = UnixStream::connect(listening.path()).unwrap();
+        write_frame(&mut s, &Request::Hello { protocol: PROTOCOL }).unwrap();
+        assert!(matches!(
+            read_frame::<Response>(&mut s).unwrap(),
+            Some(Response::Hello { .. })
+        ));
+        (host, s, listening, dir)
+    }
+
+    fn put(key: &[u8]) -> Request {
+        Request::Commit {
+            require: vec![],
+            ops: vec![WireOp::Put {
+                space: "s".into(),
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_freezing_connection_may_only_thaw_and_its_writes_are_refused_not_deadlocked() {
+        let (host, mut s, _l, _d) = raw(FREEZE_LIMIT);
+        write_frame(&mut s, &Request::Freeze).unwrap();
+        assert!(matches!(
+            read_frame::<Response>(&mut s).unwrap(),
+            Some(Response::Done)
+        ));
+        write_frame(&mut s, &put(b"x")).unwrap();
+        assert!(matches!(
+            read_frame::<Response>(&mut s).unwrap(),
+            Some(Response::Failed(WireError::Unsupported(_)))
+        ));
+        write_frame(&mut s, &Request::Thaw).unwrap();
+        assert!(matches!(
+            read_frame::<Response>(&mut s).unwrap(),
+            Some(Response::Thawed { whole: true })
+        ));
+        assert_eq!(
+            host.get(S, b"x").unwrap(),
+            None,
+            "the refused write wrote nothing"
+        );
+    }
+
+    #[test]
+    fn a_freeze_ends_at_its_deadline_whatever_its_client_sends() {
+        let (host, mut s, _l, _d) = raw(Duration::from_millis(300));
+        write_frame(&mut s, &Request::Freeze).unwrap();
+        assert!(matches!(
+            read_frame::<Response>(&mut s).unwrap(),
+            Some(Response::Done)
+        ));
+        // The client dribbles a frame a byte at a time; the host's write does not wait for it.
+        let dribbler = std::thread::spawn(move || {
+            for b in [0u8, 0, 0] {
+                let _ = s.write_all(&[b]);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            s
+        });
+        let started = Instant::now();
+        host.commit({
+            let mut b = Batch::new();
+            b.put(S, b"k".to_vec(), b"v".to_vec());
+            b
+        })
+        .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(dribbler.join().unwrap());
     }
 }

@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 
 use carnet_storage::relay::{self, Listening};
 use carnet_storage::{
-    conformance, Batch, MemStore, RelayHost, RelayStore, SledStore, Space, Store,
+    conformance, Batch, DocName, MemStore, RelayHost, RelayStore, SledStore, Space, Store,
+    StoreError,
 };
 
 const S: Space = Space::new("s");
+const NAMES: &[Space] = &[S, Space::new("a"), Space::new("ab")];
+const DOCS: &[DocName] = conformance::DOCUMENTS;
 
 struct Lent<H> {
     host: Arc<RelayHost<H>>,
@@ -23,7 +26,7 @@ struct Lent<H> {
 
 fn lend<H: Store + 'static>(make: impl FnOnce(&std::path::Path) -> H, limit: Duration) -> Lent<H> {
     let dir = tempfile::tempdir().unwrap();
-    let host = Arc::new(RelayHost::new(make(dir.path())).with_freeze_limit(limit));
+    let host = Arc::new(RelayHost::new(make(dir.path()), NAMES, DOCS).with_freeze_limit(limit));
     let listening = relay::listen(dir.path(), Arc::clone(&host)).unwrap();
     let client = RelayStore::connect(dir.path())
         .unwrap()
@@ -153,7 +156,7 @@ fn a_key_operation_lock_taken_through_the_relay_is_seen_and_released() {
 fn no_socket_or_a_dead_servers_socket_is_no_relay_and_a_stopped_relay_removes_its_socket() {
     let dir = tempfile::tempdir().unwrap();
     assert!(RelayStore::connect(dir.path()).unwrap().is_none());
-    let host = Arc::new(RelayHost::new(MemStore::new()));
+    let host = Arc::new(RelayHost::new(MemStore::new(), NAMES, DOCS));
     let listening = relay::listen(dir.path(), Arc::clone(&host)).unwrap();
     let path = listening.path().to_path_buf();
     use std::os::unix::fs::PermissionsExt;
@@ -170,4 +173,82 @@ fn no_socket_or_a_dead_servers_socket_is_no_relay_and_a_stopped_relay_removes_it
     // And a new server replaces it.
     let _again = relay::listen(dir.path(), host).unwrap();
     assert!(RelayStore::connect(dir.path()).unwrap().is_some());
+}
+
+#[test]
+fn a_freeze_ends_when_its_client_goes_and_two_freezes_do_not_stack() {
+    let lent = lend(|_| MemStore::new(), relay::FREEZE_LIMIT);
+    let frozen = lent.client.freeze().unwrap();
+    let e = lent.client.freeze().unwrap_err();
+    assert!(e.to_string().contains("another backup"), "{e}");
+    // A backup killed while it froze: its connection closes, and writes go on at once.
+    drop(frozen);
+    let started = Instant::now();
+    put(&*lent.host, b"k", b"v");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_batch_larger_than_a_frame_is_committed_whole_or_not_at_all() {
+    let lent = lend(|_| MemStore::new(), relay::FREEZE_LIMIT);
+    let big = vec![7u8; 40 << 20];
+    let mut b = Batch::new();
+    // 280 MiB: more than a frame (256 MiB), as a rotation's batch of large notes can be.
+    for i in 0..7u8 {
+        b.put(S, vec![i], big.clone());
+    }
+    lent.client.commit(b).unwrap();
+    assert_eq!(lent.host.get(S, &[6]).unwrap().unwrap().len(), 40 << 20);
+    // A precondition that fails, sent in the first part: nothing of any part lands.
+    let mut b = Batch::new();
+    b.require(S, vec![0u8], None);
+    for i in 10..17u8 {
+        b.put(S, vec![i], big.clone());
+    }
+    assert!(matches!(lent.client.commit(b), Err(StoreError::Conflict)));
+    assert_eq!(lent.host.get(S, &[10]).unwrap(), None);
+    assert_eq!(lent.host.get(S, &[16]).unwrap(), None);
+    // And the connection is in step after it.
+    assert!(lent.client.get(S, &[0]).unwrap().is_some());
+}
+
+#[test]
+fn unknown_names_are_refused_without_harm_and_a_restarted_server_is_not_gone_on_with() {
+    let lent = lend(|_| MemStore::new(), relay::FREEZE_LIMIT);
+    for i in 0..100 {
+        let junk: &'static str = Box::leak(format!("junk{i}").into_boxed_str());
+        let e = lent.client.get(Space::new(junk), b"k").unwrap_err();
+        assert!(matches!(e, StoreError::Unsupported(_)), "{e}");
+    }
+    put(&lent.client, b"k", b"v");
+    // The server restarts on the same directory (a new lending): this client's new connections
+    // are refused rather than sent to a server that knows nothing of its locks.
+    let dir = lent._dir.path().to_path_buf();
+    let Lent {
+        client,
+        _listening,
+        host,
+        _dir,
+    } = lent;
+    drop(_listening);
+    let _again =
+        relay::listen(&dir, Arc::new(RelayHost::new(MemStore::new(), NAMES, DOCS))).unwrap();
+    // (A freeze always opens a connection of its own.)
+    let e = client.freeze().unwrap_err();
+    assert!(e.to_string().contains("restarted"), "{e}");
+    drop((host, _dir));
+}
+
+#[test]
+fn a_stop_does_not_need_the_socket_to_be_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let listening = relay::listen(
+        dir.path(),
+        Arc::new(RelayHost::new(MemStore::new(), NAMES, DOCS)),
+    )
+    .unwrap();
+    std::fs::remove_file(listening.path()).unwrap();
+    let started = Instant::now();
+    drop(listening);
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
