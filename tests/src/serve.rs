@@ -160,6 +160,54 @@ impl Server {
         a.body["token"].as_str().unwrap().to_string()
     }
 
+    /// Closes the client's kept-alive connections (a new client from now on).
+    pub fn close_connections(&mut self) {
+        self.agent = match &self.fingerprint {
+            Some(fp) => pinned_agent(fp),
+            None => ureq::AgentBuilder::new().build(),
+        };
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Where in the server's memory `needle` occurs: the start of each writable or private
+    /// mapping (heap, stacks, anonymous maps) that holds it, read through `/proc/PID/mem` (a
+    /// parent may read its child's memory).
+    pub fn memory_holding(&self, needle: &[u8]) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let pid = self.pid();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+        let mut found = Vec::new();
+        for line in maps.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let name = parts.nth(3).unwrap_or("");
+            // Readable and writable: where data lives (not the code or read-only files).
+            if !perms.starts_with("rw") || name.starts_with("[v") {
+                continue;
+            }
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            let mut buf = vec![0u8; (b - a) as usize];
+            if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+                continue;
+            }
+            if buf.windows(needle.len()).any(|w| w == needle) {
+                found.push(line.to_string());
+            }
+        }
+        found
+    }
+
     /// SIGTERM, then waits (at most 60 s) for the exit code.
     pub fn stop(&mut self) -> i32 {
         let mut child = self.child.take().expect("running");

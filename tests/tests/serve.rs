@@ -716,3 +716,54 @@ fn a_dead_servers_channel_is_ignored_and_a_killed_desk_command_holds_nothing() {
     v.run(&["verify"]).expect(0);
     assert_eq!(s.stop(), 0);
 }
+
+/// Keys only while someone works, and no plaintext outliving its request: once every clinician
+/// has logged out (and their connections closed), nothing of the names, identifiers or note
+/// texts they read and wrote is left anywhere in the server's memory.
+#[test]
+fn once_everyone_logged_out_the_servers_memory_holds_no_plaintext() {
+    let v = clinic();
+    let mut s = Server::start(&v, &[]);
+    // The scan sees what is there: the server's own arguments, on its stack.
+    assert!(!s.memory_holding(b"127.0.0.1:0").is_empty());
+    {
+        let t = s.login("bob", BOB);
+        let t = Some(t.as_str());
+        let made = s.post(
+            "/v1/patients",
+            t,
+            &json!({"id": PID, "name": NAME, "birth_date": "1984-02-29"}),
+        );
+        assert_eq!(made.status, 201, "{}", made.text);
+        let r = made.body["ref"].as_str().unwrap().to_string();
+        for _ in 0..3 {
+            let n = s.post(
+                &format!("/v1/patients/{r}/notes"),
+                t,
+                &json!({"body": BODY}),
+            );
+            assert_eq!(n.status, 201, "{}", n.text);
+        }
+        assert_eq!(s.get(&format!("/v1/patients/{r}"), t).body["name"], NAME);
+        let chart = s.get(&format!("/v1/patients/{r}/notes?bodies=true"), t);
+        assert_eq!(chart.body[0]["body"], BODY);
+        let found = s.post("/v1/search", t, &json!({"text": "CANARYBODY"}));
+        assert_eq!(found.status, 200, "{}", found.text);
+        let export = s.get(&format!("/v1/patients/{r}/export"), t);
+        assert_eq!(export.status, 200, "{}", export.text);
+        assert_eq!(
+            s.call("DELETE", "/v1/sessions/current", t, None, &[])
+                .status,
+            204
+        );
+    }
+    s.close_connections();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for canary in ["CANARYBODY", "CANARYNAME", "CANARYID-0042"] {
+        let holding = s.memory_holding(canary.as_bytes());
+        assert!(
+            holding.is_empty(),
+            "{canary} is still in the server's memory after every logout, in: {holding:#?}"
+        );
+    }
+}
