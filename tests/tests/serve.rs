@@ -767,3 +767,79 @@ fn once_everyone_logged_out_the_servers_memory_holds_no_plaintext() {
         );
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap()
+}
+
+/// Hostile clients leave the server serving: connections that never finish their handshake
+/// are closed after its 10 s, and thousands of failed logins (each from one address, each a
+/// new user name) are answered quickly, in bounded memory, while a clinician elsewhere logs in
+/// and reads.
+#[test]
+fn slow_clients_and_thousands_of_failed_logins_leave_the_server_serving() {
+    use std::io::Read;
+    let v = clinic();
+    let s = Server::start(&v, &["--trust-proxy", "127.0.0.1"]);
+    let addr = s.url.trim_start_matches("https://").to_string();
+    // Fifty connections that send nothing.
+    let slow: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let from = |ip: &str| vec![("X-Forwarded-For", ip.to_string())];
+    let login = |ip: &str, user: &str, pass: &str| {
+        let h = from(ip);
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        s.call(
+            "POST",
+            "/v1/sessions",
+            None,
+            Some(&json!({"user": user, "passphrase": pass}).to_string()),
+            &h,
+        )
+    };
+    // A clinician is served meanwhile.
+    let bob = login("10.0.0.2", "bob", BOB);
+    assert_eq!(bob.status, 201, "{}", bob.text);
+    let bob = bob.body["token"].as_str().unwrap().to_string();
+    let before = rss_kib(s.pid());
+    let started = std::time::Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..2000 {
+        let a = login("10.0.0.66", &format!("guess-{i}"), "wrong wrong wrong");
+        *statuses.entry(a.status).or_insert(0) += 1;
+    }
+    let took = started.elapsed();
+    // Three failures are free and the fourth is answered (each a real unlock); then every one
+    // is delayed: 429, without an unlock.
+    assert_eq!(statuses.get(&401), Some(&4), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&1996), "{statuses:?}");
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    let after = rss_kib(s.pid());
+    assert!(
+        after < before + 64 * 1024,
+        "memory grew from {before} to {after} KiB"
+    );
+    // Another address is not held up, and bob's session reads on.
+    let carol_like = login("10.0.0.3", "ann", "ann's own long passphrase 7");
+    assert_eq!(carol_like.status, 201, "{}", carol_like.text);
+    assert_eq!(s.get("/v1/patients", Some(&bob)).status, 200);
+    // The silent connections are closed by the server (the handshake's 10 s), not kept.
+    for mut c in slow {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("the server sent {n} bytes to a client that said nothing"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a silent connection was kept open: {e}"),
+        }
+    }
+    assert_eq!(s.get("/v1/health", None).status, 200);
+}
