@@ -663,7 +663,9 @@ fn the_administrators_commands_reach_a_served_sled_vault_through_its_local_chann
     assert!(n > 0, "the clinician wrote during the administrator's work");
     let chart = s.get(&format!("/v1/patients/{r}/notes"), Some(&bob));
     assert_eq!(chart.status, 200, "{}", chart.text);
-    assert_eq!(chart.body.as_array().unwrap().len(), n + 1);
+    // Every note bob was told was written is there (counted at the desk: the route pages).
+    let listed = v.run(&["note", "list", "P-1", "--json"]).expect(0).json();
+    assert_eq!(listed.as_array().unwrap().len(), n + 1);
 
     // Removing bob at the desk ends his session at once; the others go on.
     v.run(&["user", "remove", "bob"]).expect(0);
@@ -817,8 +819,14 @@ fn slow_clients_and_thousands_of_failed_logins_leave_the_server_serving() {
     let took = started.elapsed();
     // Three failures are free and the fourth is answered (each a real unlock); then every one
     // is delayed: 429, without an unlock.
-    assert_eq!(statuses.get(&401), Some(&4), "{statuses:?}");
-    assert_eq!(statuses.get(&429), Some(&1996), "{statuses:?}");
+    // (A delay that ran out while the flood went on lets one more through: 1, 2, 4 s...)
+    let unlocked = statuses.get(&401).copied().unwrap_or(0);
+    assert!((4..=8).contains(&unlocked), "{statuses:?}");
+    assert_eq!(
+        statuses.get(&429).copied().unwrap_or(0) + unlocked,
+        2000,
+        "{statuses:?}"
+    );
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
     let after = rss_kib(s.pid());
     assert!(
@@ -842,4 +850,54 @@ fn slow_clients_and_thousands_of_failed_logins_leave_the_server_serving() {
         }
     }
     assert_eq!(s.get("/v1/health", None).status, 200);
+}
+
+/// The server remembers the vault's head as the command line does (ADR 0013), in the same
+/// place: a vault put back to an older state while the server was stopped is refused at the
+/// first login, and the desks know what the server's clinicians wrote.
+#[test]
+fn a_vault_put_back_to_an_older_state_is_refused_by_the_server_and_by_the_desks() {
+    let v = clinic();
+    v.run(&["patient", "add", "P-1"]).expect(0);
+    let old = v.tmp.path().join("old-copy");
+    carnet_tests::copy_dir(&v.dir, &old);
+    let mut s = Server::start(&v, &[]);
+    let t = s.login("bob", BOB);
+    let r = s.get("/v1/patients", Some(&t)).body[0]["ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let n = s.post(
+            &format!("/v1/patients/{r}/notes"),
+            Some(&t),
+            &json!({"body": "x"}),
+        );
+        assert_eq!(n.status, 201, "{}", n.text);
+    }
+    assert_eq!(
+        s.call("DELETE", "/v1/sessions/current", Some(&t), None, &[])
+            .status,
+        204
+    );
+    assert_eq!(s.stop(), 0);
+    // The storage host puts the older copy back.
+    std::fs::remove_dir_all(&v.dir).unwrap();
+    carnet_tests::copy_dir(&old, &v.dir);
+    // A desk sees it: the server remembered what its clinician wrote.
+    let desk = v.run(&["patient", "list"]);
+    assert_eq!(desk.code, 5, "{}", desk.stderr);
+    // And so does the server, at the first login.
+    let s = Server::start(&v, &[]);
+    let a = s.post(
+        "/v1/sessions",
+        None,
+        &json!({"user": "bob", "passphrase": BOB}),
+    );
+    assert_eq!((a.status, error_code(&a)), (500, "integrity"), "{}", a.text);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s.stderr_text().contains("older than this machine saw") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.stderr_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

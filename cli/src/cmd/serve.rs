@@ -8,6 +8,7 @@ use carnet_storage::{relay, Location, RelayHost};
 
 use crate::args::{Global, ServeArgs};
 use crate::error::{CliError, Exit};
+use crate::state::{Memory, Seen};
 
 pub fn run(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     if a.insecure_http && !a.listen.ip().is_loopback() {
@@ -60,9 +61,37 @@ pub fn run(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     config.concurrent_unlocks = a.concurrent_logins.max(1);
     config.trusted_proxy = a.trust_proxy;
     config.log_file = a.log_file;
+    // What this machine saw of the vault (ADR 0013): shared with the command line, so that a
+    // vault put back while the server was stopped is refused, and the desks know what it wrote.
+    config.memory = carnet_core::vault_id(store.as_ref())
+        .ok()
+        .flatten()
+        .and_then(|id| Memory::of(id, &location))
+        .map(|m| Box::new(Remembered(m)) as Box<dyn carnet_server::HeadMemory>);
     carnet_server::serve(store, config, |line| eprintln!("{line}")).map_err(|e| match e {
         carnet_server::ServeError::Usage(m) => CliError::usage(m),
         carnet_server::ServeError::Listen(..) => CliError::new(Exit::InUse, e.to_string()),
         other => CliError::failure(other.to_string()),
     })
+}
+
+/// The command line's memory of the vault, for the server.
+struct Remembered(Memory);
+
+impl carnet_server::HeadMemory for Remembered {
+    fn seen(&self) -> Option<carnet_core::Checkpoint> {
+        match self.0.seen() {
+            Ok(seen) => seen,
+            Err(why) => {
+                eprintln!("carnet: warning: {why}: a rollback of the vault while the server was stopped would go unnoticed");
+                None
+            }
+        }
+    }
+
+    fn remember(&self, head: &carnet_core::Checkpoint) {
+        if let Err(why) = self.0.remember(head, &Seen::default()) {
+            eprintln!("carnet: warning: cannot remember the vault's state: {why}");
+        }
+    }
 }

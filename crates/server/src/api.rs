@@ -17,8 +17,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use carnet_core::{
-    Error, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, PatientRef, ReadLog, Role,
-    Timestamp, Vault,
+    Checkpoint, Error, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, PatientRef,
+    ReadLog, Role, Timestamp, Vault,
 };
 use carnet_json::{
     audit_entry_json, export_json, key_status_json, note_json, patient_json, rfc3339,
@@ -66,6 +66,10 @@ pub struct State<S: Store> {
     idempotent: Mutex<HashMap<[u8; 32], (Instant, StatusCode, Value)>>,
     /// Whether patients registered before references were given one by this server.
     references_given: Arc<std::sync::atomic::AtomicBool>,
+    /// The newest log head this server (or, before it started, this machine) saw: a login that
+    /// finds the vault behind it is refused (ADR 0013).
+    highest: Mutex<Option<Checkpoint>>,
+    memory: Option<Box<dyn crate::HeadMemory>>,
 }
 
 impl<S: Store + 'static> State<S> {
@@ -76,6 +80,7 @@ impl<S: Store + 'static> State<S> {
         unlocks: usize,
         trusted_proxy: Option<IpAddr>,
         log_file: Option<PathBuf>,
+        memory: Option<Box<dyn crate::HeadMemory>>,
     ) -> Result<Self, ServeError> {
         let log_file = match log_file {
             Some(p) => {
@@ -102,7 +107,46 @@ impl<S: Store + 'static> State<S> {
             log_file,
             idempotent: Mutex::default(),
             references_given: Arc::default(),
+            highest: Mutex::new(memory.as_ref().and_then(|m| m.seen())),
+            memory,
         })
+    }
+
+    /// Refuses a vault whose log does not extend the newest head this server saw (it was put
+    /// back to an older state behind its back), then remembers the vault's head.
+    fn check_and_remember(&self, vault: &Vault<Arc<S>>) -> Result<()> {
+        let seen = *self.highest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seen) = seen {
+            if let Err(e) = vault.check_extends(&seen) {
+                if matches!(&e, Error::Integrity(i) if i.kind() == carnet_core::ProblemKind::RolledBack)
+                {
+                    self.note("the vault is older than this machine saw it (its access log was put back): logins are refused; keep a copy of the vault and restore the latest backup, or accept it with `carnet audit accept-rewind`");
+                }
+                return Err(e.into());
+            }
+        }
+        if let Ok(head) = vault.durable_head() {
+            self.remember(head);
+        }
+        Ok(())
+    }
+
+    /// Remembers `head` if it is newer than the newest seen.
+    fn remember(&self, head: Checkpoint) {
+        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
+        if highest.is_none_or(|h| head.count > h.count) {
+            *highest = Some(head);
+            if let Some(m) = &self.memory {
+                m.remember(&head);
+            }
+        }
+    }
+
+    /// Remembers the head a session's vault reached as it ends.
+    fn session_ended(&self, s: &Session<S>) {
+        if let Some(head) = s.durable_head() {
+            self.remember(head);
+        }
     }
 
     /// One line for the administrator: no secret, no user name as typed, no identifier.
@@ -123,20 +167,28 @@ impl<S: Store + 'static> State<S> {
     /// entries are flushed.
     pub async fn stop(&self) {
         for s in self.sessions.close_all() {
-            let _ = tokio::task::spawn_blocking(move || {
-                s.sync_log();
-                drop(s);
-            })
-            .await;
+            // Its head, durable (the log flushed), is remembered; the keys go with it.
+            if let Ok(Some(head)) = tokio::task::spawn_blocking(move || s.durable_head()).await {
+                self.remember(head);
+            }
         }
     }
 }
 
-/// Ends expired sessions every second.
+/// Ends expired sessions every second (the server remembers the head each reached).
 pub async fn sweep_sessions<S: Store + 'static>(state: Arc<State<S>>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        state.sessions.sweep();
+        let ended = state.sessions.sweep();
+        if !ended.is_empty() {
+            let st = Arc::clone(&state);
+            let _ = tokio::task::spawn_blocking(move || {
+                for s in ended {
+                    st.session_ended(&s);
+                }
+            })
+            .await;
+        }
     }
 }
 
@@ -440,7 +492,9 @@ async fn login<S: Store + 'static>(
         ));
     }
     let references_given = Arc::clone(&state.references_given);
+    let st = Arc::clone(&state);
     let vault = blocking(move || {
+        st.check_and_remember(&vault)?;
         // Patients registered before references get theirs (ADR 0021).
         // Once per server: it opens every patient record, which a login should not pay each
         // time (patients registered later without one get theirs when listed).
@@ -485,8 +539,9 @@ async fn logout<S: Store + 'static>(
         state.sessions.close(t);
     }
     // The last holder drops the keys, after its log entries are durable.
+    let st = Arc::clone(&state);
     blocking(move || {
-        s.sync_log();
+        st.session_ended(&s);
         drop(s);
         Ok(())
     })

@@ -27,6 +27,16 @@ use tokio::sync::Semaphore;
 
 pub use tls::Identity;
 
+/// What the machine remembers of the vault between runs of the server (the command line's
+/// state directory, ADR 0013): the newest access-log head seen, so that a vault put back to an
+/// older state while the server was stopped is refused at the first login.
+pub trait HeadMemory: Send + Sync {
+    /// The newest head remembered, if any.
+    fn seen(&self) -> Option<carnet_core::Checkpoint>;
+    /// Remembers `head` (never a head older than the one remembered).
+    fn remember(&self, head: &carnet_core::Checkpoint);
+}
+
 /// How the server speaks.
 pub enum Transport {
     /// HTTPS with this certificate.
@@ -49,6 +59,8 @@ pub struct Config {
     pub trusted_proxy: Option<IpAddr>,
     /// Where the server's own notes go (failed logins): stderr by default.
     pub log_file: Option<PathBuf>,
+    /// What this machine remembers of the vault (none: only what this run sees).
+    pub memory: Option<Box<dyn HeadMemory>>,
 }
 
 impl Config {
@@ -62,6 +74,7 @@ impl Config {
             concurrent_unlocks: 2,
             trusted_proxy: None,
             log_file: None,
+            memory: None,
         }
     }
 }
@@ -130,6 +143,7 @@ async fn run<S: Store + 'static>(
         config.concurrent_unlocks,
         config.trusted_proxy,
         config.log_file.clone(),
+        config.memory,
     )?);
     let app = api::router(Arc::clone(&state));
     let listener = TcpListener::bind(config.listen)

@@ -68,10 +68,10 @@ impl<S: Store> Session<S> {
         Ok(self.vault.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The vault as it is, for flushing its log at the end.
-    pub fn sync_log(&self) {
+    /// The vault's log head, durable (its entries flushed first): what the server remembers.
+    pub fn durable_head(&self) -> Option<carnet_core::Checkpoint> {
         let v = self.vault.read().unwrap_or_else(|p| p.into_inner());
-        let _ = v.sync_log();
+        v.durable_head().ok()
     }
 }
 
@@ -146,12 +146,16 @@ impl<S: Store> Sessions<S> {
         self.live().remove(&hash(token)).is_some()
     }
 
-    /// Ends every expired session; returns how many remain.
-    pub fn sweep(&self) -> usize {
+    /// Ends every expired session: the sessions ended (their keys go with their last holder).
+    pub fn sweep(&self) -> Vec<Arc<Session<S>>> {
         let now = Instant::now();
         let mut live = self.live();
-        live.retain(|_, s| s.expires(self.idle, self.absolute) > now);
-        live.len()
+        let ended: Vec<[u8; 32]> = live
+            .iter()
+            .filter(|(_, s)| s.expires(self.idle, self.absolute) <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        ended.iter().filter_map(|k| live.remove(k)).collect()
     }
 
     /// Ends every session (the server stops).
