@@ -156,6 +156,21 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
     assert_eq!((a.status, error_code(&a)), (404, "not_found"));
     let a = s.get(&format!("/v1/patients/{r}/notes/{}", "0".repeat(32)), t);
     assert_eq!((a.status, error_code(&a)), (404, "not_found"));
+    // A path that is not text gets the error model too (was axum's plain text).
+    let a = s.get("/v1/patients/%FF%FE/notes", t);
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (400, "bad_request"),
+        "{}",
+        a.text
+    );
+    let a = s.get(&format!("/v1/patients/{r}/notes/%C3%28"), t);
+    assert_eq!(
+        (a.status, error_code(&a)),
+        (400, "bad_request"),
+        "{}",
+        a.text
+    );
     let a = s.call(
         "POST",
         "/v1/patients",

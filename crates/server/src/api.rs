@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State as Axum};
+use axum::extract::{DefaultBodyLimit, RawQuery, State as Axum};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -51,6 +51,30 @@ const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// A route's path parameters (a reference, a note id), refused in our error model when they
+/// are not text (axum's own refusal is plain text).
+struct Path<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(t)| Path(t))
+            .map_err(|_| {
+                ApiError::bad_request("malformed path: it is not valid percent-encoded UTF-8")
+            })
+    }
+}
 
 /// Everything the routes share.
 pub struct State<S: Store> {
