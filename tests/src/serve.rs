@@ -216,6 +216,13 @@ impl Server {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                if let Some(signal) = status.signal() {
+                    eprintln!(
+                        "carnet serve was killed by signal {signal}; its stderr: {}",
+                        self.stderr_text()
+                    );
+                }
                 return status.code().unwrap_or(-1);
             }
             if start.elapsed() > Duration::from_secs(60) {

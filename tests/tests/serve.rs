@@ -34,6 +34,17 @@ fn clinic() -> TestVault {
     v
 }
 
+/// Registers the canary patient over the API: its reference.
+fn register_canary(s: &Server, t: Option<&str>) -> String {
+    let made = s.post(
+        "/v1/patients",
+        t,
+        &json!({"id": PID, "name": NAME, "birth_date": "1984-02-29"}),
+    );
+    assert_eq!(made.status, 201, "{}", made.text);
+    made.body["ref"].as_str().unwrap().to_string()
+}
+
 fn error_code(a: &carnet_tests::serve::Answer) -> &str {
     a.body["error"]["code"]
         .as_str()
@@ -79,13 +90,7 @@ fn a_clinician_logs_in_writes_and_reads_over_https_and_the_server_stops_graceful
     let t = Some(t.as_str());
 
     // Register a patient: a reference comes back, and the identifier never goes in a URL.
-    let made = s.post(
-        "/v1/patients",
-        t,
-        &json!({"id": PID, "name": NAME, "birth_date": "1984-02-29"}),
-    );
-    assert_eq!(made.status, 201, "{}", made.text);
-    let r = made.body["ref"].as_str().unwrap().to_string();
+    let r = register_canary(&s, t);
     assert_eq!(r.len(), 32);
     let again = s.post("/v1/patients", t, &json!({"id": PID}));
     assert_eq!((again.status, error_code(&again)), (409, "conflict"));
@@ -746,13 +751,7 @@ fn once_everyone_logged_out_the_servers_memory_holds_no_plaintext() {
     {
         let t = s.login("bob", BOB);
         let t = Some(t.as_str());
-        let made = s.post(
-            "/v1/patients",
-            t,
-            &json!({"id": PID, "name": NAME, "birth_date": "1984-02-29"}),
-        );
-        assert_eq!(made.status, 201, "{}", made.text);
-        let r = made.body["ref"].as_str().unwrap().to_string();
+        let r = register_canary(&s, t);
         for _ in 0..3 {
             let n = s.post(
                 &format!("/v1/patients/{r}/notes"),

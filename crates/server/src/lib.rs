@@ -154,12 +154,12 @@ async fn run<S: Store + 'static>(
     if let Some(fp) = fingerprint {
         line.push_str(&format!(" (certificate SHA-256 fingerprint {fp})"));
     }
+    let stop = stop_signal()?;
     announce(&line);
 
     let sweeper = tokio::spawn(api::sweep_sessions(Arc::clone(&state)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let stop = stop_signal();
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
@@ -219,28 +219,26 @@ async fn run<S: Store + 'static>(
     Ok(())
 }
 
-/// SIGTERM or SIGINT (Ctrl-C).
-async fn stop_signal() {
+/// SIGTERM or SIGINT (Ctrl-C). The handlers are installed here, at once (not when the future
+/// is first polled): a signal that comes right after the listening line is a graceful stop,
+/// not the default action's kill.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

@@ -293,14 +293,7 @@ impl Gate {
         let mut st = self.lock();
         loop {
             match st.frozen {
-                Some((_, until)) if Instant::now() < until => {
-                    let left = until.saturating_duration_since(Instant::now());
-                    st = self
-                        .changed
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
+                Some((_, until)) if Instant::now() < until => st = self.wait(st, until),
                 // A freeze past its deadline is over: writes go on.
                 Some(_) => st.frozen = None,
                 None => break,
@@ -322,14 +315,22 @@ impl Gate {
         let until = Instant::now() + limit;
         st.frozen = Some((id, until));
         while st.writers > 0 && Instant::now() < until {
-            let left = until.saturating_duration_since(Instant::now());
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = self.wait(st, until);
         }
         Ok(id)
+    }
+
+    /// Waits for a change of the gate's state, until `until` at most.
+    fn wait<'a>(
+        &self,
+        st: std::sync::MutexGuard<'a, GateState>,
+        until: Instant,
+    ) -> std::sync::MutexGuard<'a, GateState> {
+        let left = until.saturating_duration_since(Instant::now());
+        self.changed
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
     }
 
     /// Opens the gate closed by freeze `id`: whether that freeze held from start to end.
