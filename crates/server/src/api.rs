@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use carnet_core::{
     Checkpoint, Error, NewNote, NewPatient, NoteBody, NoteId, Passphrase, PatientId, PatientRef,
-    ReadLog, Role, Timestamp, Vault,
+    Role, Timestamp, Vault,
 };
 use carnet_json::{
     audit_entry_json, export_json, key_status_json, note_json, patient_json, rfc3339,
@@ -493,7 +493,7 @@ async fn login<S: Store + 'static>(
     let name = user.clone();
     // An unknown user name costs what a wrong passphrase does (carnet-core spends the KDF).
     let opened = blocking(move || Ok(Vault::unlock(store, &name, &passphrase))).await?;
-    let mut vault = match opened {
+    let vault = match opened {
         Ok(v) => v,
         Err(e @ (Error::WrongPassphrase | Error::UnknownUser)) => {
             let n = state.limiter.failed(&user, addr);
@@ -505,10 +505,9 @@ async fn login<S: Store + 'static>(
         Err(e) => return Err(e.into()),
     };
     state.limiter.succeeded(&user);
-    // Reads' log entries share flushes; a response still waits for its entry's commit.
-    vault.set_read_log(ReadLog::Grouped {
-        max_delay: Duration::from_millis(10),
-    });
+    // Every answer waits until its access-log entry is durable (ReadLog::Synced, the default);
+    // concurrent requests, of every session, share the fsyncs (the store's group commit,
+    // carnet_storage::RelayHost).
     let role = vault.role();
     if vault.format() < 2 {
         return Err(ApiError::internal(

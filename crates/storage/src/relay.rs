@@ -366,6 +366,7 @@ pub struct RelayHost<S> {
     inner: S,
     gate: Gate,
     turns: Arc<Turns>,
+    flushes: Flushes,
     freeze_limit: Duration,
     spaces: &'static [Space],
     documents: &'static [DocName],
@@ -379,6 +380,7 @@ impl<S: Store> RelayHost<S> {
             inner: store,
             gate: Gate::default(),
             turns: Arc::default(),
+            flushes: Flushes::default(),
             freeze_limit: FREEZE_LIMIT,
             spaces,
             documents,
@@ -434,10 +436,14 @@ impl<S: Store> Store for RelayHost<S> {
     }
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         let _w = self.gate.enter();
-        self.inner.commit(batch)
+        self.inner.commit(batch)?;
+        self.flushes.committed();
+        Ok(())
     }
+    /// Group commit: returns once a flush that began after every commit made before this call
+    /// has ended; callers that come while one runs share the next.
     fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
+        self.flushes.flush(|| self.inner.flush())
     }
     fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.read_doc(name)
@@ -471,6 +477,59 @@ impl<S: Store> Store for RelayHost<S> {
         match self.inner.writer_turn()? {
             Some(turn) => Ok(Some(turn)),
             None => Ok(Some(Turns::take(&self.turns))),
+        }
+    }
+}
+
+/// The flushes of a [`RelayHost`], shared: one fsync makes durable every commit made before it
+/// began, so concurrent callers wait for one instead of each doing their own.
+#[derive(Default)]
+struct Flushes {
+    state: Mutex<FlushState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Commits applied, counted as they return.
+    committed: u64,
+    /// Commits made durable by an ended flush.
+    flushed: u64,
+    flushing: bool,
+}
+
+impl Flushes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        // Counters and a flag, each change one assignment: a poisoned lock holds valid ones.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committed(&self) {
+        self.lock().committed += 1;
+    }
+
+    fn flush(&self, flush: impl Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let target = st.committed;
+        loop {
+            if st.flushed >= target {
+                return Ok(());
+            }
+            if st.flushing {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.flushing = true;
+            let upto = st.committed;
+            drop(st);
+            let result = flush();
+            st = self.lock();
+            st.flushing = false;
+            if result.is_ok() {
+                st.flushed = st.flushed.max(upto);
+            }
+            self.done.notify_all();
+            result?;
         }
     }
 }
@@ -1434,6 +1493,83 @@ mod tests {
                 value: b"v".to_vec(),
             }],
         }
+    }
+
+    /// A store whose flush takes 30 ms, recording when each began and ended.
+    #[derive(Default)]
+    struct SlowFlush {
+        inner: MemStore,
+        flushes: Mutex<Vec<(Instant, Instant)>>,
+    }
+
+    impl Store for SlowFlush {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(space, key)
+        }
+        fn scan_prefix(&self, space: Space, prefix: &[u8]) -> EntryIter<'_> {
+            self.inner.scan_prefix(space, prefix)
+        }
+        fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+            self.inner.commit(batch)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            let began = Instant::now();
+            std::thread::sleep(Duration::from_millis(30));
+            self.flushes.lock().unwrap().push((began, Instant::now()));
+            Ok(())
+        }
+        fn read_doc(&self, name: DocName) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.read_doc(name)
+        }
+        fn replace_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+            self.inner.replace_doc(name, bytes)
+        }
+        fn append_doc(&self, name: DocName, bytes: &[u8]) -> Result<(), StoreError> {
+            self.inner.append_doc(name, bytes)
+        }
+        fn replace_all(
+            &self,
+            records: &mut dyn Iterator<Item = Result<SpacedEntry, StoreError>>,
+        ) -> Result<(), StoreError> {
+            self.inner.replace_all(records)
+        }
+    }
+
+    #[test]
+    fn concurrent_flushes_share_fsyncs_and_each_returns_after_one_that_began_after_its_commit() {
+        let host = Arc::new(RelayHost::new(SlowFlush::default(), &[S], &[]));
+        let threads: Vec<_> = (0..16u8)
+            .map(|i| {
+                let host = Arc::clone(&host);
+                std::thread::spawn(move || {
+                    let mut b = Batch::new();
+                    b.put(S, vec![i], b"v".to_vec());
+                    host.commit(b).unwrap();
+                    let committed = Instant::now();
+                    host.flush().unwrap();
+                    (committed, Instant::now())
+                })
+            })
+            .collect();
+        let done: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let flushes = host.inner.flushes.lock().unwrap().clone();
+        assert!(
+            flushes.len() < 16,
+            "{} fsyncs for 16 flushes",
+            flushes.len()
+        );
+        for (committed, returned) in done {
+            assert!(
+                flushes
+                    .iter()
+                    .any(|(began, ended)| *began >= committed && *ended <= returned),
+                "a flush returned before any fsync that began after its commit"
+            );
+        }
+        // Nothing committed since: no fsync at all.
+        let before = host.inner.flushes.lock().unwrap().len();
+        host.flush().unwrap();
+        assert_eq!(host.inner.flushes.lock().unwrap().len(), before);
     }
 
     #[test]

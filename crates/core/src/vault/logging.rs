@@ -220,6 +220,12 @@ impl<S: Store> Vault<S> {
                 r => break r?,
             }
         }
+        if policy == ReadLog::Synced {
+            // Outside this `Vault`'s write lock: concurrent reads' flushes are the store's to
+            // share (a server's store makes one fsync cover every entry committed before it).
+            self.store.flush()?;
+            return Ok(());
+        }
         let _writing = self.writing();
         let mut unsynced = self.log.unsynced();
         let since = *unsynced.get_or_insert_with(Instant::now);
