@@ -915,3 +915,33 @@ fn a_vault_put_back_to_an_older_state_is_refused_by_the_server_and_by_the_desks(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A client that hangs up in the middle of its login neither escapes the login delays nor
+/// frees a place for another unlock: the failure is counted by the unlock itself.
+#[test]
+fn logins_whose_clients_hang_up_still_count_as_failures() {
+    let v = clinic();
+    let s = Server::start(&v, &["--trust-proxy", "127.0.0.1"]);
+    let agent = carnet_tests::serve::pinned_agent(s.fingerprint.as_deref().unwrap());
+    let health = format!("{}/v1/health", s.url);
+    for i in 0..6 {
+        // A warm connection, then a login whose answer the client does not wait for.
+        agent.get(&health).call().unwrap();
+        let r = agent
+            .post(&format!("{}/v1/sessions", s.url))
+            .set("X-Forwarded-For", "10.9.9.9")
+            .timeout(std::time::Duration::from_millis(5))
+            .send_json(json!({"user": format!("guess-{i}"), "passphrase": "wrong wrong wrong"}));
+        assert!(r.is_err(), "the client hung up before the answer");
+    }
+    // The unlocks ran to their end and counted: the next attempt from there is delayed.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let a = s.call(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(&json!({"user": "guess-x", "passphrase": "wrong wrong wrong"}).to_string()),
+        &[("X-Forwarded-For", "10.9.9.9")],
+    );
+    assert_eq!(a.status, 429, "{}", a.text);
+}

@@ -81,8 +81,8 @@ pub struct State<S: Store> {
     store: Arc<S>,
     sessions: Sessions<S>,
     limiter: Limiter,
-    unlocks: Semaphore,
-    waiting_logins: Semaphore,
+    unlocks: Arc<Semaphore>,
+    waiting_logins: Arc<Semaphore>,
     trusted_proxy: Option<IpAddr>,
     log_file: Option<Mutex<std::fs::File>>,
     /// Answers of creating requests, by SHA-256 of (user, key): the status and body only
@@ -125,8 +125,8 @@ impl<S: Store + 'static> State<S> {
             store,
             sessions: Sessions::new(idle, absolute),
             limiter: Limiter::default(),
-            unlocks: Semaphore::new(unlocks.max(1)),
-            waiting_logins: Semaphore::new(MAX_WAITING_LOGINS),
+            unlocks: Arc::new(Semaphore::new(unlocks.max(1))),
+            waiting_logins: Arc::new(Semaphore::new(MAX_WAITING_LOGINS)),
             trusted_proxy,
             log_file,
             idempotent: Mutex::default(),
@@ -136,19 +136,33 @@ impl<S: Store + 'static> State<S> {
         })
     }
 
-    /// Refuses a vault whose log does not extend the newest head this server saw (it was put
-    /// back to an older state behind its back), then remembers the vault's head.
-    fn check_and_remember(&self, vault: &Vault<Arc<S>>) -> Result<()> {
-        let seen = *self.highest.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(seen) = seen {
-            if let Err(e) = vault.check_extends(&seen) {
-                if matches!(&e, Error::Integrity(i) if i.kind() == carnet_core::ProblemKind::RolledBack)
-                {
-                    self.note("the vault is older than this machine saw it (its access log was put back): logins are refused; keep a copy of the vault and restore the latest backup, or accept it with `carnet audit accept-rewind`");
-                }
-                return Err(e.into());
-            }
+    /// The newest head this machine saw: the state directory's (which desks and this server
+    /// write, and which `carnet audit accept-rewind` may set back on purpose), read afresh;
+    /// without one, what this server saw.
+    fn reference(&self) -> Option<Checkpoint> {
+        match &self.memory {
+            Some(m) => m.seen(),
+            None => *self.highest.lock().unwrap_or_else(|p| p.into_inner()),
         }
+    }
+
+    /// Whether `vault` extends the newest head seen; if not (it was put back to an older state
+    /// behind this machine's back), says so on the server's log.
+    fn extends(&self, vault: &Vault<Arc<S>>) -> Result<()> {
+        let Some(seen) = self.reference() else {
+            return Ok(());
+        };
+        vault.check_extends(&seen).map_err(|e| {
+            if matches!(&e, Error::Integrity(i) if i.kind() == carnet_core::ProblemKind::RolledBack) {
+                self.note("the vault is older than this machine saw it (its access log was put back): logins are refused; keep a copy of the vault and restore the latest backup, or accept it with `carnet audit accept-rewind`");
+            }
+            e.into()
+        })
+    }
+
+    /// Refuses a vault whose log does not extend the newest head seen, then remembers its head.
+    fn check_and_remember(&self, vault: &Vault<Arc<S>>) -> Result<()> {
+        self.extends(vault)?;
         if let Ok(head) = vault.durable_head() {
             self.remember(head);
         }
@@ -160,16 +174,20 @@ impl<S: Store + 'static> State<S> {
         let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
         if highest.is_none_or(|h| head.count > h.count) {
             *highest = Some(head);
-            if let Some(m) = &self.memory {
-                m.remember(&head);
-            }
+        }
+        if let Some(m) = &self.memory {
+            m.remember(&head);
         }
     }
 
-    /// Remembers the head a session's vault reached as it ends.
+    /// As a session ends: its vault's head is remembered, if the vault still extends what was
+    /// seen (a rollback while the session was open is said, not remembered).
     fn session_ended(&self, s: &Session<S>) {
-        if let Some(head) = s.durable_head() {
-            self.remember(head);
+        let Ok(v) = s.vault() else { return };
+        if self.extends(&v).is_ok() {
+            if let Ok(head) = v.durable_head() {
+                self.remember(head);
+            }
         }
     }
 
@@ -189,12 +207,11 @@ impl<S: Store + 'static> State<S> {
 
     /// Ends every session: their keys are dropped (zeroized) here, after their access-log
     /// entries are flushed.
-    pub async fn stop(&self) {
+    pub async fn stop(self: &Arc<Self>) {
         for s in self.sessions.close_all() {
             // Its head, durable (the log flushed), is remembered; the keys go with it.
-            if let Ok(Some(head)) = tokio::task::spawn_blocking(move || s.durable_head()).await {
-                self.remember(head);
-            }
+            let st = Arc::clone(self);
+            let _ = tokio::task::spawn_blocking(move || st.session_ended(&s)).await;
         }
     }
 }
@@ -307,32 +324,52 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// Runs `f` on the blocking pool; again, after a pause, while a key operation holds the
 /// vault (for [`WAIT_FOR_KEY_OPERATION`] at most). `f` wrote nothing when it failed so.
-async fn waiting<T: Send + 'static>(
-    mut f: impl FnMut() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn waiting<T: Send + 'static>(f: impl FnMut() -> Result<T> + Send + 'static) -> Result<T> {
     // Requests take turns, first come first served, as many at once as the machine has cores:
     // more would only share the cores unevenly (the slowest request of many waits longest),
     // fewer would leave one idle.
-    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let turns = TURNS.get_or_init(|| {
+    static TURNS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    run_in_turn(lane(&TURNS), f).await
+}
+
+/// [`waiting`] for the long requests (search, export, audit, verify): in a lane of their own,
+/// as many at once as there are cores, so that two of them never hold up every single-note
+/// read behind them.
+async fn waiting_long<T: Send + 'static>(
+    f: impl FnMut() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    static LONG: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    run_in_turn(lane(&LONG), f).await
+}
+
+/// A lane's turns: as many as the machine has cores (times [`WORK_PER_CORE`]).
+fn lane(cell: &'static std::sync::OnceLock<Arc<Semaphore>>) -> &'static Arc<Semaphore> {
+    cell.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores * WORK_PER_CORE)
-    });
+        Arc::new(Semaphore::new(cores * WORK_PER_CORE))
+    })
+}
+
+async fn run_in_turn<T: Send + 'static>(
+    turns: &'static Arc<Semaphore>,
+    mut f: impl FnMut() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let deadline = Instant::now() + WAIT_FOR_KEY_OPERATION;
     let mut pause = Duration::from_millis(20);
     loop {
-        let turn = turns
-            .acquire()
+        let turn = Arc::clone(turns)
+            .acquire_owned()
             .await
             .map_err(|_| ApiError::internal("the request failed"))?;
+        // The turn goes with the work, not with the request: a client that hangs up does not
+        // give back a turn whose work still runs.
         let (back, result) = tokio::task::spawn_blocking(move || {
             let r = f();
+            drop(turn);
             (f, r)
         })
         .await
         .map_err(|_| ApiError::internal("the request failed"))?;
-        // The turn is given back while the request waits for a key operation.
-        drop(turn);
         f = back;
         match result {
             Err(e) if e.waits() => {
@@ -481,29 +518,33 @@ async fn login<S: Store + 'static>(
     if let Some(wait) = state.limiter.delayed(&user, addr) {
         return Err(ApiError::rate_limited(wait));
     }
-    let Ok(_waiting) = state.waiting_logins.try_acquire() else {
+    let Ok(waiting) = Arc::clone(&state.waiting_logins).try_acquire_owned() else {
         return Err(ApiError::busy(
             "too many logins at once: try again in a moment",
         ));
     };
-    let Ok(_unlock) = state.unlocks.acquire().await else {
+    let Ok(unlock) = Arc::clone(&state.unlocks).acquire_owned().await else {
         return Err(ApiError::busy("the server is stopping"));
     };
     let store = Arc::clone(&state.store);
     let name = user.clone();
+    let st = Arc::clone(&state);
     // An unknown user name costs what a wrong passphrase does (carnet-core spends the KDF).
-    let opened = blocking(move || Ok(Vault::unlock(store, &name, &passphrase))).await?;
-    let vault = match opened {
-        Ok(v) => v,
-        Err(e @ (Error::WrongPassphrase | Error::UnknownUser)) => {
-            let n = state.limiter.failed(&user, addr);
-            state.note(&format!(
+    // The permits and the failure's count go with the unlock, not with the request: a client
+    // that hangs up mid-login neither frees a place for another unlock nor escapes the delays.
+    let opened = blocking(move || {
+        let _held = (waiting, unlock);
+        let opened = Vault::unlock(store, &name, &passphrase);
+        if matches!(opened, Err(Error::WrongPassphrase | Error::UnknownUser)) {
+            let n = st.limiter.failed(&name, addr);
+            st.note(&format!(
                 "failed login from {addr} ({n} in a row for that user name)"
             ));
-            return Err(e.into());
         }
-        Err(e) => return Err(e.into()),
-    };
+        Ok(opened)
+    })
+    .await?;
+    let vault = opened?;
     state.limiter.succeeded(&user);
     // Every answer waits until its access-log entry is durable (ReadLog::Synced, the default);
     // concurrent requests, of every session, share the fsyncs (the store's group commit,
@@ -936,7 +977,7 @@ async fn export<S: Store + 'static>(
     Path(pref): Path<String>,
 ) -> Result<Response> {
     let s = session(&state, &headers, CLINICAL)?;
-    waiting(move || {
+    waiting_long(move || {
         let v = current(&s)?;
         let id = by_ref(&v, &pref)?;
         let (p, notes) = v.export(&id)?;
@@ -950,7 +991,7 @@ async fn verify<S: Store + 'static>(
     headers: HeaderMap,
 ) -> Result<Response> {
     let s = session(&state, &headers, &[Role::Admin])?;
-    waiting(move || {
+    waiting_long(move || {
         let v = current(&s)?;
         let report = v.verify(&mut |_, _| {})?;
         Ok(Json(verify_json(&report)).into_response())
@@ -987,7 +1028,7 @@ async fn search<S: Store + 'static>(
     if b.text.is_empty() {
         return Err(ApiError::bad_request("the search text is empty"));
     }
-    waiting(move || {
+    waiting_long(move || {
         let v = current(&s)?;
         let patient = b
             .patient_ref
@@ -1023,7 +1064,7 @@ async fn audit<S: Store + 'static>(
             _ => {}
         }
     }
-    waiting(move || {
+    waiting_long(move || {
         let v = current(&s)?;
         let mut filter = carnet_core::AuditFilter::default();
         filter.since = since;

@@ -67,12 +67,6 @@ impl<S: Store> Session<S> {
         }
         Ok(self.vault.read().unwrap_or_else(|p| p.into_inner()))
     }
-
-    /// The vault's log head, durable (its entries flushed first): what the server remembers.
-    pub fn durable_head(&self) -> Option<carnet_core::Checkpoint> {
-        let v = self.vault.read().unwrap_or_else(|p| p.into_inner());
-        v.durable_head().ok()
-    }
 }
 
 impl<S: Store> Session<S> {

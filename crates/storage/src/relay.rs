@@ -534,35 +534,68 @@ impl Flushes {
     }
 }
 
-/// Writers' turns in ticket order.
+/// Writers' turns in ticket order. A turn is a courtesy, not a lock (every write is a
+/// compare-and-swap): one held longer than [`TURN_LEASE`] (a desk command stopped with Ctrl-Z
+/// while it held one) is passed over, and the writers behind it go on.
 #[derive(Default)]
 struct Turns {
-    /// The next ticket to give, and the ticket whose turn it is.
-    state: Mutex<(u64, u64)>,
+    state: Mutex<TurnState>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct TurnState {
+    /// The next ticket to give.
+    next: u64,
+    /// The ticket whose turn it is, and since when.
+    serving: u64,
+    since: Option<Instant>,
+}
+
+/// How long a writer's turn may last before the next writer goes ahead anyway.
+const TURN_LEASE: Duration = Duration::from_secs(2);
+
 impl Turns {
     fn take(turns: &Arc<Turns>) -> StoreLock {
-        // Two counters, each change one increment: a poisoned lock still holds valid ones.
+        // Counters and an instant, each change one assignment: a poisoned lock holds valid ones.
         let mut st = turns.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = st.0;
-        st.0 += 1;
-        while st.1 != ticket {
-            st = turns.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        let ticket = st.next;
+        st.next += 1;
+        loop {
+            if st.serving == ticket {
+                st.since = Some(Instant::now());
+                break;
+            }
+            let since = *st.since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= TURN_LEASE {
+                // The turn's holder has held it too long: the next ticket's turn.
+                st.serving += 1;
+                st.since = Some(Instant::now());
+                turns.changed.notify_all();
+                continue;
+            }
+            let left = TURN_LEASE.saturating_sub(since.elapsed());
+            st = turns
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        StoreLock::new(Box::new(Turn(Arc::clone(turns))))
+        StoreLock::new(Box::new(Turn(Arc::clone(turns), ticket)))
     }
 }
 
-/// A writer's turn ([`Turns::take`]): the next ticket's when dropped.
-struct Turn(Arc<Turns>);
+/// A writer's turn ([`Turns::take`]): the next ticket's when dropped (unless it was passed over).
+struct Turn(Arc<Turns>, u64);
 
 impl Drop for Turn {
     fn drop(&mut self) {
         let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.1 += 1;
-        self.0.changed.notify_all();
+        if st.serving == self.1 {
+            st.serving += 1;
+            st.since = Some(Instant::now());
+            self.0.changed.notify_all();
+        }
     }
 }
 
@@ -1570,6 +1603,32 @@ mod tests {
         let before = host.inner.flushes.lock().unwrap().len();
         host.flush().unwrap();
         assert_eq!(host.inner.flushes.lock().unwrap().len(), before);
+    }
+
+    #[test]
+    fn a_writers_turn_held_too_long_is_passed_over() {
+        let host = RelayHost::new(MemStore::new(), &[S], &[]);
+        let stuck = host.writer_turn().unwrap().expect("the host gives turns");
+        let started = Instant::now();
+        let next = host.writer_turn().unwrap().expect("a turn");
+        let waited = started.elapsed();
+        assert!(
+            waited >= TURN_LEASE / 2 && waited < TURN_LEASE * 3,
+            "{waited:?}"
+        );
+        // The stuck holder's late release does not take the next writer's turn away.
+        drop(stuck);
+        let third = std::thread::spawn({
+            let host = Arc::new(host);
+            move || {
+                let t = Instant::now();
+                drop(host.writer_turn().unwrap());
+                t.elapsed()
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        drop(next);
+        assert!(third.join().unwrap() < TURN_LEASE * 2);
     }
 
     #[test]
